@@ -1,0 +1,53 @@
+"""The Celery app: configured from Django settings (CELERY_*), tasks autodiscovered."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "claw.settings")
+
+# Every task in this app (ours, django-celery-beat's, Celery's built-ins) uses
+# LedgerTask, so the ledger can refuse cancelled or poisoned deliveries.
+app = Celery("claw", task_cls="tasks_app.base:LedgerTask")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+PRIORITY_MIN, PRIORITY_MAX = 0, 9
+_modules_imported = False
+
+
+def registered_tasks() -> dict:
+    """Every registered task, with the tasks modules imported first.
+
+    Celery imports them lazily (in workers); web and beat processes call this
+    before looking a task up by name.
+    """
+    global _modules_imported
+    if not _modules_imported:
+        app.loader.import_default_modules()
+        _modules_imported = True
+    return app.tasks
+
+
+def broker_priority(priority: int) -> int:
+    """Map our priority (0-9, 9 highest on every broker) to the broker's own number.
+
+    Redis (kombu's priority_steps) serves the lowest number first; RabbitMQ and the
+    rest serve the highest first.
+    """
+    if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+        raise ValueError(f"priority must be between 0 and 9, got {priority}")
+    if app.conf.broker_url.startswith(("redis", "rediss")):
+        return PRIORITY_MAX - priority
+    return priority
+
+
+def platform_priority(broker_value: int | None) -> int:
+    """The inverse of broker_priority, for messages published by other paths."""
+    if broker_value is None:
+        return app.conf.task_default_priority
+    if app.conf.broker_url.startswith(("redis", "rediss")):
+        return PRIORITY_MAX - broker_value
+    return broker_value

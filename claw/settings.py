@@ -1,0 +1,319 @@
+"""The only settings module. Every value comes from the environment (see README).
+
+Defaults give the embedded stack: SQLite in var/ and Celery's filesystem broker in
+var/broker/, so `make run` needs no servers. DATABASE_URL and CELERY_BROKER_URL
+switch to PostgreSQL and Redis for production.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+from kombu import Exchange, Queue
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("CLAW_VAR_DIR", BASE_DIR / "var"))
+
+env = environ.Env()
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() not in ("true", "false", "1", "0"):
+        raise ImproperlyConfigured(f"{name} must be 'true' or 'false', got {value!r}")
+    return value.lower() in ("true", "1")
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"{name} must be an integer, got {value!r}"
+        ) from None
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = os.environ.get("SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        # Never fall back to a built-in key in production: sessions and password
+        # reset tokens would be forgeable by anyone who has read this file.
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is false")
+    SECRET_KEY = "insecure-debug-only-key-" + "x" * 40
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "django_celery_results",
+    "django_celery_beat",
+    "tasks_app",
+    "knowledge",
+    "claw",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "claw.urls"
+WSGI_APPLICATION = "claw.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database ---------------------------------------------------------------
+DATABASES = {
+    "default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'claw.sqlite3'}")
+}
+_db = DATABASES["default"]
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    # Web, worker and beat write to one file: WAL lets readers and one writer work
+    # at once, the busy timeout waits instead of failing with "database is
+    # locked", and IMMEDIATE takes the write lock at BEGIN so two transactions
+    # cannot deadlock upgrading read locks.
+    _db["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+else:
+    _db["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 60)
+    # A restarted PostgreSQL leaves dead persistent connections; check before reuse.
+    _db["CONN_HEALTH_CHECKS"] = True
+    _db.setdefault("OPTIONS", {})["connect_timeout"] = env_int("DB_CONNECT_TIMEOUT", 5)
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {
+        "NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"
+    },
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = os.environ.get("TIME_ZONE", "Asia/Shanghai")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", VAR_DIR / "static"))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if not DEBUG
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+
+# --- Security (manage.py check --deploy is clean with DEBUG off) ------------
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
+SECURE_HSTS_PRELOAD = not DEBUG
+# Behind a TLS-terminating proxy set SECURE_SSL_REDIRECT=true; the embedded stack
+# serves plain HTTP on loopback, so the default follows HTTPS_ONLY.
+HTTPS_ONLY = env_bool("HTTPS_ONLY", not DEBUG)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", HTTPS_ONLY)
+SESSION_COOKIE_SECURE = HTTPS_ONLY
+CSRF_COOKIE_SECURE = HTTPS_ONLY
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_REDIRECT_EXEMPT = [r"^health$"]
+X_FRAME_OPTIONS = "DENY"
+
+# --- Email (console by default; SMTP from EMAIL_URL) ------------------------
+vars().update(env.email("EMAIL_URL", default="consolemail://"))
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "claw@localhost")
+STAFF_ALERT_EMAILS = env_list("STAFF_ALERT_EMAILS", [])
+
+# --- Cache (the cluster-wide rate limit and locks need a shared one) ---------
+CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
+
+# --- REST framework ---------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "user": os.environ.get("API_THROTTLE_USER", "600/min"),
+        "submit": os.environ.get("API_THROTTLE_SUBMIT", "120/min"),
+    },
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "CLAW API",
+    "DESCRIPTION": "Tasks, workers, knowledge bases and conversations.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- Celery -----------------------------------------------------------------
+BROKER_DIR = VAR_DIR / "broker"
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
+IS_FILESYSTEM_BROKER = CELERY_BROKER_URL.startswith("filesystem")
+IS_REDIS_BROKER = CELERY_BROKER_URL.startswith(("redis", "rediss"))
+
+# Longest hard time limit of any task (vectorize_document); the visibility timeout
+# must stay above it (system check tasks_app.W001).
+LONGEST_TIME_LIMIT = 600
+# Redis redelivers unacked messages after visibility_timeout, so keep it above the
+# longest task or acks_late tasks run twice.
+CELERY_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 2 * 60 * 60)
+
+if IS_FILESYSTEM_BROKER:
+    # In and out are the same folder (one queue store for producer and consumer);
+    # the control folder holds fanout bindings, so broadcast (ping, inspect,
+    # revoke) works without a server.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(BROKER_DIR / "queue"),
+        "data_folder_out": str(BROKER_DIR / "queue"),
+        "control_folder": str(BROKER_DIR / "control"),
+        "processed_folder": str(BROKER_DIR / "processed"),
+        "store_processed": False,
+        "polling_interval": 0.1,
+    }
+    # kombu expects the folders to exist; every process (web, worker, beat) may be
+    # the first to start on a fresh clone.
+    for _folder in ("queue", "control", "processed"):
+        (BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
+else:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
+        # Ten priority levels. Redis serves the lowest number first; claw.celery
+        # maps our 9-is-highest scale onto it (see broker_priority).
+        "priority_steps": list(range(10)),
+        "sep": ":",
+        "queue_order_strategy": "priority",
+    }
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_TIMEOUT = env_int("CELERY_BROKER_CONNECTION_TIMEOUT", 4)
+CELERY_BROKER_POOL_LIMIT = env_int("CELERY_BROKER_POOL_LIMIT", 10)
+
+# JSON only. Pickle lets anyone who can write to the broker run code in workers.
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_ACCEPT_CONTENT = ["json"]
+# Payloads above this many bytes are gzip-compressed by services.submit.
+CLAW_COMPRESS_ABOVE_BYTES = env_int("CLAW_COMPRESS_ABOVE_BYTES", 16 * 1024)
+
+CELERY_RESULT_BACKEND = "tasks_app.backend:LedgerBackend"  # django-celery-results
+CELERY_RESULT_EXTENDED = True  # store task name, args and worker on TaskResult
+CELERY_RESULT_EXPIRES = env_int("CELERY_RESULT_EXPIRES_DAYS", 7) * 24 * 3600
+CELERY_TASK_TRACK_STARTED = True
+CELERY_TASK_ACKS_LATE = (
+    True  # redeliver if a worker dies mid-task; tasks are idempotent
+)
+CELERY_TASK_REJECT_ON_WORKER_LOST = True  # ...including when a child process is killed
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # LLM calls are slow: don't hoard messages
+CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 2)
+CELERY_WORKER_MAX_TASKS_PER_CHILD = env_int("CELERY_WORKER_MAX_TASKS_PER_CHILD", 1000)
+# With acks_late, a broker connection loss would otherwise leave running tasks to be
+# redelivered while they still run: cancel them so the redelivery is the only run.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+CELERY_WORKER_POOL_RESTARTS = True  # admin "pool restart" needs it
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_TASK_TIME_LIMIT = 300
+CELERY_TASK_SOFT_TIME_LIMIT = 240
+CELERY_TIMEZONE = TIME_ZONE
+CELERY_ENABLE_UTC = True
+CELERY_BEAT_SCHEDULER = "tasks_app.beat:LeaderScheduler"
+CELERY_BEAT_MAX_LOOP_INTERVAL = 5  # notice admin edits to schedules quickly
+DJANGO_CELERY_BEAT_TZ_AWARE = True
+
+CLAW_QUEUES = (
+    "ai_high_priority",
+    "knowledge_default",
+    "notification_default",
+    "default",
+)
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_QUEUES = [
+    # x-max-priority gives RabbitMQ users the same ten levels; Redis ignores it.
+    Queue(name, Exchange(name), routing_key=name, queue_arguments={"x-max-priority": 9})
+    for name in CLAW_QUEUES
+]
+CELERY_TASK_ROUTES = {
+    "claw.generate_ai_response": {"queue": "ai_high_priority"},
+    "claw.send_notification": {"queue": "notification_default"},
+    "knowledge.*": {"queue": "knowledge_default"},
+    "tasks_app.*": {"queue": "default"},
+}
+CELERY_TASK_DEFAULT_PRIORITY = 5
+
+# --- The ledger -------------------------------------------------------------
+# Minimum seconds between two progress writes of one task (the last one always lands).
+CLAW_PROGRESS_INTERVAL = float(os.environ.get("CLAW_PROGRESS_INTERVAL", "0.5"))
+# Redeliveries of one attempt after its worker died, before the ledger stops it.
+CLAW_MAX_REDELIVERIES = env_int("CLAW_MAX_REDELIVERIES", 3)
+# Seconds without a heartbeat after which beat counts as down.
+CLAW_BEAT_STALE_AFTER = env_int("CLAW_BEAT_STALE_AFTER", 120)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+# Days a finished record (and its events) is kept, per final state.
+CLAW_RECORD_RETENTION_DAYS = {
+    "SUCCESS": env_int("CLAW_RETENTION_SUCCESS_DAYS", 7),
+    "REVOKED": env_int("CLAW_RETENTION_REVOKED_DAYS", 30),
+    "FAILURE": env_int("CLAW_RETENTION_FAILURE_DAYS", 90),
+    "LOST": env_int("CLAW_RETENTION_FAILURE_DAYS", 90),
+}

@@ -1,0 +1,16 @@
+"""Settings for pytest: the services stack (PostgreSQL + Redis) unless overridden."""
+
+import os
+
+os.environ.setdefault(
+    "SECRET_KEY", "test-only-key-0123456789-abcdefghijklmnopqrstuvwxyz"
+)
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/claw")
+os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/15")
+os.environ.setdefault("HTTPS_ONLY", "false")
+
+from claw.settings import *  # noqa: F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+CELERY_IMPORTS = ["tests.tasks"]  # tasks that only tests use (sleep, fail, kill...)
+CLAW_PROGRESS_INTERVAL = 0.2

@@ -1,0 +1,124 @@
+"""Fixtures shared by every suite: real worker and beat processes on the test database."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.harness import CeleryProcess
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+ARTIFACTS = Path(
+    os.environ.get("TEST_ARTIFACTS", Path(__file__).parent / "test-artifacts")
+)
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(name: str, host: str, port: int) -> None:
+    """Fail in CI, skip elsewhere, when a real service a test needs is down."""
+    if _reachable(host, port):
+        return
+    message = f"{name} is not reachable at {host}:{port}"
+    if IN_CI:
+        pytest.fail(message + " (CI=true: services must be up)")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def redis_broker():
+    """The tests' Redis database, emptied once per session."""
+    from django.conf import settings
+
+    require_service("Redis", "127.0.0.1", 6379)
+    import redis
+
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    client.flushdb()
+    return client
+
+
+@pytest.fixture(scope="session")
+def worker_env(django_db_setup, django_db_blocker, redis_broker) -> dict[str, str]:
+    """Environment for subprocesses: same settings, pointed at the test database."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "claw.test_settings",
+        "DATABASE_URL": url,
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+@pytest.fixture(scope="session")
+def celery_worker(worker_env, artifacts_dir):
+    """One real prefork worker on every queue, shared by the whole session."""
+    from claw.celery import app
+
+    worker = CeleryProcess(
+        "worker", worker_env, ["-c", "2"], artifacts_dir / "worker.log"
+    ).start()
+    try:
+        worker.wait_ready(app)
+        yield worker
+    finally:
+        worker.stop()
+
+
+@pytest.fixture
+def start_worker(worker_env, artifacts_dir):
+    """Factory for extra workers a test starts, kills and restarts itself."""
+    started: list[CeleryProcess] = []
+
+    def start(*extra: str, env: dict | None = None, wait: bool = True) -> CeleryProcess:
+        from claw.celery import app
+
+        name = f"worker-{len(started)}.log"
+        worker = CeleryProcess(
+            "worker", {**worker_env, **(env or {})}, list(extra), artifacts_dir / name
+        ).start()
+        started.append(worker)
+        if wait:
+            worker.wait_ready(app)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def start_beat(worker_env, artifacts_dir):
+    started: list[CeleryProcess] = []
+
+    def start(env: dict | None = None) -> CeleryProcess:
+        beat = CeleryProcess(
+            "beat",
+            {**worker_env, **(env or {})},
+            [],
+            artifacts_dir / f"beat-{len(started)}.log",
+        ).start()
+        started.append(beat)
+        return beat
+
+    yield start
+    for beat in started:
+        beat.stop()

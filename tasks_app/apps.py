@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+from django.conf import settings
+from django.core.checks import Error, Warning, register
+from django.db.models.signals import post_migrate
+
+
+class TasksAppConfig(AppConfig):
+    name = "tasks_app"
+    verbose_name = "Tasks"
+
+    def ready(self) -> None:
+        from tasks_app import signals  # noqa: F401  (connects Celery receivers)
+
+        post_migrate.connect(_install_schedules, sender=self)
+
+
+def _install_schedules(**kwargs) -> None:
+    from tasks_app.schedules import ensure_default_schedules
+
+    ensure_default_schedules()
+
+
+@register()
+def visibility_timeout_check(app_configs, **kwargs) -> list:
+    options = settings.CELERY_BROKER_TRANSPORT_OPTIONS
+    timeout = options.get("visibility_timeout")
+    if settings.IS_FILESYSTEM_BROKER or timeout is None:
+        return []
+    if settings.CELERY_TASK_ACKS_LATE and timeout <= settings.LONGEST_TIME_LIMIT:
+        return [
+            Warning(
+                f"Broker visibility_timeout ({timeout}s) is not longer than the longest "
+                f"task time limit ({settings.LONGEST_TIME_LIMIT}s)",
+                hint="Long tasks will be redelivered while they run, and run twice. "
+                "Raise CELERY_VISIBILITY_TIMEOUT.",
+                id="tasks_app.W001",
+            )
+        ]
+    return []
+
+
+@register()
+def json_only_check(app_configs, **kwargs) -> list:
+    accepted = set(settings.CELERY_ACCEPT_CONTENT) | set(
+        settings.CELERY_RESULT_ACCEPT_CONTENT
+    )
+    if accepted - {"json", "application/json"}:
+        return [
+            Error(
+                f"Celery accepts {sorted(accepted)}; only JSON is safe",
+                hint="Pickle and yaml let anyone who can write to the broker run code.",
+                id="tasks_app.E001",
+            )
+        ]
+    return []

@@ -1,0 +1,181 @@
+"""The task ledger: one TaskRecord per logical job, an append-only TaskEvent timeline.
+
+Only tasks_app.services writes these rows. django_celery_results.TaskResult stays
+Celery's own per-attempt store; records join it on celery_id.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.contenttypes.fields import GenericForeignKey
+from django.contrib.contenttypes.models import ContentType
+from django.db import models
+
+
+class TaskState(models.TextChoices):
+    # Values are Celery's state names, so API clients of the Flower era understand them.
+    PENDING = "PENDING", "Pending"
+    STARTED = "STARTED", "Started"
+    RETRY = "RETRY", "Retrying"
+    SUCCESS = "SUCCESS", "Succeeded"
+    FAILURE = "FAILURE", "Failed"
+    REVOKED = "REVOKED", "Cancelled"
+    LOST = "LOST", "Lost"
+
+
+class TaskRecord(models.Model):
+    """One logical background job. Each Celery run is an attempt; celery_id is the
+    current one."""
+
+    State = TaskState
+    FINAL_STATES = (TaskState.SUCCESS, TaskState.FAILURE, TaskState.REVOKED)
+    ACTIVE_STATES = (TaskState.PENDING, TaskState.STARTED, TaskState.RETRY)
+    RETRYABLE_STATES = (TaskState.FAILURE, TaskState.REVOKED, TaskState.LOST)
+
+    name = models.CharField(
+        max_length=200,
+        help_text="Registered Celery task name, e.g. claw.send_notification.",
+    )
+    queue = models.CharField(max_length=100, default="default")
+    priority = models.PositiveSmallIntegerField(
+        default=5, help_text="0-9, 9 is served first on every broker."
+    )
+    args = models.JSONField(default=list, blank=True)
+    kwargs = models.JSONField(default=dict, blank=True)
+    options = models.JSONField(
+        default=dict, blank=True, help_text="Publish options kept for retries."
+    )
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="task_records",
+    )
+    state = models.CharField(
+        max_length=10, choices=TaskState.choices, default=TaskState.PENDING
+    )
+    progress_current = models.PositiveIntegerField(default=0)
+    progress_total = models.PositiveIntegerField(default=0)
+    progress_message = models.CharField(max_length=500, blank=True)
+    attempts = models.PositiveIntegerField(
+        default=0, help_text="Runs started, over every attempt of this job."
+    )
+    deliveries = models.PositiveIntegerField(
+        default=0,
+        help_text="Deliveries of the current attempt; a task that keeps killing its "
+        "worker is stopped when this passes the task's limit.",
+    )
+    celery_id = models.CharField(
+        max_length=255, unique=True, help_text="Celery id of the current attempt."
+    )
+    worker = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    eta = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    traceback = models.TextField(blank=True)
+    parent = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="children",
+    )
+    root = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    group_id = models.CharField(max_length=255, blank=True)
+    content_type = models.ForeignKey(
+        ContentType, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    object_id = models.PositiveBigIntegerField(null=True, blank=True)
+    target = GenericForeignKey("content_type", "object_id")
+    cancel_requested = models.BooleanField(
+        default=False,
+        help_text="Durable cancel flag: a worker refuses to start a cancelled record.",
+    )
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            # Every admin filter and sort has an index that starts with it and ends
+            # with id, so "newest first" under a filter is an index scan.
+            models.Index(fields=["state", "-id"], name="taskrecord_state_id"),
+            models.Index(fields=["name", "-id"], name="taskrecord_name_id"),
+            models.Index(fields=["queue", "-id"], name="taskrecord_queue_id"),
+            models.Index(fields=["owner", "-id"], name="taskrecord_owner_id"),
+            models.Index(fields=["created_at"], name="taskrecord_created"),
+            models.Index(
+                fields=["content_type", "object_id"], name="taskrecord_target"
+            ),
+            models.Index(fields=["group_id"], name="taskrecord_group"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "idempotency_key"],
+                condition=models.Q(idempotency_key__isnull=False),
+                name="taskrecord_owner_idempotency_key",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} #{self.pk} ({self.state})"
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in self.FINAL_STATES
+
+    @property
+    def progress_percent(self) -> int | None:
+        if not self.progress_total:
+            return None
+        return min(100, round(100 * self.progress_current / self.progress_total))
+
+
+class TaskEvent(models.Model):
+    """Append-only timeline of a record: every transition and progress report."""
+
+    class Kind(models.TextChoices):
+        QUEUED = "queued"
+        STARTED = "started"
+        PROGRESS = "progress"
+        RETRY = "retry"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+        LOST = "lost"
+
+    record = models.ForeignKey(
+        TaskRecord, on_delete=models.CASCADE, related_name="events"
+    )
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    at = models.DateTimeField(auto_now_add=True)
+    attempt = models.PositiveIntegerField(default=0)
+    celery_id = models.CharField(max_length=255, blank=True)
+    worker = models.CharField(max_length=255, blank=True)
+    data = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["record", "id"], name="taskevent_record_id")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} of record {self.record_id} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+class BeatLease(models.Model):
+    """Which beat process may send, and when it last ticked (one row, pk=1).
+
+    Two beats would send every periodic task twice; the lease makes the second one
+    wait. The tick time doubles as beat's heartbeat for /health.
+    """
+
+    holder = models.CharField(max_length=255, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_tick_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"beat lease held by {self.holder or 'nobody'}"

@@ -1,0 +1,534 @@
+"""State changes for the task ledger. Admin, API, signal receivers and tasks all go
+through here; nothing else writes TaskRecord or TaskEvent.
+
+Every transition is one conditional UPDATE from its allowed source states, so a late
+or duplicated signal cannot move a finished record backwards, plus one INSERT of its
+timeline event, in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.contenttypes.models import ContentType
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Case, F, Model, Value, When
+from django.utils import timezone
+
+from claw.celery import app, broker_priority, platform_priority, registered_tasks
+from tasks_app.models import TaskEvent, TaskRecord, TaskState
+
+logger = logging.getLogger(__name__)
+
+State = TaskState
+Kind = TaskEvent.Kind
+
+SECRET_KEY_RE = re.compile(
+    r"pass(word|wd)?$|secret|token|api[_-]?key|authorization|credential|private[_-]?key",
+    re.IGNORECASE,
+)
+REDACTED = "[redacted]"
+# Publishing waits this long for a broker that is down before leaving the record to
+# the health check, so a request never hangs on a dead Redis.
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
+
+
+class InvalidTransition(Exception):
+    """The record is not in a state that allows this change (API: 409)."""
+
+
+class UnknownTask(ValueError):
+    """No task of that name is registered."""
+
+
+# --- helpers ---------------------------------------------------------------
+
+
+def redact(value: Any) -> Any:
+    """Copy of value with every item under a secret-looking key replaced."""
+    if isinstance(value, dict):
+        return {
+            key: REDACTED
+            if isinstance(key, str) and SECRET_KEY_RE.search(key)
+            else redact(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact(item) for item in value]
+    return value
+
+
+def has_redactions(value: Any) -> bool:
+    return REDACTED in json.dumps(value)
+
+
+def route_queue(name: str) -> str:
+    """The queue CELERY_TASK_ROUTES gives a task name."""
+    route = app.amqp.router.route({}, name, (), {})
+    queue = route.get("queue")
+    return getattr(queue, "name", queue) or app.conf.task_default_queue
+
+
+def _worker_max_deliveries(task_name: str) -> int:
+    task = registered_tasks().get(task_name)
+    retries = getattr(task, "max_retries", None) or 0
+    return retries + 1 + settings.CLAW_MAX_REDELIVERIES
+
+
+def _add_event(celery_id: str, kind: str, data: dict | None = None) -> None:
+    """Append an event to the record whose current attempt is celery_id.
+
+    One INSERT ... SELECT, so the hot path never reads the record into Python.
+    """
+    event = TaskEvent._meta
+    record = TaskRecord._meta
+    sql = (
+        f"INSERT INTO {event.db_table} (record_id, kind, at, attempt, celery_id,"
+        f" worker, data) SELECT id, %s, %s, attempts, celery_id, worker, %s"
+        f" FROM {record.db_table} WHERE celery_id = %s"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [kind, timezone.now(), json.dumps(data or {}), celery_id])
+
+
+def _transition(
+    celery_id: str,
+    from_states: Iterable[str],
+    kind: str,
+    *,
+    data: dict | None = None,
+    extra_filter: dict | None = None,
+    **updates: Any,
+) -> bool:
+    """Apply one conditional UPDATE and its event; return whether it applied."""
+    with transaction.atomic():
+        applied = (
+            TaskRecord.objects.filter(
+                celery_id=celery_id, state__in=list(from_states), **(extra_filter or {})
+            ).update(**updates)
+            == 1
+        )
+        if applied:
+            _add_event(celery_id, kind, data)
+    return applied
+
+
+# --- submitting ------------------------------------------------------------
+
+
+def submit(
+    name: str,
+    *,
+    args: list | tuple = (),
+    kwargs: dict | None = None,
+    owner: Model | None = None,
+    queue: str | None = None,
+    priority: int | None = None,
+    countdown: float | None = None,
+    eta: datetime | None = None,
+    target: Model | None = None,
+    idempotency_key: str | None = None,
+    parent: TaskRecord | None = None,
+) -> TaskRecord:
+    """Record a job as PENDING in the caller's transaction and publish it on commit.
+
+    1. An idempotency key already used by the same owner returns that record.
+    2. The record and its "queued" event are written now, so a rolled-back request
+       never leaves a phantom task.
+    3. The message is sent after commit with the record's celery_id as task id; if
+       the broker is down the record stays PENDING and check_task_health
+       re-publishes it.
+    """
+    if name not in registered_tasks():
+        raise UnknownTask(f"No task named {name!r} is registered")
+    priority = app.conf.task_default_priority if priority is None else priority
+    broker_priority(priority)  # validates 0-9
+    if idempotency_key and owner is not None:
+        existing = TaskRecord.objects.filter(
+            owner=owner, idempotency_key=idempotency_key
+        ).first()
+        if existing:
+            return existing
+    if eta is None and countdown:
+        eta = timezone.now() + timedelta(seconds=countdown)
+    record = TaskRecord(
+        name=name,
+        queue=queue or route_queue(name),
+        priority=priority,
+        args=redact(list(args)),
+        kwargs=redact(kwargs or {}),
+        owner=owner,
+        eta=eta,
+        celery_id=str(uuid.uuid4()),
+        parent=parent,
+        root=(parent.root or parent) if parent else None,
+        idempotency_key=idempotency_key or None,
+    )
+    if target is not None:
+        record.content_type = ContentType.objects.get_for_model(target)
+        record.object_id = target.pk
+    try:
+        with transaction.atomic():
+            record.save()
+            _add_event(record.celery_id, Kind.QUEUED, {"queue": record.queue})
+    except IntegrityError:
+        if not idempotency_key:
+            raise
+        # Another request with the same key committed between our check and insert.
+        return TaskRecord.objects.get(owner=owner, idempotency_key=idempotency_key)
+    # The real (unredacted) arguments travel in the message only.
+    payload = (list(args), dict(kwargs or {}))
+    transaction.on_commit(lambda: publish(record, payload=payload))
+    return record
+
+
+def publish(record: TaskRecord, *, payload: tuple[list, dict] | None = None) -> bool:
+    """Send the record's current attempt to the broker; False if the broker is down.
+
+    The record keeps its state either way: check_task_health re-publishes PENDING
+    records whose message never reached the broker.
+    """
+    args, kwargs = payload or (record.args, record.kwargs)
+    size = len(json.dumps([args, kwargs]))
+    try:
+        app.send_task(
+            record.name,
+            args=args,
+            kwargs=kwargs,
+            task_id=record.celery_id,
+            queue=record.queue,
+            priority=broker_priority(record.priority),
+            eta=record.eta,
+            headers={"claw_record": record.pk},
+            compression="gzip" if size > settings.CLAW_COMPRESS_ABOVE_BYTES else None,
+            retry=True,
+            retry_policy=PUBLISH_RETRY_POLICY,
+        )
+    except Exception as exc:
+        logger.warning("Could not publish task record %s: %r", record.pk, exc)
+        return False
+    return True
+
+
+def record_published(
+    headers: dict, body: Any, routing_key: str | None, properties: dict
+) -> None:
+    """Create a record for a message published outside submit().
+
+    Beat, canvas children and callbacks, plain .delay() and send_task all get a
+    record here, from the publishing process. Celery's own retries republish with
+    the same id and are skipped.
+    """
+    if headers.get("claw_record") or headers.get("retries"):
+        return
+    celery_id = headers.get("id")
+    name = headers.get("task")
+    if not celery_id or not name:
+        return
+    args, kwargs = _body_arguments(body)
+    parent_id = _record_id_for(headers.get("parent_id"))
+    root_id = _record_id_for(headers.get("root_id")) or parent_id
+    options = {}
+    if headers.get("periodic_task_name"):
+        options["periodic_task_name"] = headers["periodic_task_name"]
+    record = TaskRecord(
+        name=name,
+        queue=routing_key or route_queue(name),
+        priority=platform_priority(properties.get("priority")),
+        args=redact(args),
+        kwargs=redact(kwargs),
+        options=options,
+        celery_id=celery_id,
+        eta=_parse_eta(headers.get("eta")),
+        parent_id=parent_id,
+        root_id=root_id,
+        group_id=headers.get("group") or "",
+    )
+    try:
+        with transaction.atomic():
+            record.save()
+            _add_event(celery_id, Kind.QUEUED, {"queue": record.queue})
+    except IntegrityError:
+        pass  # published twice with one id (a republish); the record exists
+
+
+def _body_arguments(body: Any) -> tuple[list, dict]:
+    if isinstance(body, list | tuple) and len(body) >= 2:
+        return list(body[0] or []), dict(body[1] or {})
+    if isinstance(body, dict):  # task protocol 1
+        return list(body.get("args") or []), dict(body.get("kwargs") or {})
+    return [], {}
+
+
+def _record_id_for(celery_id: str | None) -> int | None:
+    if not celery_id:
+        return None
+    return (
+        TaskRecord.objects.filter(celery_id=celery_id)
+        .values_list("id", flat=True)
+        .first()
+    )
+
+
+def _parse_eta(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+# --- worker-side transitions (called from signal receivers) ----------------
+
+
+def mark_started(celery_id: str, *, name: str, worker: str) -> str | None:
+    """Move the current attempt to STARTED; return why it must not run, or None.
+
+    Refusals (the worker then acknowledges the message without running it):
+    - "cancelled": the durable cancel flag is set; Celery's in-memory revoke list
+      is lost when workers restart, this flag is not.
+    - "poisoned": the attempt was delivered more often than the task may run; a
+      task that kills its worker process would otherwise loop forever, because
+      reject_on_worker_lost requeues it with no count.
+    - "finished": a redelivery of an attempt that already ended; running it again
+      would repeat its effect.
+    """
+    limit = _worker_max_deliveries(name)
+    if _transition(
+        celery_id,
+        TaskRecord.ACTIVE_STATES,
+        Kind.STARTED,
+        extra_filter={"cancel_requested": False, "deliveries__lt": limit},
+        state=State.STARTED,
+        started_at=timezone.now(),
+        worker=worker,
+        attempts=F("attempts") + 1,
+        deliveries=F("deliveries") + 1,
+    ):
+        return None
+    row = (
+        TaskRecord.objects.filter(celery_id=celery_id)
+        .values("state", "cancel_requested", "deliveries")
+        .first()
+    )
+    if row is None:
+        return None  # published before the ledger knew it; let it run untracked
+    if row["cancel_requested"]:
+        mark_revoked(celery_id, reason="cancelled before it started")
+        return "cancelled"
+    if row["state"] in TaskRecord.ACTIVE_STATES:
+        mark_failed(
+            celery_id,
+            error=f"Stopped after {row['deliveries']} deliveries: the task's worker "
+            "process died every time it ran it.",
+            from_states=TaskRecord.ACTIVE_STATES,
+        )
+        return "poisoned"
+    return "finished"
+
+
+def mark_retry(celery_id: str, *, error: str, eta: datetime | None = None) -> bool:
+    return _transition(
+        celery_id,
+        [State.STARTED],
+        Kind.RETRY,
+        data={"error": error[:2000], "eta": eta.isoformat() if eta else None},
+        extra_filter={"cancel_requested": False},
+        state=State.RETRY,
+        error=error,
+        eta=eta,
+    )
+
+
+def mark_succeeded(celery_id: str) -> bool:
+    """STARTED -> SUCCESS, or REVOKED if a cancel arrived while it ran."""
+    now = timezone.now()
+    if _transition(
+        celery_id,
+        [State.STARTED],
+        Kind.SUCCEEDED,
+        extra_filter={"cancel_requested": False},
+        state=State.SUCCESS,
+        finished_at=now,
+        progress_current=F("progress_total"),
+    ):
+        return True
+    # A late success must not overwrite a cancel: the caller was told it stopped.
+    return mark_revoked(celery_id, reason="finished after cancel was requested")
+
+
+def mark_failed(
+    celery_id: str,
+    *,
+    error: str,
+    traceback: str = "",
+    from_states: Iterable[str] = (State.PENDING, State.STARTED, State.RETRY),
+) -> bool:
+    """Record a final failure; a cancelled record ends REVOKED instead."""
+    final_state = Case(
+        When(cancel_requested=True, then=Value(State.REVOKED)),
+        default=Value(State.FAILURE),
+    )
+    return _transition(
+        celery_id,
+        from_states,
+        Kind.FAILED,
+        data={"error": error[:2000]},
+        state=final_state,
+        error=error,
+        traceback=traceback,
+        finished_at=timezone.now(),
+    )
+
+
+def mark_revoked(celery_id: str, *, reason: str = "") -> bool:
+    """Any revoke (ours or `celery control revoke`) is final and sets the durable flag."""
+    return _transition(
+        celery_id,
+        TaskRecord.ACTIVE_STATES,
+        Kind.CANCELLED,
+        data={"reason": reason},
+        state=State.REVOKED,
+        cancel_requested=True,
+        finished_at=timezone.now(),
+    )
+
+
+def record_progress(
+    celery_id: str, current: int, total: int, message: str = ""
+) -> bool:
+    """Store progress of a running attempt; False if it was cancelled meanwhile."""
+    return _transition(
+        celery_id,
+        [State.STARTED],
+        Kind.PROGRESS,
+        data={"current": current, "total": total, "message": message[:500]},
+        extra_filter={"cancel_requested": False},
+        progress_current=max(0, int(current)),
+        progress_total=max(0, int(total)),
+        progress_message=message[:500],
+    )
+
+
+def mark_lost(record: TaskRecord, *, reason: str) -> bool:
+    """A STARTED record whose worker is gone (health check)."""
+    return _transition(
+        record.celery_id,
+        [State.STARTED],
+        Kind.LOST,
+        data={"reason": reason},
+        state=State.LOST,
+        error=reason,
+        finished_at=timezone.now(),
+    )
+
+
+# --- operator actions ------------------------------------------------------
+
+
+def cancel(record: TaskRecord) -> TaskRecord:
+    """Cancel a pending, retrying or running record.
+
+    1. Set the durable flag first: from then on no worker will start it, even one
+       that missed the revoke broadcast or restarted.
+    2. A record nobody runs (PENDING, RETRY) becomes REVOKED at once.
+    3. After commit, broadcast a revoke; a running attempt is terminated (prefork)
+       or stops at its next progress report. The worker's task_revoked signal (or
+       the late success, see mark_succeeded) makes it REVOKED.
+    """
+    with transaction.atomic():
+        flagged = TaskRecord.objects.filter(
+            pk=record.pk, state__in=TaskRecord.ACTIVE_STATES
+        ).update(cancel_requested=True)
+        if not flagged:
+            record.refresh_from_db()
+            raise InvalidTransition(f"Task #{record.pk} is already {record.state}")
+        record.refresh_from_db()
+        queued = _transition(
+            record.celery_id,
+            [State.PENDING, State.RETRY],
+            Kind.CANCELLED,
+            data={"reason": "cancelled while queued"},
+            state=State.REVOKED,
+            finished_at=timezone.now(),
+        )
+    celery_id = record.celery_id
+    transaction.on_commit(lambda: _broadcast_revoke(celery_id, terminate=not queued))
+    record.refresh_from_db()
+    return record
+
+
+def _broadcast_revoke(celery_id: str, *, terminate: bool) -> None:
+    from tasks_app import workers
+
+    try:
+        workers.revoke(celery_id, terminate=terminate)
+    except Exception as exc:
+        logger.warning("Revoke broadcast for %s failed: %r", celery_id, exc)
+
+
+def retry(
+    record: TaskRecord, *, args: list | None = None, kwargs: dict | None = None
+) -> TaskRecord:
+    """Start a new attempt of a failed, cancelled or lost record.
+
+    The new attempt gets a new celery_id; events and results of earlier attempts
+    stay. Edited arguments replace the stored ones.
+    """
+    new_args = record.args if args is None else list(args)
+    new_kwargs = record.kwargs if kwargs is None else dict(kwargs)
+    if has_redactions([new_args, new_kwargs]):
+        raise InvalidTransition(
+            f"Task #{record.pk} has redacted secret arguments; edit and retry with "
+            "the real values"
+        )
+    previous = record.celery_id
+    new_id = str(uuid.uuid4())
+    with transaction.atomic():
+        updated = TaskRecord.objects.filter(
+            pk=record.pk, state__in=TaskRecord.RETRYABLE_STATES
+        ).update(
+            state=State.PENDING,
+            celery_id=new_id,
+            args=new_args,
+            kwargs=new_kwargs,
+            error="",
+            traceback="",
+            started_at=None,
+            finished_at=None,
+            eta=None,
+            cancel_requested=False,
+            deliveries=0,
+            progress_current=0,
+            progress_total=0,
+            progress_message="",
+        )
+        if updated != 1:
+            # Another admin or API call retried it first, or it has not finished.
+            record.refresh_from_db()
+            raise InvalidTransition(
+                f"Task #{record.pk} is {record.state}, not retryable"
+            )
+        _add_event(new_id, Kind.QUEUED, {"retry_of": previous})
+    record.refresh_from_db()
+    transaction.on_commit(lambda: publish(record))
+    return record
+
+
+def is_cancel_requested(celery_id: str) -> bool:
+    return TaskRecord.objects.filter(
+        celery_id=celery_id, cancel_requested=True
+    ).exists()

@@ -1,0 +1,51 @@
+"""Celery signal receivers. Each one hands off to tasks_app.services and nothing else.
+
+Receivers run in the publishing process (before_task_publish) or the worker. Celery
+logs an exception raised by a receiver instead of failing the task, so a broken
+receiver shows up as a stale record (which check_task_health catches).
+"""
+
+from __future__ import annotations
+
+from celery import signals
+
+from tasks_app import services
+
+
+@signals.before_task_publish.connect
+def on_before_task_publish(body, routing_key=None, headers=None, properties=None, **_):
+    services.record_published(headers or {}, body, routing_key, properties or {})
+
+
+@signals.task_prerun.connect
+def on_task_prerun(task_id, task, **_):
+    # The refusal is read by LedgerTask.before_start, which can stop the run.
+    task.request.claw_refusal = services.mark_started(
+        task_id, name=task.name, worker=task.request.hostname or ""
+    )
+
+
+@signals.task_retry.connect
+def on_task_retry(request, reason, **_):
+    # Celery retries reuse the task id, so the same record goes RETRY -> STARTED.
+    services.mark_retry(
+        request.id, error=str(reason), eta=getattr(reason, "when", None)
+    )
+
+
+@signals.task_success.connect
+def on_task_success(sender, **_):
+    services.mark_succeeded(sender.request.id)
+
+
+@signals.task_failure.connect
+def on_task_failure(task_id, exception, einfo=None, **_):
+    services.mark_failed(
+        task_id, error=repr(exception), traceback=str(einfo.traceback) if einfo else ""
+    )
+
+
+@signals.task_revoked.connect
+def on_task_revoked(request, terminated=False, expired=False, **_):
+    reason = "terminated" if terminated else "expired" if expired else "revoked"
+    services.mark_revoked(request.id, reason=reason)

@@ -1,0 +1,102 @@
+"""Real Celery worker and beat processes for tests, stopped by their own pids."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+QUEUES = "ai_high_priority,knowledge_default,notification_default,default"
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.1, message: str = ""):
+    """Poll predicate until it returns something truthy; fail after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+class CeleryProcess:
+    """A `celery worker` or `celery beat` subprocess in its own process group."""
+
+    def __init__(self, kind: str, env: dict[str, str], extra: list[str], log: Path):
+        self.kind = kind
+        self.env = env
+        self.extra = extra
+        self.log_path = log
+        self.proc: subprocess.Popen | None = None
+        self.hostname = f"test-{uuid.uuid4().hex[:8]}@localhost"
+
+    def start(self) -> CeleryProcess:
+        args = [sys.executable, "-m", "celery", "-A", "claw", self.kind, "-l", "INFO"]
+        if self.kind == "worker":
+            args += ["-n", self.hostname, "-Q", QUEUES, "--without-gossip"]
+            args += ["--without-mingle"]
+        else:
+            args += ["--pidfile="]
+        self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            args + self.extra,
+            cwd=BASE_DIR,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def child_pids(self) -> list[int]:
+        out = subprocess.run(
+            ["pgrep", "-P", str(self.pid)], capture_output=True, text=True
+        ).stdout
+        return [int(pid) for pid in out.split()]
+
+    def wait_ready(self, app, timeout: float = 60) -> None:
+        def answered():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.kind} exited: {self.tail()}")
+            return app.control.ping(destination=[self.hostname], timeout=0.5)
+
+        wait_for(answered, timeout, interval=0.2, message=f"{self.hostname} to answer")
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(
+                self.log_path.read_text(errors="replace").splitlines()[-lines:]
+            )
+        except OSError:
+            return ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole process group (main process and pool children)."""
+        if self.proc and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 15) -> None:
+        if not self.proc:
+            return
+        self.kill(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=timeout)
+        self.kill(signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # orphaned pool children
+        self.proc.wait(timeout=10)
+        self.log.close()

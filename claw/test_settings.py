@@ -11,6 +11,9 @@ os.environ.setdefault("HTTPS_ONLY", "false")
 
 from claw.settings import *  # noqa: F403
 
+# Parallel runs on one machine keep apart by giving each its own test database
+# (CLAW_TEST_DB) and Redis database (CELERY_BROKER_URL).
+DATABASES["default"]["TEST"] = {"NAME": os.environ.get("CLAW_TEST_DB", "test_claw")}  # noqa: F405
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 CELERY_IMPORTS = ["tests.tasks"]  # tasks that only tests use (sleep, fail, kill...)
 CLAW_PROGRESS_INTERVAL = 0.2

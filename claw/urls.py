@@ -1,9 +1,20 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from tasks_app.health import health
+
+# Each app owns its API routes under /api/v1/ (<app>/api/urls.py).
+api_v1 = [
+    path("", include("tasks_app.api.urls")),
+    path("", include("knowledge.api.urls")),
+    path("", include("claw.api.urls")),
+]
 
 urlpatterns = [
     path("health", health, name="health"),
     path("admin/", admin.site.urls),
+    path("api/v1/", include(api_v1)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]

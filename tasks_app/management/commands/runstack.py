@@ -88,8 +88,11 @@ class Command(BaseCommand):
 
     def _stop_all(self) -> None:
         self.stdout.write("Stopping web, worker and beat...")
+        # SIGTERM to each main process only: the worker finishes its running tasks
+        # (warm shutdown) and gunicorn stops its own workers.
         for child in self.children.values():
-            self._signal_group(child, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_SECONDS
         for child in self.children.values():
             with contextlib.suppress(subprocess.TimeoutExpired):

@@ -1,0 +1,56 @@
+"""Settings refuse unsafe production configurations."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from django.core.management import call_command
+
+from tests.harness import BASE_DIR
+from tests.test_smoke_embedded import embedded_env
+
+
+def run_check(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "manage.py", "check", *args],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_refuses_to_start_without_secret_key_when_debug_is_off(tmp_path):
+    env = embedded_env(tmp_path)
+    del env["SECRET_KEY"]
+    done = run_check(env)
+    assert done.returncode != 0
+    assert "SECRET_KEY must be set" in done.stderr
+
+
+def test_check_deploy_is_clean_with_https_on(tmp_path):
+    env = {**embedded_env(tmp_path), "HTTPS_ONLY": "true"}
+    done = run_check(env, "--deploy", "--fail-level", "WARNING")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_short_visibility_timeout_raises_a_system_check_warning(tmp_path):
+    env = {
+        **embedded_env(tmp_path),
+        "CELERY_BROKER_URL": "redis://127.0.0.1:6379/15",
+        "CELERY_VISIBILITY_TIMEOUT": "60",
+    }
+    done = run_check(env)
+    assert "tasks_app.W001" in done.stdout + done.stderr
+
+
+def test_only_json_is_accepted(settings):
+    assert settings.CELERY_ACCEPT_CONTENT == ["json"]
+    assert settings.CELERY_TASK_SERIALIZER == "json"
+    call_command("check")  # the real settings pass
+    settings.CELERY_ACCEPT_CONTENT = ["json", "pickle"]
+    from tasks_app.apps import json_only_check
+
+    assert [e.id for e in json_only_check(None)] == ["tasks_app.E001"]

@@ -17,3 +17,4 @@ DATABASES["default"]["TEST"] = {"NAME": os.environ.get("CLAW_TEST_DB", "test_cla
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 CELERY_IMPORTS = ["tests.tasks"]  # tasks that only tests use (sleep, fail, kill...)
 CLAW_PROGRESS_INTERVAL = 0.2
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # noqa: F405 - whitenoise warns otherwise

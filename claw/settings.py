@@ -317,3 +317,35 @@ CLAW_RECORD_RETENTION_DAYS = {
     "FAILURE": env_int("CLAW_RETENTION_FAILURE_DAYS", 90),
     "LOST": env_int("CLAW_RETENTION_FAILURE_DAYS", 90),
 }
+
+
+def parse_retention_overrides(value: str) -> dict[str, dict[str, int]]:
+    """ "task.name:STATE=days,..." -> {"task.name": {"STATE": days}}."""
+    overrides: dict[str, dict[str, int]] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        try:
+            target, days = item.split("=")
+            name, state = target.rsplit(":", 1)
+            overrides.setdefault(name.strip(), {})[state.strip().upper()] = int(days)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"CLAW_RETENTION_OVERRIDES: expected 'task.name:STATE=days', got {item!r}"
+            ) from None
+    return overrides
+
+
+# Per-task exceptions to the retention above, e.g.
+# "claw.send_notification:SUCCESS=1,knowledge.vectorize_document:FAILURE=180".
+CLAW_RETENTION_OVERRIDES = parse_retention_overrides(
+    os.environ.get("CLAW_RETENTION_OVERRIDES", "")
+)
+# check_task_health: a PENDING record older than this whose message is not in the
+# broker is re-published (broker data loss).
+CLAW_REPUBLISH_PENDING_AFTER = env_int("CLAW_REPUBLISH_PENDING_AFTER", 300)
+# Staff alerts raised by check_task_health; an active alert is re-sent at most once
+# per CLAW_ALERT_REPEAT_MINUTES.
+CLAW_ALERT_BACKLOG = env_int("CLAW_ALERT_BACKLOG", 1000)
+CLAW_ALERT_FAILURE_RATIO = float(os.environ.get("CLAW_ALERT_FAILURE_RATIO", "0.25"))
+CLAW_ALERT_FAILURE_MIN_TASKS = env_int("CLAW_ALERT_FAILURE_MIN_TASKS", 20)
+CLAW_ALERT_MISSED_RUN_GRACE = env_int("CLAW_ALERT_MISSED_RUN_GRACE", 600)
+CLAW_ALERT_REPEAT_MINUTES = env_int("CLAW_ALERT_REPEAT_MINUTES", 240)

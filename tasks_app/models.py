@@ -179,3 +179,23 @@ class BeatLease(models.Model):
 
     def __str__(self) -> str:
         return f"beat lease held by {self.holder or 'nobody'}"
+
+
+class StaffAlert(models.Model):
+    """One staff alert raised by check_task_health, keyed so it is sent once.
+
+    While an alert is active it is not sent again until CLAW_ALERT_REPEAT_MINUTES
+    have passed; it becomes inactive when a health check no longer sees the problem.
+    """
+
+    key = models.CharField(max_length=200, unique=True)
+    subject = models.CharField(max_length=300)
+    body = models.TextField(blank=True)
+    active = models.BooleanField(default=True)
+    first_raised_at = models.DateTimeField(auto_now_add=True)
+    last_sent_at = models.DateTimeField(null=True, blank=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    times_sent = models.PositiveIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.subject} ({'active' if self.active else 'resolved'})"

@@ -189,7 +189,13 @@ def find_vanished(now=None) -> list[TaskRecord] | None:
     )
     if not candidates:
         return []
-    present = broker_inspect.queued_task_ids()
+    queues = set(settings.CLAW_QUEUES) | {
+        queue
+        for queue in TaskRecord.objects.filter(pk__in=[r.pk for r in candidates])
+        .values_list("queue", flat=True)
+        .distinct()
+    }
+    present = broker_inspect.queued_task_ids(sorted(queues))
     if present is None:
         return None
     missing = [r.pk for r in candidates if r.celery_id not in present]

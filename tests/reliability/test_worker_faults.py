@@ -1,0 +1,108 @@
+"""Faults of worker processes: kill -9, poison tasks, SIGTERM, cancel while down."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from django.conf import settings
+
+from claw.celery import app
+from tasks_app import services
+from tasks_app.models import TaskRecord
+from tests.harness import wait_for
+from tests.reliability.conftest import (
+    QUEUE,
+    effects,
+    report,
+    states,
+    submit_effect,
+    wait_final,
+    wait_state,
+)
+
+pytestmark = [pytest.mark.reliability, pytest.mark.worker]
+State = TaskRecord.State
+
+
+def running_pid(worker, celery_id: str) -> int:
+    def find():
+        active = app.control.inspect(destination=[worker.hostname], timeout=1).active()
+        for task in (active or {}).get(worker.hostname, []):
+            if task["id"] == celery_id:
+                return task["worker_pid"]
+        return None
+
+    return wait_for(find, 20, interval=0.2, message=f"{celery_id} to run")
+
+
+def test_killing_a_worker_child_mid_task_redelivers_it_and_the_effect_happens_once(
+    transactional_db, redis_db, fault_worker
+):
+    worker = fault_worker("-c", "2")
+    record = submit_effect("child-kill", seconds=3)
+    wait_state(record, State.STARTED, 20)
+    pid = running_pid(worker, record.celery_id)
+    assert pid in worker.child_pids()  # only a pid this test started
+
+    os.kill(pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    recovered = wait_final([record], 40)
+
+    record.refresh_from_db()
+    report(
+        "kill -9 child",
+        lost=0,
+        duplicated=effects()["child-kill"] - 1,
+        seconds_to_recover=time.monotonic() - killed_at,
+    )
+    assert record.state == State.SUCCESS
+    assert record.deliveries == 2
+    assert effects() == {"child-kill": 1}
+    assert recovered < 40
+
+
+def test_a_task_that_kills_its_process_every_time_stops_in_failure_while_others_flow(
+    transactional_db, redis_db, fault_worker
+):
+    worker = fault_worker("-c", "2")
+    started = time.monotonic()
+    poison = services.submit("tests.kill_self", queue=QUEUE)
+    others = [submit_effect(f"flow-{i}", seconds=0.2) for i in range(6)]
+
+    wait_final([poison, *others], 90)
+
+    poison.refresh_from_db()
+    limit = 1 + settings.CLAW_MAX_REDELIVERIES  # kill_self has max_retries=0
+    report(
+        "poison task",
+        deliveries=poison.deliveries,
+        others_done=sum(s == State.SUCCESS for s in states(others).values()),
+        seconds=time.monotonic() - started,
+    )
+    assert poison.state == State.FAILURE
+    assert "Stopped after" in poison.error
+    assert poison.deliveries == limit
+    assert set(states(others).values()) == {State.SUCCESS}
+    assert effects() == {f"flow-{i}": 1 for i in range(6)}
+    assert worker.proc.poll() is None  # the worker itself survived
+
+
+def test_a_task_cancelled_while_every_worker_is_down_never_runs_after_they_return(
+    transactional_db, redis_db, fault_worker
+):
+    record = submit_effect("cancelled-while-down")
+    services.cancel(record)
+    assert TaskRecord.objects.get(pk=record.pk).state == State.REVOKED
+
+    fault_worker("-c", "1")  # a fresh worker: Celery's in-memory revoke list is empty
+    marker = submit_effect("after-restart")
+    wait_final([marker], 30)
+
+    record.refresh_from_db()
+    kinds = list(record.events.values_list("kind", flat=True))
+    report("cancel while down", ran=effects().get("cancelled-while-down", 0))
+    assert effects() == {"after-restart": 1}
+    assert record.state == State.REVOKED and "started" not in kinds

@@ -106,3 +106,87 @@ def test_a_task_cancelled_while_every_worker_is_down_never_runs_after_they_retur
     report("cancel while down", ran=effects().get("cancelled-while-down", 0))
     assert effects() == {"after-restart": 1}
     assert record.state == State.REVOKED and "started" not in kinds
+
+
+def test_killing_the_worker_main_process_with_20_tasks_in_flight_loses_and_doubles_none(
+    transactional_db, redis_db, fault_worker
+):
+    worker = fault_worker("-c", "4")
+    records = [submit_effect(f"inflight-{i}", seconds=1.5) for i in range(20)]
+    wait_for(
+        lambda: list(states(records).values()).count(State.STARTED) >= 3,
+        30,
+        message="several tasks to run",
+    )
+    worker.kill(signal.SIGKILL)  # main process and its pool children, our pids only
+    worker.proc.wait(10)
+    killed_at = time.monotonic()
+    in_flight = list(states(records).values()).count(State.STARTED)
+
+    fault_worker("-c", "4")  # the restart
+    wait_final(records, 120)
+
+    counts = effects()
+    final = states(records)
+    lost = sum(state != State.SUCCESS for state in final.values())
+    duplicated = sum(max(0, counts.get(f"inflight-{i}", 0) - 1) for i in range(20))
+    report(
+        "kill -9 main",
+        in_flight_at_kill=in_flight,
+        lost=lost,
+        duplicated=duplicated,
+        seconds_to_recover=time.monotonic() - killed_at,
+    )
+    assert in_flight >= 1
+    assert lost == 0 and duplicated == 0
+    assert counts == {f"inflight-{i}": 1 for i in range(20)}
+
+
+def test_sigterm_lets_the_running_task_finish_and_returns_reserved_ones_at_once(
+    transactional_db, redis_db, fault_worker
+):
+    from tasks_app.broker_inspect import redis_queue_keys
+    from tests.tasks import redis_client
+
+    # A visibility timeout far above the test: messages coming back "at once"
+    # cannot be the broker's timeout redelivery.
+    slow_env = {
+        "CELERY_VISIBILITY_TIMEOUT": "300",
+        "CELERY_UNACKED_RESTORE_INTERVAL": "300",
+    }
+    worker = fault_worker("-c", "1", "--prefetch-multiplier", "4", env=slow_env)
+    running = submit_effect("sigterm-running", seconds=4)
+    wait_state(running, State.STARTED, 20)
+    reserved = [submit_effect(f"sigterm-reserved-{i}") for i in range(3)]
+    client = redis_client()
+
+    def queue_length() -> int:
+        return sum(client.llen(key) for key in redis_queue_keys([QUEUE]))
+
+    wait_for(lambda: queue_length() == 0, 10, message="the worker to reserve all")
+
+    os.kill(worker.pid, signal.SIGTERM)  # warm shutdown of the pid we started
+    sent_at = time.monotonic()
+    worker.proc.wait(30)
+    exited_after = time.monotonic() - sent_at
+    back_in_queue = queue_length()
+
+    running.refresh_from_db()
+    assert running.state == State.SUCCESS
+    assert effects() == {"sigterm-running": 1}
+    assert back_in_queue == 3
+    assert set(states(reserved).values()) == {State.PENDING}
+
+    fault_worker("-c", "2", env=slow_env)
+    wait_final(reserved, 30)
+    report(
+        "SIGTERM",
+        running_finished=True,
+        returned_to_queue=back_in_queue,
+        seconds_to_exit=exited_after,
+        seconds_from_sigterm_until_returned_ran=time.monotonic() - sent_at,
+    )
+    assert effects() == {
+        "sigterm-running": 1,
+        **{f"sigterm-reserved-{i}": 1 for i in range(3)},
+    }

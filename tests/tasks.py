@@ -20,7 +20,9 @@ EFFECTS_KEY = "claw-test:effects"
 
 
 def redis_client() -> redis.Redis:
-    return redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    # CLAW_TEST_EFFECTS_URL keeps the counters out of a broker a test wipes.
+    url = os.environ.get("CLAW_TEST_EFFECTS_URL") or settings.CELERY_BROKER_URL
+    return redis.Redis.from_url(url)
 
 
 @app.task(name="tests.add")
@@ -74,3 +76,12 @@ def progress_loop(steps: int, delay: float = 0.0) -> int:
 @app.task(name="tests.kill_self", max_retries=0)
 def kill_self() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@app.task(name="tests.bounded_effect", time_limit=8, soft_time_limit=6)
+def bounded_effect(key: str, seconds: float = 0.0) -> str:
+    """tests.effect with a short hard time limit, so the health check may call it
+    lost within a test."""
+    time.sleep(seconds)
+    redis_client().hincrby(EFFECTS_KEY, key, 1)
+    return key

@@ -143,14 +143,34 @@ def find_lost(alive: set[str], now=None) -> list[TaskRecord]:
         [settings.CELERY_TASK_TIME_LIMIT]
         + [hard_time_limit(name) for name in list(app.tasks)]
     )
-    candidates = TaskRecord.objects.filter(
-        state=State.STARTED, started_at__lt=now - timedelta(seconds=shortest)
-    ).exclude(worker__in=alive)
-    return [
+    candidates = [
         record
-        for record in candidates.iterator()
+        for record in TaskRecord.objects.filter(
+            state=State.STARTED, started_at__lt=now - timedelta(seconds=shortest)
+        ).iterator()
         if record.started_at < now - timedelta(seconds=hard_time_limit(record.name))
     ]
+    if any(record.worker in alive for record in candidates):
+        # A live worker past the hard limit is not running it either when it lost
+        # its broker connection meanwhile (Celery cancels such tasks and their
+        # message may be gone): ask what it actually runs.
+        running = _running_ids()
+        return [
+            r
+            for r in candidates
+            if r.worker not in alive
+            or (running is not None and r.celery_id not in running)
+        ]
+    return candidates
+
+
+def _running_ids() -> set[str] | None:
+    try:
+        cluster = workers.cluster()
+    except Exception as exc:
+        logger.warning("Inspect failed: %r", exc)
+        return None
+    return {task.get("id") for info in cluster for task in info.active}
 
 
 def reconcile_lost(alive: set[str], *, dry_run: bool, report: HealthReport) -> None:

@@ -12,6 +12,7 @@ from django_celery_results.models import TaskResult
 
 from tasks_app import alerts, broker_inspect, maintenance, services
 from tasks_app.models import StaffAlert, TaskEvent, TaskRecord
+from tasks_app.workers import WorkerInfo
 
 State = TaskRecord.State
 
@@ -33,6 +34,7 @@ def quiet_cluster():
         patch("tasks_app.workers.ping", return_value=["w1@host"]) as ping,
         patch("tasks_app.workers.queue_lengths", return_value={"default": 0}),
         patch("tasks_app.broker_inspect.queued_task_ids", return_value=set()),
+        patch("tasks_app.workers.cluster", return_value=[]),
         patch("claw.celery.app.send_task") as send_task,
     ):
         yield ping, send_task
@@ -148,8 +150,12 @@ def test_a_task_started_past_its_time_limit_on_a_dead_worker_is_lost_and_requeue
         finished_at=None,
     )
     old_celery_id = record.celery_id
+    w1 = WorkerInfo("w1@host", alive=True, active=[{"id": alive.celery_id}])
 
-    with django_capture_on_commit_callbacks(execute=True):
+    with (
+        django_capture_on_commit_callbacks(execute=True),
+        patch("tasks_app.workers.cluster", return_value=[w1]),
+    ):
         report = maintenance.check_health(alerts_enabled=False)
 
     assert report["lost"] == [record.pk] and report["requeued"] == [record.pk]
@@ -180,6 +186,22 @@ def test_a_non_idempotent_lost_task_is_marked_lost_but_not_requeued(quiet_cluste
     record.refresh_from_db()
     assert report["lost"] == [record.pk] and report["requeued"] == []
     assert record.state == State.LOST
+
+
+@pytest.mark.django_db
+def test_a_task_its_live_worker_no_longer_runs_is_lost_after_the_time_limit(
+    quiet_cluster,
+):
+    # e.g. Celery cancelled it when the worker lost its broker connection
+    started = timezone.now() - timedelta(seconds=400)
+    record = make_record(
+        state=State.STARTED, started_at=started, worker="w1@host", finished_at=None
+    )
+    w1 = WorkerInfo("w1@host", alive=True, active=[{"id": "something-else"}])
+    with patch("tasks_app.workers.cluster", return_value=[w1]):
+        report = maintenance.check_health(alerts_enabled=False)
+
+    assert report["lost"] == [record.pk]
 
 
 # --- vanished messages ------------------------------------------------------------

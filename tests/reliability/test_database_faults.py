@@ -1,0 +1,198 @@
+"""PostgreSQL restarted while tasks run, on a private server.
+
+The shared PostgreSQL runs other engineers' tests, so this starts its own cluster
+(initdb + pg_ctl as the postgres user, loopback port 5440, a temp folder), loads
+the test database's schema into it, and restarts that one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+
+import pytest
+from django.db import connection
+
+from tasks_app import maintenance, services
+from tasks_app.models import TaskRecord
+from tests.reliability.conftest import QUEUE, effects, report, states
+
+pytestmark = [pytest.mark.reliability, pytest.mark.worker]
+State = TaskRecord.State
+PORT = 5440
+NAME = "claw_reliability"
+
+
+def pg_bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if not found:
+        pytest.fail(f"PostgreSQL binary {name} not found under /usr/lib/postgresql")
+    return found[-1]
+
+
+def as_postgres(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    command = " ".join(f"'{a}'" for a in args)
+    if os.geteuid() == 0:
+        args = ("su", "postgres", "-c", command)
+    return subprocess.run(args, capture_output=True, text=True, check=check, timeout=60)
+
+
+class PrivatePostgres:
+    def __init__(self):
+        self.folder = tempfile.mkdtemp(prefix="claw-pg-")
+        self.data = os.path.join(self.folder, "data")
+        if os.geteuid() == 0:
+            shutil.chown(self.folder, "postgres", "postgres")
+
+    def init(self) -> PrivatePostgres:
+        as_postgres(pg_bin("initdb"), "-D", self.data, "-A", "trust", "-U", "postgres")
+        return self.start()
+
+    def start(self) -> PrivatePostgres:
+        options = (
+            f"-p {PORT} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        )
+        as_postgres(
+            pg_bin("pg_ctl"),
+            "-D",
+            self.data,
+            "-o",
+            options,
+            "-w",
+            "start",
+            "-l",
+            os.path.join(self.folder, "log"),
+        )
+        return self
+
+    def stop(self) -> None:
+        as_postgres(
+            pg_bin("pg_ctl"), "-D", self.data, "-m", "fast", "-w", "stop", check=False
+        )
+
+    def load_schema_of(self, settings_dict: dict) -> None:
+        psql = [pg_bin("psql"), "-h", "127.0.0.1", "-p", str(PORT), "-U", "postgres"]
+        subprocess.run(
+            [*psql, "-c", f"CREATE DATABASE {NAME}"],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        dump = subprocess.run(
+            [
+                pg_bin("pg_dump"),
+                "--schema-only",
+                "--no-owner",
+                "-h",
+                settings_dict["HOST"] or "127.0.0.1",
+                "-p",
+                str(settings_dict["PORT"] or 5432),
+                "-U",
+                settings_dict["USER"],
+                settings_dict["NAME"],
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PGPASSWORD": settings_dict.get("PASSWORD") or ""},
+        ).stdout
+        subprocess.run(
+            [*psql, "-q", "-d", NAME],
+            input=dump,
+            text=True,
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def database(host: str, port: int, name: str):
+    """Point this process's default connection at another server, then back."""
+    saved = {k: connection.settings_dict[k] for k in ("HOST", "PORT", "NAME")}
+    connection.close()
+    connection.settings_dict.update(HOST=host, PORT=port, NAME=name)
+    try:
+        yield
+    finally:
+        connection.close()
+        connection.settings_dict.update(saved)
+
+
+def with_reconnect(call):
+    try:
+        return call()
+    except Exception:  # the server restarted under this process's connection
+        connection.close()
+        return None
+
+
+def test_postgresql_restarted_while_tasks_run_every_record_reaches_a_final_state(
+    transactional_db, redis_db, fault_worker
+):
+    server = PrivatePostgres().init()
+    try:
+        server.load_schema_of(connection.settings_dict)
+        url = f"postgres://postgres@127.0.0.1:{PORT}/{NAME}"
+        with database("127.0.0.1", PORT, NAME):
+            worker = fault_worker("-c", "2", env={"DATABASE_URL": url})
+            records = [
+                services.submit(
+                    "tests.bounded_effect", args=[f"pg-{i}", 1.0], queue=QUEUE
+                )
+                for i in range(8)
+            ]
+            deadline = time.monotonic() + 20
+            while list(states(records).values()).count(State.SUCCESS) < 2:
+                assert time.monotonic() < deadline, "tasks did not start"
+                time.sleep(0.2)
+
+            server.stop()
+            restarted_at = time.monotonic()
+            server.start()
+            connection.close()
+
+            final = {}
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                final = with_reconnect(lambda: states(records)) or {}
+                if final and all(s in TaskRecord.FINAL_STATES for s in final.values()):
+                    break
+                with_reconnect(lambda: maintenance.check_health(alerts_enabled=False))
+                time.sleep(1)
+            recovered = time.monotonic() - restarted_at
+            errors = with_reconnect(
+                lambda: list(
+                    TaskRecord.objects.filter(pk__in=[r.pk for r in records])
+                    .exclude(state=State.SUCCESS)
+                    .values_list("state", "error")
+                )
+            )
+    finally:
+        server.remove()
+
+    counts = effects()
+    report(
+        "postgresql restarted",
+        states=sorted(final.values()),
+        duplicated=sum(max(0, n - 1) for n in counts.values()),
+        missing_effects=sum(1 for i in range(8) if not counts.get(f"pg-{i}")),
+        seconds_to_recover=recovered,
+        not_succeeded=errors,
+    )
+    assert worker.proc.poll() is None  # the worker was never restarted
+    assert len(final) == 8
+    assert all(s in TaskRecord.FINAL_STATES for s in final.values())
+    assert (
+        all(counts.get(f"pg-{i}") for i in range(8)) or State.FAILURE in final.values()
+    )

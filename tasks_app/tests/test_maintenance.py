@@ -330,7 +330,21 @@ def test_an_active_alert_is_sent_again_after_the_repeat_window(settings):
 def test_alerts_are_logged_only_while_notify_staff_is_missing(caplog):
     with patch.dict("sys.modules", {"claw.notifications": None}):
         assert alerts.raise_alert("missing-notifier", "subject", "body")
-    assert "alert logged only" in caplog.text or "STAFF ALERT" in caplog.text
+    assert "notify_staff unavailable; alert logged only" in caplog.text
+    assert "STAFF ALERT missing-notifier: subject" in caplog.text
+
+
+@pytest.mark.django_db
+def test_alerts_go_to_notify_staff_with_their_dedupe_key():
+    from types import SimpleNamespace
+    from unittest.mock import MagicMock
+
+    notifications = SimpleNamespace(notify_staff=MagicMock())
+    with patch.dict("sys.modules", {"claw.notifications": notifications}):
+        assert alerts.raise_alert("backlog:default", "Backlog", "body")
+    notifications.notify_staff.assert_called_once_with(
+        "Backlog", "body", dedupe_key="backlog:default"
+    )
 
 
 @pytest.mark.django_db
@@ -381,3 +395,36 @@ def test_a_periodic_task_that_missed_its_run_raises_an_alert(settings):
     missed = [name for name, _ in maintenance.missed_periodic_tasks()]
 
     assert missed == ["late"]
+
+
+@pytest.mark.worker
+def test_both_maintenance_tasks_run_on_a_real_worker_and_report_counts(
+    transactional_db, celery_worker, settings
+):
+    from tests.harness import wait_for
+
+    old = make_record(state=State.SUCCESS, age_days=400)
+    cleanup = services.submit("tasks_app.cleanup_expired_results")
+    health = services.submit("tasks_app.check_task_health")
+
+    def finished():
+        return all(
+            r.is_final
+            for r in TaskRecord.objects.filter(pk__in=[cleanup.pk, health.pk])
+        )
+
+    wait_for(finished, 60, message="both maintenance tasks to finish")
+    results = {
+        r.task_name: r.result
+        for r in TaskResult.objects.filter(
+            task_id__in=TaskRecord.objects.filter(
+                pk__in=[cleanup.pk, health.pk]
+            ).values_list("celery_id", flat=True)
+        )
+    }
+    import json
+
+    assert json.loads(results["tasks_app.cleanup_expired_results"])["records"] >= 1
+    assert not TaskRecord.objects.filter(pk=old.pk).exists()
+    health_report = json.loads(results["tasks_app.check_task_health"])
+    assert celery_worker.hostname in health_report["live_workers"]

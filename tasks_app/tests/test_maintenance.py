@@ -290,6 +290,7 @@ def test_filesystem_presence_check_reads_message_files(tmp_path, settings):
 
 @pytest.mark.django_db
 def test_no_live_worker_raises_one_alert_until_it_is_resolved(caplog):
+    PeriodicTask.objects.all().delete()  # no missed-run alerts from old schedules
     with (
         patch("tasks_app.workers.ping", return_value=[]),
         patch("tasks_app.workers.queue_lengths", return_value={}),
@@ -349,6 +350,7 @@ def test_alerts_go_to_notify_staff_with_their_dedupe_key():
 
 @pytest.mark.django_db
 def test_backlog_and_failure_ratio_raise_alerts(settings):
+    PeriodicTask.objects.all().delete()
     settings.CLAW_ALERT_BACKLOG = 10
     settings.CLAW_ALERT_FAILURE_MIN_TASKS = 4
     settings.CLAW_ALERT_FAILURE_RATIO = 0.4

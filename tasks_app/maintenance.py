@@ -59,7 +59,7 @@ def _delete_records(queryset, *, batch: int, dry_run: bool) -> tuple[int, int]:
             TaskEvent.objects.filter(pk__in=event_ids).delete()
             events += len(event_ids)
         # only("pk"): the collector loads ids, not the args and tracebacks.
-        deleted, _ = TaskRecord.objects.filter(pk__in=ids).only("pk").delete()
+        TaskRecord.objects.filter(pk__in=ids).only("pk").delete()
         records += len(ids)
     return records, events
 

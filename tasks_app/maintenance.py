@@ -11,7 +11,7 @@ from django.db.models import Max, Q
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
-from claw.celery import app
+from claw.celery import registered_tasks
 from tasks_app import alerts, broker_inspect, services, workers
 from tasks_app.models import TaskEvent, TaskRecord
 
@@ -124,11 +124,12 @@ class HealthReport:
 
 def is_idempotent(name: str) -> bool:
     """Tasks are idempotent unless they say otherwise (claw_idempotent = False)."""
-    return bool(getattr(app.tasks.get(name), "claw_idempotent", True))
+    return bool(getattr(registered_tasks().get(name), "claw_idempotent", True))
 
 
 def hard_time_limit(name: str) -> float:
-    task = app.tasks.get(name)
+    # registered_tasks imports every tasks module: a manage.py process has not.
+    task = registered_tasks().get(name)
     return getattr(task, "time_limit", None) or settings.CELERY_TASK_TIME_LIMIT
 
 
@@ -141,7 +142,7 @@ def find_lost(alive: set[str], now=None) -> list[TaskRecord]:
     now = now or timezone.now()
     shortest = min(
         [settings.CELERY_TASK_TIME_LIMIT]
-        + [hard_time_limit(name) for name in list(app.tasks)]
+        + [hard_time_limit(name) for name in list(registered_tasks())]
     )
     candidates = [
         record

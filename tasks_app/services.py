@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 import uuid
 from collections.abc import Iterable
 from datetime import datetime, timedelta
@@ -231,7 +232,10 @@ def record_published(
     record here, from the publishing process. Celery's own retries republish with
     the same id and are skipped.
     """
-    if headers.get("claw_record") or headers.get("retries"):
+    if headers.get("retries"):
+        _record_retry_publish(headers)
+        return
+    if headers.get("claw_record"):
         return
     celery_id = headers.get("id")
     name = headers.get("task")
@@ -262,6 +266,22 @@ def record_published(
             _add_event(celery_id, Kind.QUEUED, {"queue": record.queue})
     except IntegrityError:
         pass  # published twice with one id (a republish); the record exists
+
+
+def _record_retry_publish(headers: dict) -> None:
+    """Celery is republishing an attempt for a retry: mark it RETRY now.
+
+    This runs before the message is sent. Celery's task_retry signal comes only
+    after, and with a short backoff another pool process may already have started
+    the next run by then, so recording the retry there would be too late. The
+    exception being retried is the one being handled right now.
+    """
+    exc = sys.exc_info()[1]
+    mark_retry(
+        headers["id"],
+        error=repr(exc) if exc else "retry requested",
+        eta=_parse_eta(headers.get("eta")),
+    )
 
 
 def _body_arguments(body: Any) -> tuple[list, dict]:

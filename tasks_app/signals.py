@@ -14,6 +14,9 @@ from tasks_app import services
 
 @signals.before_task_publish.connect
 def on_before_task_publish(body, routing_key=None, headers=None, properties=None, **_):
+    # Also where a Celery retry is recorded (STARTED -> RETRY), before the retry
+    # message exists; a task_retry receiver would run too late (see
+    # services._record_retry_publish).
     services.record_published(headers or {}, body, routing_key, properties or {})
 
 
@@ -22,14 +25,6 @@ def on_task_prerun(task_id, task, **_):
     # The refusal is read by LedgerTask.before_start, which can stop the run.
     task.request.claw_refusal = services.mark_started(
         task_id, name=task.name, worker=task.request.hostname or ""
-    )
-
-
-@signals.task_retry.connect
-def on_task_retry(request, reason, **_):
-    # Celery retries reuse the task id, so the same record goes RETRY -> STARTED.
-    services.mark_retry(
-        request.id, error=str(reason), eta=getattr(reason, "when", None)
     )
 
 

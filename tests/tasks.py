@@ -85,3 +85,9 @@ def bounded_effect(key: str, seconds: float = 0.0) -> str:
     time.sleep(seconds)
     redis_client().hincrby(EFFECTS_KEY, key, 1)
     return key
+
+
+@app.task(name="tests.total")
+def total(values: list[int], extra: int = 0) -> int:
+    """A chord callback: the header's results arrive as the first argument."""
+    return sum(values) + extra

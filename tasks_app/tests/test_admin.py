@@ -1,0 +1,132 @@
+"""The task admin end to end through Django's test client (browser test: tests/browser)."""
+
+from __future__ import annotations
+
+from unittest.mock import patch
+
+import pytest
+from django.contrib.admin.models import LogEntry
+from django.urls import reverse
+
+from tasks_app import services, workers
+from tasks_app.models import TaskRecord
+
+State = TaskRecord.State
+pytestmark = pytest.mark.django_db
+
+
+def make_record(state=State.FAILURE, **fields) -> TaskRecord:
+    record = TaskRecord.objects.create(
+        name="tests.add",
+        args=[1, 2],
+        state=state,
+        celery_id=f"id-{TaskRecord.objects.count()}-{state}",
+        **fields,
+    )
+    services._add_event(record.celery_id, "queued", {"queue": "default"})
+    return record
+
+
+def test_changelist_shows_badges_progress_and_links_to_workers(admin_client):
+    make_record(State.STARTED, progress_current=3, progress_total=4)
+    response = admin_client.get(reverse("admin:tasks_app_taskrecord_changelist"))
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "claw-badge" in html and "claw-progress" in html
+    assert reverse("admin:tasks_app_workers") in html
+
+
+@pytest.mark.parametrize(
+    "query", ["?state__exact=FAILURE", "?queue=default", "?name=tests.add", "?q=1"]
+)
+def test_changelist_filters_and_search_render(admin_client, query):
+    make_record()
+    url = reverse("admin:tasks_app_taskrecord_changelist") + query
+    assert admin_client.get(url).status_code == 200
+
+
+def test_detail_shows_arguments_timeline_and_traceback(admin_client):
+    record = make_record(error="ValueError('boom')", traceback="Traceback: boom")
+    response = admin_client.get(
+        reverse("admin:tasks_app_taskrecord_change", args=[record.pk])
+    )
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "claw-timeline" in html and "queued" in html
+    assert "Traceback: boom" in html
+    assert "&quot;args&quot;: [\n    1," in html or '"args"' in html
+
+
+def test_retry_action_reports_changed_and_skipped(admin_client):
+    failed = make_record(State.FAILURE)
+    running = make_record(State.STARTED)
+    with patch("tasks_app.services.app.send_task"):
+        response = admin_client.post(
+            reverse("admin:tasks_app_taskrecord_changelist"),
+            {"action": "retry_selected", "_selected_action": [failed.pk, running.pk]},
+            follow=True,
+        )
+    text = response.content.decode()
+    assert "Retried 1 task(s); skipped 1 not in an allowed state (1 STARTED)." in text
+    failed.refresh_from_db()
+    assert failed.state == State.PENDING
+
+
+def test_cancel_action_cancels_queued_records(
+    admin_client, django_capture_on_commit_callbacks
+):
+    queued = make_record(State.PENDING)
+    with (
+        patch("tasks_app.workers.revoke") as revoke,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        admin_client.post(
+            reverse("admin:tasks_app_taskrecord_changelist"),
+            {"action": "cancel_selected", "_selected_action": [queued.pk]},
+        )
+    queued.refresh_from_db()
+    assert queued.state == State.REVOKED
+    revoke.assert_called_once_with(queued.celery_id, terminate=False)
+
+
+def test_workers_page_lists_workers_and_queues(admin_client):
+    info = workers.WorkerInfo(name="w1@host", alive=True, pool="prefork", concurrency=2)
+    with (
+        patch("tasks_app.workers.cluster", return_value=[info]),
+        patch("tasks_app.workers.queue_lengths", return_value={"default": 7}),
+    ):
+        response = admin_client.get(reverse("admin:tasks_app_workers"))
+    html = response.content.decode()
+    assert "w1@host" in html and "prefork" in html and ">7<" in html
+
+
+def test_shutdown_needs_confirmation_and_is_logged(admin_client):
+    url = reverse("admin:tasks_app_workers_control")
+    with patch("tasks_app.workers.shutdown") as shutdown:
+        admin_client.post(url, {"operation": "shutdown", "worker": "w1@host"})
+        shutdown.assert_not_called()
+        admin_client.post(
+            url, {"operation": "shutdown", "worker": "w1@host", "confirm": "yes"}
+        )
+    shutdown.assert_called_once_with(["w1@host"])
+    assert LogEntry.objects.filter(change_message__contains="shutdown w1@host").exists()
+
+
+def test_worker_control_refuses_get_and_non_staff(
+    client, admin_client, django_user_model
+):
+    url = reverse("admin:tasks_app_workers_control")
+    assert admin_client.get(url).status_code == 405
+    django_user_model.objects.create_user("plain", password="x-pass-123")
+    client.login(username="plain", password="x-pass-123")
+    with patch("tasks_app.workers.shutdown") as shutdown:
+        response = client.post(
+            url, {"operation": "shutdown", "worker": "w", "confirm": "yes"}
+        )
+    assert response.status_code == 302 and "/login/" in response["Location"]
+    shutdown.assert_not_called()
+
+
+def test_records_cannot_be_added_by_hand(admin_client):
+    response = admin_client.get(reverse("admin:tasks_app_taskrecord_add"))
+    assert response.status_code == 403

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import json
+
+from django.urls import reverse
+from django_celery_results.models import TaskResult
+from rest_framework import serializers
+
+from tasks_app.models import TaskEvent, TaskRecord
+
+
+class TaskRecordSerializer(serializers.ModelSerializer):
+    """A task as clients see it; `state` uses Celery's names."""
+
+    progress = serializers.SerializerMethodField()
+    links = serializers.SerializerMethodField()
+
+    class Meta:
+        model = TaskRecord
+        fields = [
+            "id",
+            "name",
+            "state",
+            "queue",
+            "priority",
+            "progress",
+            "attempts",
+            "celery_id",
+            "worker",
+            "error",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "eta",
+            "cancel_requested",
+            "parent",
+            "links",
+        ]
+        read_only_fields = fields
+
+    def get_progress(self, obj: TaskRecord) -> dict:
+        return {
+            "current": obj.progress_current,
+            "total": obj.progress_total,
+            "message": obj.progress_message,
+            "percent": obj.progress_percent,
+        }
+
+    def get_links(self, obj: TaskRecord) -> dict:
+        return {
+            "self": reverse("taskrecord-detail", args=[obj.pk]),
+            "events": reverse("taskrecord-events", args=[obj.pk]),
+        }
+
+
+class TaskDetailSerializer(TaskRecordSerializer):
+    result = serializers.SerializerMethodField()
+    args = serializers.JSONField(read_only=True)
+    kwargs = serializers.JSONField(read_only=True)
+
+    class Meta(TaskRecordSerializer.Meta):
+        fields = [
+            *TaskRecordSerializer.Meta.fields,
+            "args",
+            "kwargs",
+            "result",
+            "traceback",
+        ]
+        read_only_fields = fields
+
+    def get_result(self, obj: TaskRecord):
+        stored = TaskResult.objects.filter(
+            task_id=obj.celery_id, status="SUCCESS"
+        ).first()
+        if stored is None or stored.result is None:
+            return None
+        try:
+            return json.loads(stored.result)
+        except ValueError:
+            return stored.result
+
+
+class TaskEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = TaskEvent
+        fields = ["id", "kind", "at", "attempt", "celery_id", "worker", "data"]
+        read_only_fields = fields
+
+
+class RetrySerializer(serializers.Serializer):
+    args = serializers.ListField(required=False, help_text="Replaces the stored args.")
+    kwargs = serializers.DictField(
+        required=False, help_text="Replaces the stored kwargs."
+    )
+
+
+class ShutdownSerializer(serializers.Serializer):
+    worker = serializers.CharField(max_length=255)
+    confirm = serializers.BooleanField()
+
+    def validate_confirm(self, value: bool) -> bool:
+        if not value:
+            raise serializers.ValidationError("Must be true to shut a worker down.")
+        return value
+
+
+class PoolRestartSerializer(serializers.Serializer):
+    destination = serializers.ListField(
+        child=serializers.CharField(max_length=255), required=False
+    )

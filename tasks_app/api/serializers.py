@@ -4,6 +4,8 @@ import json
 
 from django.urls import reverse
 from django_celery_results.models import TaskResult
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from tasks_app.models import TaskEvent, TaskRecord
@@ -68,6 +70,7 @@ class TaskDetailSerializer(TaskRecordSerializer):
         ]
         read_only_fields = fields
 
+    @extend_schema_field(OpenApiTypes.ANY)
     def get_result(self, obj: TaskRecord):
         stored = TaskResult.objects.filter(
             task_id=obj.celery_id, status="SUCCESS"

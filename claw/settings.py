@@ -257,6 +257,10 @@ CLAW_COMPRESS_ABOVE_BYTES = env_int("CLAW_COMPRESS_ABOVE_BYTES", 16 * 1024)
 
 CELERY_RESULT_BACKEND = "tasks_app.backend:LedgerBackend"  # django-celery-results
 CELERY_RESULT_EXTENDED = True  # store task name, args and worker on TaskResult
+# Retry storing a result through a database restart (LedgerBackend decides which
+# errors are safe); backoff from 10 ms, about 20 s in all.
+CELERY_RESULT_BACKEND_ALWAYS_RETRY = True
+CELERY_RESULT_BACKEND_MAX_RETRIES = 12
 CELERY_RESULT_EXPIRES = env_int("CELERY_RESULT_EXPIRES_DAYS", 7) * 24 * 3600
 CELERY_TASK_TRACK_STARTED = True
 CELERY_TASK_ACKS_LATE = (

@@ -1,8 +1,10 @@
-"""django-celery-results' database backend, taught to respect ledger refusals."""
+"""django-celery-results' database backend, taught to respect ledger refusals and
+to survive a database restart."""
 
 from __future__ import annotations
 
 from celery import states
+from django.db import InterfaceError, OperationalError, connections
 from django_celery_results.backends.database import DatabaseBackend
 
 
@@ -18,3 +20,13 @@ class LedgerBackend(DatabaseBackend):
         return super()._store_result(
             task_id, result, status, traceback=traceback, request=request, **kw
         )
+
+    def exception_safe_to_retry(self, exc) -> bool:
+        # A restarted PostgreSQL leaves a dead connection behind. Storing a result
+        # is an idempotent upsert by task id, so drop the connection and store again
+        # (result_backend_always_retry) rather than fail a task whose work is done.
+        if isinstance(exc, InterfaceError | OperationalError):
+            for conn in connections.all(initialized_only=True):
+                conn.close()
+            return True
+        return super().exception_safe_to_retry(exc)

@@ -1,0 +1,306 @@
+"""tasks_app.services without a worker: the conditional transitions, submit's
+publish-on-commit, cancel, retry and redaction. The broker send and the worker
+control broadcast are patched (our own seams)."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import transaction
+
+from claw.celery import app
+from tasks_app import services
+from tasks_app.models import TaskEvent, TaskRecord
+
+State = TaskRecord.State
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def send_task():
+    with mock.patch.object(app, "send_task") as sent:
+        yield sent
+
+
+@pytest.fixture
+def revoke():
+    with mock.patch("tasks_app.workers.revoke") as revoked:
+        yield revoked
+
+
+@pytest.fixture
+def user():
+    return get_user_model().objects.create_user("alice", password="pw-12345678")
+
+
+def kinds(record: TaskRecord) -> list[str]:
+    return list(record.events.order_by("id").values_list("kind", flat=True))
+
+
+def submitted(send_task, django_capture_on_commit_callbacks, **kwargs) -> TaskRecord:
+    with django_capture_on_commit_callbacks(execute=True):
+        record = services.submit(kwargs.pop("name", "tests.add"), **kwargs)
+    return record
+
+
+def started(send_task, django_capture_on_commit_callbacks, **kwargs) -> TaskRecord:
+    record = submitted(send_task, django_capture_on_commit_callbacks, **kwargs)
+    assert (
+        services.mark_started(record.celery_id, name=record.name, worker="w1") is None
+    )
+    record.refresh_from_db()
+    return record
+
+
+def test_submit_writes_a_pending_record_and_queued_event_and_publishes_on_commit(
+    send_task, django_capture_on_commit_callbacks, user
+):
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        record = services.submit("tests.add", args=[2, 3], owner=user, priority=7)
+        assert not send_task.called  # nothing leaves before the commit
+    for callback in callbacks:
+        callback()
+
+    record.refresh_from_db()
+    assert record.state == State.PENDING
+    assert record.args == [2, 3]
+    assert kinds(record) == ["queued"]
+    send_task.assert_called_once()
+    call = send_task.call_args
+    assert call.args == ("tests.add",)
+    assert call.kwargs["task_id"] == record.celery_id
+    assert call.kwargs["args"] == [2, 3]
+    assert call.kwargs["headers"] == {"claw_record": record.pk}
+    assert call.kwargs["priority"] == 2  # Redis serves the lowest number first
+
+
+def test_a_rolled_back_submit_leaves_no_record_and_publishes_nothing(
+    send_task, django_capture_on_commit_callbacks
+):
+    class Rollback(Exception):
+        pass
+
+    with (
+        django_capture_on_commit_callbacks(execute=True) as callbacks,
+        pytest.raises(Rollback),
+        transaction.atomic(),
+    ):
+        services.submit("tests.add", args=[1, 1])
+        raise Rollback
+
+    assert callbacks == []
+    assert not send_task.called
+    assert not TaskRecord.objects.exists()
+    assert not TaskEvent.objects.exists()
+
+
+def test_the_same_idempotency_key_returns_the_same_record_and_publishes_once(
+    send_task, django_capture_on_commit_callbacks, user
+):
+    first = submitted(
+        send_task, django_capture_on_commit_callbacks, owner=user, idempotency_key="k"
+    )
+    second = submitted(
+        send_task, django_capture_on_commit_callbacks, owner=user, idempotency_key="k"
+    )
+
+    assert first.pk == second.pk
+    assert TaskRecord.objects.count() == 1
+    assert send_task.call_count == 1
+
+
+def test_an_unknown_task_or_a_bad_priority_is_rejected_before_anything_is_written(
+    send_task,
+):
+    with pytest.raises(services.UnknownTask):
+        services.submit("tests.no_such_task")
+    with pytest.raises(ValueError, match="priority"):
+        services.submit("tests.add", priority=10)
+    with pytest.raises(ValueError, match="priority"):
+        services.submit("tests.add", priority=-1)
+    assert not TaskRecord.objects.exists()
+
+
+def test_secret_looking_arguments_are_stored_redacted_but_sent_in_full(
+    send_task, django_capture_on_commit_callbacks
+):
+    kwargs = {"api_key": "sk-1", "nested": {"password": "pw", "name": "n"}, "x": 1}
+    record = submitted(
+        send_task,
+        django_capture_on_commit_callbacks,
+        name="tests.effect",
+        kwargs=kwargs,
+    )
+
+    record.refresh_from_db()
+    assert record.kwargs == {
+        "api_key": "[redacted]",
+        "nested": {"password": "[redacted]", "name": "n"},
+        "x": 1,
+    }
+    assert send_task.call_args.kwargs["kwargs"] == kwargs
+
+
+def test_retry_refuses_redacted_arguments_unless_they_are_edited(
+    send_task, django_capture_on_commit_callbacks
+):
+    record = started(
+        send_task,
+        django_capture_on_commit_callbacks,
+        name="tests.effect",
+        kwargs={"key": "k", "token": "t"},
+    )
+    services.mark_failed(record.celery_id, error="boom")
+    record.refresh_from_db()
+
+    with pytest.raises(services.InvalidTransition, match="redacted"):
+        services.retry(record)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.retry(record, kwargs={"key": "k", "token": "new"})
+
+    record.refresh_from_db()
+    assert record.state == State.PENDING
+    assert send_task.call_args.kwargs["kwargs"] == {"key": "k", "token": "new"}
+
+
+def test_a_late_success_after_a_cancel_leaves_the_record_revoked(
+    send_task, django_capture_on_commit_callbacks, revoke
+):
+    record = started(send_task, django_capture_on_commit_callbacks)
+    services.mark_revoked(record.celery_id, reason="terminated")
+
+    services.mark_succeeded(record.celery_id)
+
+    record.refresh_from_db()
+    assert record.state == State.REVOKED
+    assert kinds(record) == ["queued", "started", "cancelled"]
+
+
+def test_a_success_after_a_failure_changes_nothing(
+    send_task, django_capture_on_commit_callbacks
+):
+    record = started(send_task, django_capture_on_commit_callbacks)
+    services.mark_failed(record.celery_id, error="boom", traceback="tb")
+
+    assert services.mark_succeeded(record.celery_id) is False
+    assert services.mark_retry(record.celery_id, error="late") is False
+
+    record.refresh_from_db()
+    assert record.state == State.FAILURE
+    assert record.traceback == "tb"
+    assert kinds(record) == ["queued", "started", "failed"]
+
+
+def test_mark_started_refuses_a_cancelled_record(
+    send_task, django_capture_on_commit_callbacks, revoke
+):
+    record = submitted(send_task, django_capture_on_commit_callbacks)
+    TaskRecord.objects.filter(pk=record.pk).update(cancel_requested=True)
+
+    refusal = services.mark_started(record.celery_id, name=record.name, worker="w1")
+
+    record.refresh_from_db()
+    assert refusal == "cancelled"
+    assert record.state == State.REVOKED
+    assert record.attempts == 0
+
+
+def test_mark_started_refuses_a_redelivery_of_a_finished_record(
+    send_task, django_capture_on_commit_callbacks
+):
+    record = started(send_task, django_capture_on_commit_callbacks)
+    services.mark_succeeded(record.celery_id)
+
+    refusal = services.mark_started(record.celery_id, name=record.name, worker="w2")
+
+    record.refresh_from_db()
+    assert refusal == "finished"
+    assert record.state == State.SUCCESS
+    assert record.worker == "w1"
+    assert record.attempts == 1
+
+
+def test_a_delivery_past_the_limit_is_refused_as_poisoned_and_fails(
+    send_task, django_capture_on_commit_callbacks, settings
+):
+    settings.CLAW_MAX_REDELIVERIES = 2
+    record = submitted(
+        send_task, django_capture_on_commit_callbacks, name="tests.kill_self"
+    )
+    # tests.kill_self has max_retries=0: one run plus two redeliveries may start.
+    results = [
+        services.mark_started(record.celery_id, name=record.name, worker="w")
+        for _ in range(4)
+    ]
+
+    record.refresh_from_db()
+    assert results == [None, None, None, "poisoned"]
+    assert record.state == State.FAILURE
+    assert "3 deliveries" in record.error
+    assert services.mark_started(record.celery_id, name=record.name, worker="w") == (
+        "finished"
+    )
+
+
+def test_cancel_of_a_pending_record_revokes_it_at_once_without_terminating(
+    send_task, django_capture_on_commit_callbacks, revoke
+):
+    record = submitted(send_task, django_capture_on_commit_callbacks)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        record = services.cancel(record)
+
+    assert record.state == State.REVOKED
+    assert record.cancel_requested
+    revoke.assert_called_once_with(record.celery_id, terminate=False)
+    assert kinds(record) == ["queued", "cancelled"]
+
+
+def test_cancel_of_a_running_record_sets_the_flag_and_broadcasts_terminate(
+    send_task, django_capture_on_commit_callbacks, revoke
+):
+    record = started(send_task, django_capture_on_commit_callbacks)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        record = services.cancel(record)
+
+    assert record.state == State.STARTED  # the worker's revoked signal finishes it
+    assert record.cancel_requested
+    revoke.assert_called_once_with(record.celery_id, terminate=True)
+    assert services.record_progress(record.celery_id, 1, 2) is False
+    services.mark_succeeded(record.celery_id)  # the run finished anyway
+    record.refresh_from_db()
+    assert record.state == State.REVOKED
+    with pytest.raises(services.InvalidTransition):
+        services.cancel(record)
+
+
+def test_retry_of_a_failure_gets_a_new_celery_id_and_keeps_old_events(
+    send_task, django_capture_on_commit_callbacks
+):
+    record = started(send_task, django_capture_on_commit_callbacks, args=[1, 2])
+    services.mark_failed(record.celery_id, error="boom")
+    old_id = record.celery_id
+
+    with django_capture_on_commit_callbacks(execute=True):
+        record = services.retry(record, args=[5, 6])
+
+    assert record.celery_id != old_id
+    assert record.state == State.PENDING
+    assert record.args == [5, 6]
+    assert send_task.call_args.kwargs["task_id"] == record.celery_id
+    assert send_task.call_args.kwargs["args"] == [5, 6]
+    assert kinds(record) == ["queued", "started", "failed", "queued"]
+    assert record.events.filter(celery_id=old_id).count() == 3
+    # A late signal for the old attempt no longer touches the record.
+    assert services.mark_succeeded(old_id) is False
+
+
+def test_retry_of_an_active_record_is_refused(
+    send_task, django_capture_on_commit_callbacks
+):
+    record = started(send_task, django_capture_on_commit_callbacks)
+    with pytest.raises(services.InvalidTransition):
+        services.retry(record)

@@ -1,10 +1,5 @@
 from __future__ import annotations
 
-from datetime import timedelta
-
-from django.db.models import Count, Q
-from django.db.models.functions import TruncHour
-from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
@@ -14,7 +9,7 @@ from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from tasks_app import services, workers
+from tasks_app import dashboard, services, workers
 from tasks_app.api.permissions import OwnedQuerysetMixin
 from tasks_app.api.serializers import (
     PoolRestartSerializer,
@@ -144,26 +139,8 @@ class TaskRecordViewSet(
         hours = request.query_params.get("hours", "24")
         if not hours.isdigit() or not 1 <= int(hours) <= 720:
             raise ValidationError({"hours": "Must be an integer from 1 to 720."})
-        since = timezone.now() - timedelta(hours=int(hours))
-        window = TaskRecord.objects.filter(created_at__gte=since)
-        by_state = dict(window.values_list("state").annotate(n=Count("id")).order_by())
-        by_name = {
-            row["name"]: {"total": row["total"], "failed": row["failed"]}
-            for row in window.values("name")
-            .annotate(total=Count("id"), failed=Count("id", filter=Q(state="FAILURE")))
-            .order_by()
-        }
-        hourly = [
-            {"hour": row["hour"], "finished": row["finished"], "failed": row["failed"]}
-            for row in TaskRecord.objects.filter(finished_at__gte=since)
-            .annotate(hour=TruncHour("finished_at"))
-            .values("hour")
-            .annotate(
-                finished=Count("id"), failed=Count("id", filter=Q(state="FAILURE"))
-            )
-            .order_by("hour")
-        ]
-        finished = sum(by_state.get(s, 0) for s in ("SUCCESS", "FAILURE"))
+        start = dashboard.since(int(hours))
+        by_state = dashboard.counts_by_state(start)
         try:
             queues = workers.queue_lengths()
         except Exception as exc:  # the broker being down must not break stats
@@ -172,11 +149,9 @@ class TaskRecordViewSet(
             {
                 "window_hours": int(hours),
                 "by_state": by_state,
-                "by_name": by_name,
-                "throughput_per_hour": hourly,
-                "failure_rate": (by_state.get("FAILURE", 0) / finished)
-                if finished
-                else 0.0,
+                "by_name": dashboard.counts_by_name(start),
+                "throughput_per_hour": dashboard.hourly(start),
+                "failure_rate": dashboard.failure_rate(by_state),
                 "queues": queues,
             }
         )

@@ -130,3 +130,55 @@ def test_worker_control_refuses_get_and_non_staff(
 def test_records_cannot_be_added_by_hand(admin_client):
     response = admin_client.get(reverse("admin:tasks_app_taskrecord_add"))
     assert response.status_code == 403
+
+
+def finished(state, error="", seconds=1.0) -> TaskRecord:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    now = timezone.now()
+    return make_record(
+        state, error=error, started_at=now - timedelta(seconds=seconds), finished_at=now
+    )
+
+
+def test_dashboard_shows_counts_chart_and_failing_types(admin_client):
+    finished(State.SUCCESS)
+    finished(State.FAILURE, error="ValueError('boom 1')")
+    with (
+        patch("tasks_app.workers.queue_lengths", return_value={"default": 4}),
+        patch("tasks_app.workers.ping", return_value=["w1@host"]),
+    ):
+        response = admin_client.get(reverse("admin:tasks_app_dashboard"))
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "claw-chart" in html and "<rect" in html
+    assert "w1@host" in html
+    assert 'id="failing"' in html and "tests.add" in html
+    index = admin_client.get(reverse("admin:index")).content.decode()
+    assert reverse("admin:tasks_app_dashboard") in index
+
+
+def test_failures_are_grouped_by_normalised_error_and_retried_as_a_group(
+    admin_client,
+):
+    from tasks_app.dashboard import failure_groups, since
+
+    for n in (17, 42, 99):
+        finished(State.FAILURE, error=f"KeyError('document {n} not found')")
+    finished(State.FAILURE, error="TimeoutError('slow')")
+    groups = failure_groups(since(1))
+    assert [(g["error"], g["count"]) for g in groups] == [
+        ("KeyError('document # not found')", 3),
+        ("TimeoutError('slow')", 1),
+    ]
+    page = admin_client.get(reverse("admin:tasks_app_failures")).content.decode()
+    assert "KeyError(&#x27;document # not found&#x27;)" in page
+    with patch("tasks_app.services.app.send_task"):
+        response = admin_client.post(
+            reverse("admin:tasks_app_failures"), {"group": 0}, follow=True
+        )
+    assert "Retried 3 task(s); skipped 0." in response.content.decode()
+    assert TaskRecord.objects.filter(state=State.PENDING).count() == 3
+    assert TaskRecord.objects.filter(state=State.FAILURE).count() == 1

@@ -135,6 +135,11 @@ def test_group_and_chord_members_and_callback_get_records(
     assert chord_members.count() == 3
     assert members.filter(group_id=group_result.id).count() == 2
     callback = TaskRecord.objects.get(celery_id=result.id)
+    # The callback is published by the worker that ran the last member (the
+    # publish signal there records it), so it links to that member.
+    assert callback.parent_id in {member.pk for member in chord_members}
+    assert callback.root_id is not None
+    assert {member.group_id for member in chord_members} == {callback.group_id}
     stored = TaskResult.objects.get(task_id=result.id)
     assert json.loads(stored.result) == (0 + 2 + 4) + 100
     assert callback.state == State.SUCCESS
@@ -183,3 +188,74 @@ def test_a_periodic_run_is_recorded_with_its_schedule_name(
 
     record = wait_for(periodic_success, 45, interval=0.5, message="a periodic run")
     assert record.args == [1, 2]
+
+
+def test_a_submitted_task_succeeds_with_its_result_and_a_full_timeline(
+    transactional_db, celery_worker
+):
+    record = wait_final(services.submit("tests.add", args=[2, 40]))
+
+    assert record.state == State.SUCCESS
+    assert record.attempts == 1
+    assert record.worker == celery_worker.hostname
+    assert record.started_at and record.finished_at
+    assert kinds(record) == ["queued", "started", "succeeded"]
+    assert json.loads(TaskResult.objects.get(task_id=record.celery_id).result) == 42
+
+
+def test_a_redelivered_message_of_a_finished_task_neither_reruns_nor_clobbers_it(
+    transactional_db, celery_worker
+):
+    key = "redelivered-finished"
+    record = wait_final(services.submit("tests.effect", args=[key]))
+    assert record.state == State.SUCCESS
+
+    # The same attempt again, as a broker redelivery would hand it over.
+    app.send_task(
+        "tests.effect",
+        args=[key],
+        task_id=record.celery_id,
+        headers={"claw_record": record.pk},
+    )
+    marker = wait_final(services.submit("tests.add", args=[0, 0]))  # queued behind it
+
+    assert marker.state == State.SUCCESS
+    assert int(redis_client().hget(EFFECTS_KEY, key)) == 1
+    stored = TaskResult.objects.get(task_id=record.celery_id)
+    assert stored.status == "SUCCESS"
+    assert json.loads(stored.result) == key
+    record.refresh_from_db()
+    assert record.state == State.SUCCESS
+    assert kinds(record) == ["queued", "started", "succeeded"]
+
+
+def test_a_task_cancelled_while_every_worker_is_stopped_never_runs_later(
+    transactional_db, start_worker
+):
+    queue = "ledger-offline"
+    key = "cancelled-while-down"
+    start_worker("-Q", queue, "-c", "1").stop()  # declares the queue, then gone
+
+    record = services.submit("tests.effect", args=[key], queue=queue)
+    services.cancel(record)
+    record.refresh_from_db()
+    assert record.state == State.REVOKED
+
+    # A fresh worker has no in-memory revoke list (no mingle): only the ledger's
+    # durable flag can stop it.
+    start_worker("-Q", queue, "-c", "1")
+    control = services.submit("tests.effect", args=[key + "-control"], queue=queue)
+    wait_final(control)
+
+    assert control.state == State.SUCCESS  # the new worker consumes the queue
+    assert redis_client().hget(EFFECTS_KEY, key) is None
+    record.refresh_from_db()
+    assert record.state == State.REVOKED
+    assert kinds(record) == ["queued", "cancelled"]
+    wait_for(
+        lambda: TaskResult.objects.filter(
+            task_id=record.celery_id, status="REVOKED"
+        ).exists(),
+        10,
+        message="the refused delivery's result to show REVOKED",
+    )

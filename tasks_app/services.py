@@ -361,7 +361,8 @@ def mark_started(celery_id: str, *, name: str, worker: str) -> str | None:
 
 
 def mark_retry(celery_id: str, *, error: str, eta: datetime | None = None) -> bool:
-    return _transition(
+    """STARTED -> RETRY, or REVOKED if a cancel arrived while it ran."""
+    if _transition(
         celery_id,
         [State.STARTED],
         Kind.RETRY,
@@ -370,7 +371,11 @@ def mark_retry(celery_id: str, *, error: str, eta: datetime | None = None) -> bo
         state=State.RETRY,
         error=error,
         eta=eta,
-    )
+    ):
+        return True
+    # The retry message is on its way, but the next run will be refused; the
+    # record must not wait in STARTED for it.
+    return _revoke_if_cancelled(celery_id, reason="retried after cancel was requested")
 
 
 def mark_succeeded(celery_id: str) -> bool:
@@ -387,7 +392,24 @@ def mark_succeeded(celery_id: str) -> bool:
     ):
         return True
     # A late success must not overwrite a cancel: the caller was told it stopped.
-    return mark_revoked(celery_id, reason="finished after cancel was requested")
+    return _revoke_if_cancelled(celery_id, reason="finished after cancel was requested")
+
+
+def _revoke_if_cancelled(celery_id: str, *, reason: str) -> bool:
+    """An active record whose cancel flag is set becomes REVOKED.
+
+    Only with the flag: a success or retry signal for a record whose STARTED write
+    was lost must not make it look cancelled.
+    """
+    return _transition(
+        celery_id,
+        TaskRecord.ACTIVE_STATES,
+        Kind.CANCELLED,
+        data={"reason": reason},
+        extra_filter={"cancel_requested": True},
+        state=State.REVOKED,
+        finished_at=timezone.now(),
+    )
 
 
 def mark_failed(

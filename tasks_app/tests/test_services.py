@@ -304,3 +304,32 @@ def test_retry_of_an_active_record_is_refused(
     record = started(send_task, django_capture_on_commit_callbacks)
     with pytest.raises(services.InvalidTransition):
         services.retry(record)
+
+
+def test_a_retry_after_a_cancel_ends_revoked_instead_of_waiting_in_started(
+    send_task, django_capture_on_commit_callbacks, revoke
+):
+    record = started(send_task, django_capture_on_commit_callbacks)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.cancel(record)
+
+    services.mark_retry(record.celery_id, error="Flaky()")
+
+    record.refresh_from_db()
+    assert record.state == State.REVOKED
+    refusal = services.mark_started(record.celery_id, name=record.name, worker="w")
+    assert refusal == "cancelled"
+
+
+def test_a_success_signal_for_a_record_nobody_cancelled_never_marks_it_revoked(
+    send_task, django_capture_on_commit_callbacks
+):
+    # The STARTED write was lost (say the database blinked during prerun).
+    record = submitted(send_task, django_capture_on_commit_callbacks)
+
+    services.mark_succeeded(record.celery_id)
+
+    record.refresh_from_db()
+    assert record.state == State.PENDING
+    assert not record.cancel_requested
+    assert kinds(record) == ["queued"]

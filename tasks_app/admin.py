@@ -10,6 +10,7 @@ from django.contrib.contenttypes.admin import GenericTabularInline
 from django.contrib.contenttypes.models import ContentType
 from django.core.paginator import Paginator
 from django.http import HttpResponseRedirect
+from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
 from django.utils.functional import cached_property
@@ -19,6 +20,7 @@ from django.views.decorators.http import require_POST
 from django_celery_results.models import TaskResult
 
 from tasks_app import dashboard, services, workers
+from tasks_app.admin_forms import ArgumentsForm, NewTaskForm
 from tasks_app.models import StaffAlert, TaskRecord
 
 BADGE_COLOURS = {
@@ -306,6 +308,16 @@ class TaskRecordAdmin(admin.ModelAdmin):
                 name="tasks_app_failures",
             ),
             path(
+                "new/",
+                self.admin_site.admin_view(self.new_task_view),
+                name="tasks_app_new_task",
+            ),
+            path(
+                "<int:pk>/edit-and-retry/",
+                self.admin_site.admin_view(self.edit_and_retry_view),
+                name="tasks_app_edit_and_retry",
+            ),
+            path(
                 "workers/",
                 self.admin_site.admin_view(self.workers_view),
                 name="tasks_app_workers",
@@ -362,6 +374,56 @@ class TaskRecordAdmin(admin.ModelAdmin):
             "groups": groups,
         }
         return TemplateResponse(request, "admin/tasks_app/failures.html", context)
+
+    def new_task_view(self, request):
+        form = NewTaskForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            record = services.submit(
+                data["name"],
+                args=data["args"],
+                kwargs=data["kwargs"],
+                owner=request.user,
+                queue=data["queue"] or None,
+                priority=data["priority"],
+                countdown=data["countdown"],
+                eta=data["eta"],
+            )
+            messages.success(request, f"Submitted task #{record.pk}.")
+            return HttpResponseRedirect(
+                reverse("admin:tasks_app_taskrecord_change", args=[record.pk])
+            )
+        return self._form_page(request, form, "New task")
+
+    def edit_and_retry_view(self, request, pk: int):
+        record = get_object_or_404(TaskRecord, pk=pk)
+        initial = {"args": json.dumps(record.args), "kwargs": json.dumps(record.kwargs)}
+        form = ArgumentsForm(request.POST or None, initial=initial)
+        if request.method == "POST" and form.is_valid():
+            try:
+                services.retry(
+                    record,
+                    args=form.cleaned_data["args"],
+                    kwargs=form.cleaned_data["kwargs"],
+                )
+            except services.InvalidTransition as exc:
+                messages.error(request, str(exc))
+            else:
+                messages.success(
+                    request, f"Task #{record.pk} retried with new arguments."
+                )
+            return HttpResponseRedirect(
+                reverse("admin:tasks_app_taskrecord_change", args=[record.pk])
+            )
+        return self._form_page(request, form, f"Edit and retry {record}")
+
+    def _form_page(self, request, form, title: str):
+        context = {
+            **self.admin_site.each_context(request),
+            "title": title,
+            "form": form,
+        }
+        return TemplateResponse(request, "admin/tasks_app/form.html", context)
 
     def workers_view(self, request):
         if not request.user.is_staff:

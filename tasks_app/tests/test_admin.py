@@ -182,3 +182,39 @@ def test_failures_are_grouped_by_normalised_error_and_retried_as_a_group(
     assert "Retried 3 task(s); skipped 0." in response.content.decode()
     assert TaskRecord.objects.filter(state=State.PENDING).count() == 3
     assert TaskRecord.objects.filter(state=State.FAILURE).count() == 1
+
+
+def test_new_task_form_validates_json_and_submits_through_services(admin_client):
+    url = reverse("admin:tasks_app_new_task")
+    assert 'name="name"' in admin_client.get(url).content.decode()
+    bad = admin_client.post(
+        url, {"name": "tests.add", "args": "[1,", "kwargs": "{}", "priority": 5}
+    )
+    assert "Not valid JSON" in bad.content.decode()
+    wrong_type = admin_client.post(
+        url, {"name": "tests.add", "args": "{}", "kwargs": "{}", "priority": 5}
+    )
+    assert "Must be a JSON list." in wrong_type.content.decode()
+    assert not TaskRecord.objects.exists()  # nothing half-written
+    with patch("tasks_app.services.app.send_task"):
+        response = admin_client.post(
+            url,
+            {"name": "tests.add", "args": "[2, 3]", "kwargs": "{}", "priority": 9},
+        )
+    record = TaskRecord.objects.get()
+    assert response.status_code == 302
+    assert (record.name, record.args, record.priority) == ("tests.add", [2, 3], 9)
+    assert record.owner.username == "admin"
+
+
+def test_edit_and_retry_replaces_arguments(admin_client):
+    record = make_record(State.FAILURE)
+    url = reverse("admin:tasks_app_edit_and_retry", args=[record.pk])
+    detail = reverse("admin:tasks_app_taskrecord_change", args=[record.pk])
+    assert url in admin_client.get(detail).content.decode()
+    bad = admin_client.post(url, {"args": "not json", "kwargs": "{}"})
+    assert "Not valid JSON" in bad.content.decode()
+    with patch("tasks_app.services.app.send_task"):
+        admin_client.post(url, {"args": "[7, 8]", "kwargs": "{}"})
+    record.refresh_from_db()
+    assert record.state == State.PENDING and record.args == [7, 8]

@@ -165,9 +165,12 @@ class TaskRecordAdmin(admin.ModelAdmin):
         return False  # records are written by services only
 
     def has_change_permission(self, request, obj=None) -> bool:
-        # The change page is read-only; viewing needs the change permission in
-        # some admin versions, actions need it too.
-        return request.user.is_staff
+        # Records change only through services (the actions and the pages below),
+        # so the detail page is a read-only view without Save buttons.
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # cleanup_expired_results deletes records past retention
 
     def get_search_results(self, request, queryset, search_term):
         # Searching arguments scans JSON; only do it when asked with "args:".
@@ -338,7 +341,7 @@ class TaskRecordAdmin(admin.ModelAdmin):
             **self.admin_site.each_context(request),
             "title": "Task dashboard (last 24 h)",
             "by_state": [(s, by_state.get(s, 0)) for s in TaskRecord.State.values],
-            "chart": hourly_chart(dashboard.hourly(start)),
+            "chart": hourly_chart(dashboard.hourly_filled(start)),
             "slowest": dashboard.slowest(start),
             "failing": sorted(
                 ((n, c) for n, c in names.items() if c["failed"]),

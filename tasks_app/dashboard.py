@@ -57,6 +57,20 @@ def hourly(start: datetime) -> list[dict]:
     )
 
 
+def hourly_filled(start: datetime, hours: int = 24) -> list[dict]:
+    """hourly(), with a zero row for every hour nothing finished in."""
+    found = {row["hour"]: row for row in hourly(start)}
+    first = start.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    slots = [first + timedelta(hours=i) for i in range(hours)]
+    return [
+        {
+            "hour": hour,
+            **{k: found.get(hour, {}).get(k, 0) for k in ("finished", "failed")},
+        }
+        for hour in slots
+    ]
+
+
 def slowest(start: datetime, limit: int = 5) -> list[dict]:
     duration = ExpressionWrapper(
         F("finished_at") - F("started_at"), output_field=DurationField()

@@ -54,6 +54,7 @@ def test_detail_shows_arguments_timeline_and_traceback(admin_client):
     assert response.status_code == 200
     assert "claw-timeline" in html and "queued" in html
     assert "Traceback: boom" in html
+    assert 'name="_save"' not in html  # records change only through services
     assert "&quot;args&quot;: [\n    1," in html or '"args"' in html
 
 

@@ -1,0 +1,132 @@
+"""Drive the admin in a real headless Chromium against a live server and worker.
+
+Fails on any 5xx response or missing element; screenshots go to
+TEST_ARTIFACTS/screenshots (printed).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from tasks_app import services
+from tasks_app.models import TaskRecord
+from tests.harness import wait_for
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+State = TaskRecord.State
+
+
+@pytest.fixture
+def browser_page(artifacts_dir):
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("Chromium is not installed (CI=true: .ci/run installs it)")
+        pytest.skip("Chromium is not installed")
+    # Playwright's sync API runs an event loop; Django must allow ORM calls here.
+    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    from playwright.sync_api import sync_playwright
+
+    shots = artifacts_dir / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    print(f"\nscreenshots: {shots}")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        errors: list[str] = []
+        page.on(
+            "response",
+            lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 500 else None,
+        )
+        page.shots = shots
+        page.server_errors = errors
+        yield page
+        browser.close()
+    assert errors == [], f"server errors: {errors}"
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(page.shots / f"{name}.png"), full_page=True)
+
+
+def wait_state(record: TaskRecord, state: str) -> None:
+    def reached():
+        record.refresh_from_db()
+        return record.state == state
+
+    wait_for(reached, 30, message=f"{record} to be {state}")
+
+
+@pytest.mark.browser
+@pytest.mark.worker
+def test_staff_operate_tasks_from_the_admin_in_a_real_browser(
+    transactional_db, live_server, celery_worker, browser_page, django_user_model
+):
+    django_user_model.objects.create_superuser("ops", password="ops-browser-pass-1")
+    failed = services.submit("tests.fail", args=["browser"])
+    queued = services.submit("tests.add", args=[1, 2], countdown=3600)
+    wait_state(failed, State.FAILURE)
+    page = browser_page
+    base = live_server.url
+
+    # log in
+    page.goto(f"{base}/admin/login/")
+    page.fill("#id_username", "ops")
+    page.fill("#id_password", "ops-browser-pass-1")
+    page.click("input[type=submit]")
+    page.wait_for_selector("#claw-links")
+    shot(page, "01-index")
+
+    # filter the list by state
+    page.goto(f"{base}/admin/tasks_app/taskrecord/")
+    page.click("#changelist-filter a[href*='state__exact=FAILURE']")
+    page.wait_for_selector(f"#result_list input[value='{failed.pk}']")
+    assert page.locator("#result_list tbody tr").count() == 1
+    shot(page, "02-failed-filter")
+
+    # retry the failed task
+    page.check(f"#result_list input[value='{failed.pk}']")
+    page.select_option("select[name=action]", "retry_selected")
+    page.click("button[name=index]")
+    page.wait_for_selector("ul.messagelist li")
+    assert "Retried 1 task(s)" in page.inner_text("ul.messagelist")
+    shot(page, "03-retried")
+
+    # cancel the queued one
+    page.goto(f"{base}/admin/tasks_app/taskrecord/?state__exact=PENDING")
+    page.check(f"#result_list input[value='{queued.pk}']")
+    page.select_option("select[name=action]", "cancel_selected")
+    page.click("button[name=index]")
+    page.wait_for_selector("ul.messagelist li")
+    assert "Cancelled 1 task(s)" in page.inner_text("ul.messagelist")
+    queued.refresh_from_db()
+    assert queued.state == State.REVOKED
+
+    # open a timeline
+    wait_state(failed, State.FAILURE)  # the retry ran and failed again
+    page.goto(f"{base}/admin/tasks_app/taskrecord/{failed.pk}/change/")
+    timeline = page.inner_text("table.claw-timeline")
+    assert timeline.count("failed") == 2 and "started" in timeline
+    shot(page, "04-timeline")
+
+    # the workers page and the dashboard
+    page.goto(f"{base}/admin/tasks_app/taskrecord/workers/")
+    page.wait_for_selector("#workers")
+    assert celery_worker.hostname in page.inner_text("#workers")
+    shot(page, "05-workers")
+    page.goto(f"{base}/admin/tasks_app/taskrecord/dashboard/")
+    page.wait_for_selector("svg.claw-chart")
+    assert celery_worker.hostname in page.inner_text("#live-workers")
+    shot(page, "06-dashboard")

@@ -528,7 +528,8 @@ def retry(
     """Start a new attempt of a failed, cancelled or lost record.
 
     The new attempt gets a new celery_id; events and results of earlier attempts
-    stay. Edited arguments replace the stored ones.
+    stay. Edited arguments replace the stored ones (secret-looking keys redacted,
+    as in submit).
     """
     new_args = record.args if args is None else list(args)
     new_kwargs = record.kwargs if kwargs is None else dict(kwargs)
@@ -545,8 +546,8 @@ def retry(
         ).update(
             state=State.PENDING,
             celery_id=new_id,
-            args=new_args,
-            kwargs=new_kwargs,
+            args=redact(new_args),
+            kwargs=redact(new_kwargs),
             error="",
             traceback="",
             started_at=None,
@@ -566,7 +567,9 @@ def retry(
             )
         _add_event(new_id, Kind.QUEUED, {"retry_of": previous})
     record.refresh_from_db()
-    transaction.on_commit(lambda: publish(record))
+    # As in submit(): edited secrets are stored redacted and travel in the message.
+    payload = (list(new_args), dict(new_kwargs))
+    transaction.on_commit(lambda: publish(record, payload=payload))
     return record
 
 

@@ -163,6 +163,7 @@ def test_retry_refuses_redacted_arguments_unless_they_are_edited(
     record.refresh_from_db()
     assert record.state == State.PENDING
     assert send_task.call_args.kwargs["kwargs"] == {"key": "k", "token": "new"}
+    assert record.kwargs == {"key": "k", "token": "[redacted]"}  # never stored
 
 
 def test_a_late_success_after_a_cancel_leaves_the_record_revoked(

@@ -202,6 +202,13 @@ def publish(record: TaskRecord, *, payload: tuple[list, dict] | None = None) -> 
     records whose message never reached the broker.
     """
     args, kwargs = payload or (record.args, record.kwargs)
+    if payload is None and has_redactions([args, kwargs]):
+        # Re-publishing from the stored copy would run it with "[redacted]" in
+        # place of the secrets; it needs an edited retry instead.
+        logger.warning(
+            "Not re-publishing task record %s: redacted arguments", record.pk
+        )
+        return False
     size = len(json.dumps([args, kwargs]))
     try:
         app.send_task(

@@ -334,3 +334,21 @@ def test_a_success_signal_for_a_record_nobody_cancelled_never_marks_it_revoked(
     assert record.state == State.PENDING
     assert not record.cancel_requested
     assert kinds(record) == ["queued"]
+
+
+def test_republishing_from_the_stored_copy_never_sends_redacted_secrets(
+    send_task, django_capture_on_commit_callbacks
+):
+    record = submitted(
+        send_task,
+        django_capture_on_commit_callbacks,
+        name="tests.effect",
+        kwargs={"key": "k", "password": "pw"},
+    )
+    plain = submitted(send_task, django_capture_on_commit_callbacks, args=[1, 2])
+    send_task.reset_mock()
+
+    assert services.publish(record) is False
+    assert not send_task.called
+    assert services.publish(plain) is True
+    assert send_task.call_args.kwargs["args"] == [1, 2]

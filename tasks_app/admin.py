@@ -555,3 +555,8 @@ class StaffAlertAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False
+
+
+# Replaces django-celery-beat's PeriodicTask admin; imported last because it uses
+# state_badge above, and after django_celery_beat's admin (INSTALLED_APPS order).
+from tasks_app import admin_schedules  # noqa: E402, F401

@@ -219,3 +219,36 @@ def test_edit_and_retry_replaces_arguments(admin_client):
         admin_client.post(url, {"args": "[7, 8]", "kwargs": "{}"})
     record.refresh_from_db()
     assert record.state == State.PENDING and record.args == [7, 8]
+
+
+def test_schedules_show_next_run_last_outcome_and_run_now_keeps_queue_and_priority(
+    admin_client,
+):
+    from django_celery_beat.models import PeriodicTask
+
+    from tasks_app.schedules import HEALTH
+
+    schedule = PeriodicTask.objects.get(name=HEALTH)
+    PeriodicTask.objects.filter(pk=schedule.pk).update(priority=8)
+    TaskRecord.objects.create(
+        name="tasks_app.check_task_health",
+        state=State.SUCCESS,
+        celery_id="beat-run-1",
+        options={"periodic_task_name": HEALTH},
+    )
+    html = admin_client.get(
+        reverse("admin:django_celery_beat_periodictask_changelist")
+    ).content.decode()
+    assert "Next run" in html and "CST" in html  # Asia/Shanghai, the schedule's zone
+    assert "claw-badge" in html  # the last run's outcome
+    with patch("tasks_app.services.app.send_task"):
+        response = admin_client.post(
+            reverse("admin:django_celery_beat_periodictask_changelist"),
+            {"action": "run_now_selected", "_selected_action": [schedule.pk]},
+            follow=True,
+        )
+    assert "Sent 1 schedule(s) now; skipped 0." in response.content.decode()
+    record = TaskRecord.objects.exclude(celery_id="beat-run-1").get(
+        name="tasks_app.check_task_health"
+    )
+    assert (record.queue, record.priority) == ("default", 8)

@@ -14,7 +14,7 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
 from django.utils.functional import cached_property
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 from django_celery_results.models import TaskResult
@@ -101,6 +101,31 @@ class QueueFilter(admin.SimpleListFilter):
         return queryset.filter(queue=self.value()) if self.value() else queryset
 
 
+class OwnerFilter(admin.SimpleListFilter):
+    """Owners from the user table (never a DISTINCT over the records), and "mine"."""
+
+    title = "owner"
+    parameter_name = "owner"
+
+    def lookups(self, request, model_admin):
+        from django.contrib.auth import get_user_model
+
+        users = get_user_model().objects.order_by("username")[:100]
+        return [("me", "me"), ("none", "nobody (beat, canvas)")] + [
+            (str(u.pk), u.get_username()) for u in users
+        ]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value == "me":
+            return queryset.filter(owner=request.user)
+        if value == "none":
+            return queryset.filter(owner__isnull=True)
+        if value and value.isdigit():
+            return queryset.filter(owner_id=int(value))
+        return queryset
+
+
 @admin.register(TaskRecord)
 class TaskRecordAdmin(admin.ModelAdmin):
     list_display = (
@@ -116,7 +141,7 @@ class TaskRecordAdmin(admin.ModelAdmin):
         "owner",
         "created_at",
     )
-    list_filter = ("state", QueueFilter, TaskNameFilter, "created_at")
+    list_filter = ("state", QueueFilter, TaskNameFilter, OwnerFilter, "created_at")
     search_fields = ("=id", "=celery_id", "name")
     list_select_related = ("owner",)
     raw_id_fields = ("owner", "parent", "root")
@@ -125,6 +150,7 @@ class TaskRecordAdmin(admin.ModelAdmin):
         "timeline",
         "results",
         "target_link",
+        "children_links",
     ]
     fieldsets = (
         (None, {"fields": ("name", "state", "queue", "priority", "owner", "worker")}),
@@ -152,7 +178,7 @@ class TaskRecordAdmin(admin.ModelAdmin):
         ("Timeline", {"fields": ("timeline",)}),
         (
             "Relations",
-            {"fields": ("parent", "root", "group_id", "target_link")},
+            {"fields": ("parent", "root", "children_links", "group_id", "target_link")},
         ),
     )
     actions = ("retry_selected", "cancel_selected")
@@ -251,6 +277,27 @@ class TaskRecordAdmin(admin.ModelAdmin):
             "<table><tr><th>attempt id</th><th>status</th><th>done</th>"
             "<th>result</th></tr>{}</table>",
             mark_safe("".join(rows)),  # each row came from format_html
+        )
+
+    @admin.display(description="Children")
+    def children_links(self, obj: TaskRecord) -> str:
+        children = list(
+            obj.children.order_by("id").values_list("id", "name", "state")[:200]
+        )
+        if not children:
+            return "–"
+        return format_html_join(
+            ", ",
+            '<a href="{}">#{} {} ({})</a>',
+            (
+                (
+                    reverse("admin:tasks_app_taskrecord_change", args=[pk]),
+                    pk,
+                    name,
+                    state,
+                )
+                for pk, name, state in children
+            ),
         )
 
     @admin.display(description="Works on")

@@ -252,3 +252,39 @@ def test_schedules_show_next_run_last_outcome_and_run_now_keeps_queue_and_priori
         name="tasks_app.check_task_health"
     )
     assert (record.queue, record.priority) == ("default", 8)
+
+
+def test_actions_apply_to_everything_matching_the_filter(admin_client):
+    # Django's "select all" (select_across) applies the action to the whole
+    # filtered queryset, not just the page: 60 failures span two pages of 50.
+    for _ in range(60):
+        make_record(State.FAILURE)
+    make_record(State.SUCCESS)
+    url = reverse("admin:tasks_app_taskrecord_changelist") + "?state__exact=FAILURE"
+    with patch("tasks_app.services.app.send_task"):
+        response = admin_client.post(
+            url,
+            {
+                "action": "retry_selected",
+                "select_across": "1",
+                "index": "0",
+                "_selected_action": [TaskRecord.objects.first().pk],
+            },
+            follow=True,
+        )
+    assert "Retried 60 task(s); skipped 0." in response.content.decode()
+    assert TaskRecord.objects.filter(state=State.SUCCESS).count() == 1
+
+
+def test_owner_filter_and_children_links(admin_client, admin_user):
+    parent = make_record(State.SUCCESS, owner=admin_user)
+    child = make_record(State.SUCCESS, parent=parent)
+    changelist = reverse("admin:tasks_app_taskrecord_changelist")
+    mine = admin_client.get(changelist + "?owner=me").content.decode()
+    assert f'value="{parent.pk}"' in mine and f'value="{child.pk}"' not in mine
+    nobody = admin_client.get(changelist + "?owner=none").content.decode()
+    assert f'value="{child.pk}"' in nobody
+    detail = admin_client.get(
+        reverse("admin:tasks_app_taskrecord_change", args=[parent.pk])
+    ).content.decode()
+    assert reverse("admin:tasks_app_taskrecord_change", args=[child.pk]) in detail

@@ -132,3 +132,21 @@ def test_an_accepted_delivery_runs_with_no_refusal():
         finally:
             task.pop_request()
     started.assert_called_once_with("abc", name="tests.add", worker="w1")
+
+
+def test_a_poisoned_delivery_stores_failure_over_the_stale_started_result():
+    task = app.tasks["tests.kill_self"]
+    task_id = str(uuid.uuid4())
+    app.backend.store_result(
+        task_id, {"pid": 1}, "STARTED", request=Context(id=task_id)
+    )
+    task.push_request(id=task_id, claw_refusal="poisoned")
+    try:
+        with pytest.raises(Ignore):
+            task.before_start(task_id, (), {})
+    finally:
+        task.pop_request()
+
+    stored = TaskResult.objects.get(task_id=task_id)
+    assert stored.status == "FAILURE"
+    assert "PoisonedTask" in stored.result

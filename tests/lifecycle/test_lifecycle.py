@@ -85,6 +85,13 @@ def test_cancel_while_running_stops_it_and_a_late_success_cannot_overwrite(
     assert record.progress_current < 200
     assert "cancelled" in kinds(record)
     assert "succeeded" not in kinds(record)
+    wait_for(
+        lambda: TaskResult.objects.filter(
+            task_id=record.celery_id, status="REVOKED"
+        ).exists(),
+        10,
+        message="the stored result to show REVOKED",
+    )
 
 
 def test_manual_retry_starts_a_new_attempt_and_keeps_the_old_one(

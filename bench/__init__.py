@@ -1,0 +1,1 @@
+"""Benchmarks (issue 9): measurements, never pass/fail tests. Run with `make bench`."""

@@ -1,0 +1,154 @@
+"""Scenario 1: tiny tasks end to end, worker concurrency 2, three stacks in one run.
+
+(a) bare Celery on Redis with ignore_result (bench/bare_app.py, no Django);
+(b) stock Celery + django-celery-results (track_started, result_extended, persistent
+    connections; bench/dcr_settings.py on a fresh database);
+(c) CLAW: services.submit -> worker -> record SUCCESS, result, ledger and events
+    (claw.settings on a fresh, migrated database).
+
+The clock runs from the first submit to the last completion seen by polling the
+stack's own record of completion (a Redis counter, TaskResult rows, TaskRecord rows).
+The worker is up and idle before the clock starts.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from bench.common import (
+    REDIS_URL,
+    Worker,
+    base_env,
+    flush_redis,
+    fresh_db,
+    row,
+    run_py,
+)
+
+FULL, QUICK = 5000, 300
+BATCH = 500
+TIMEOUT = 110.0
+
+
+def _poll(done_count, n: int, started: float) -> tuple[float, int]:
+    done = 0
+    while time.monotonic() - started < TIMEOUT:
+        done = done_count()
+        if done >= n:
+            break
+        time.sleep(0.05)
+    return time.monotonic() - started, done
+
+
+def child(mode: str, n: int) -> dict:
+    """Runs in a subprocess with the stack's own settings; returns the timings."""
+    if mode == "bare":
+        import redis
+
+        from bench.bare_app import COUNTER, app, noop
+
+        r = redis.Redis.from_url(REDIS_URL)
+        started = time.monotonic()
+        with app.producer_or_acquire() as producer:
+            for _ in range(n):
+                noop.apply_async(producer=producer)
+        submit = time.monotonic() - started
+        elapsed, done = _poll(lambda: int(r.get(COUNTER) or 0), n, started)
+    elif mode == "dcr":
+        import django
+
+        django.setup()  # DJANGO_SETTINGS_MODULE=bench.dcr_settings
+        from django_celery_results.models import TaskResult
+
+        from bench.dcr_app import app, noop
+
+        started = time.monotonic()
+        with app.producer_or_acquire() as producer:
+            for _ in range(n):
+                noop.apply_async(producer=producer)
+        submit = time.monotonic() - started
+        done_q = TaskResult.objects.filter(status="SUCCESS")
+        elapsed, done = _poll(done_q.count, n, started)
+    else:  # claw, embedded
+        import django
+
+        django.setup()
+        from django.db import transaction
+
+        from tasks_app import services
+        from tasks_app.models import TaskRecord
+
+        started = time.monotonic()
+        for start in range(0, n, BATCH):
+            with transaction.atomic():
+                for _ in range(min(BATCH, n - start)):
+                    services.submit("tasks_app.ping")
+        submit = time.monotonic() - started
+        done_q = TaskRecord.objects.filter(state=TaskRecord.State.SUCCESS)
+        elapsed, done = _poll(done_q.count, n, started)
+    return {"n": n, "done": done, "submit": submit, "elapsed": elapsed}
+
+
+def measure(mode: str, n: int, env: dict, app: str) -> dict:
+    with Worker(app, env, f"throughput-{mode}") as worker:
+        worker.wait_ready()
+        out = run_py(["-m", "bench.bench_throughput", mode, str(n)], env, timeout=240)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def claw_env(db: str) -> dict:
+    env = base_env(
+        DATABASE_URL=fresh_db(db),
+        CELERY_BROKER_URL=REDIS_URL,
+        DJANGO_SETTINGS_MODULE="claw.settings",
+        DEBUG="false",
+        HTTPS_ONLY="false",
+    )
+    run_py(["manage.py", "migrate", "--noinput", "-v", "0"], env)
+    return env
+
+
+def rate_rows(scenario: str, label: str, r: dict, target: str = "", note="") -> list:
+    rate = r["done"] / r["elapsed"] if r["elapsed"] else 0.0
+    r["rate"] = rate
+    extra = "" if r["done"] >= r["n"] else f"only {r['done']} of {r['n']} in time; "
+    return [
+        row(scenario, f"{label} tasks/s", round(rate, 1), "tasks/s", target,
+            f"{extra}{r['n']} tasks in {r['elapsed']:.1f} s{note}"),
+        row(scenario, f"{label} submit time", round(r["submit"], 2), "s", "",
+            f"{r['n'] / r['submit']:.0f} submits/s" if r["submit"] else ""),
+    ]  # fmt: skip
+
+
+def run(quick: bool = False) -> list[dict]:
+    n = QUICK if quick else FULL
+    s = "1 tiny tasks"
+    flush_redis()
+    bare = measure("bare", n, base_env(BENCH_REDIS_URL=REDIS_URL), "bench.bare_app")
+    flush_redis()
+    dcr_env = base_env(
+        BENCH_DATABASE_URL=fresh_db("claw_bench_dcr"),
+        BENCH_REDIS_URL=REDIS_URL,
+        DJANGO_SETTINGS_MODULE="bench.dcr_settings",
+    )
+    run_py(["-m", "django", "migrate", "--noinput", "-v", "0"], dcr_env)
+    dcr = measure("dcr", n, dcr_env, "bench.dcr_app")
+    flush_redis()
+    claw = measure("claw", n, claw_env("claw_bench_throughput"), "claw")
+    flush_redis()
+    rows = rate_rows(s, "(a) bare Celery", bare)
+    rows += rate_rows(s, "(b) Celery + django-celery-results", dcr)
+    rows += rate_rows(s, "(c) CLAW", claw)
+    ra = claw["rate"] / bare["rate"] if bare["rate"] else 0.0
+    rb = claw["rate"] / dcr["rate"] if dcr["rate"] else 0.0
+    rows.append(row(s, "CLAW / bare", round(ra, 2), "x", ">= 0.8",
+                    "met" if ra >= 0.8 else "MISSED"))  # fmt: skip
+    rows.append(row(s, "CLAW / django-celery-results", round(rb, 2), "x", ">= 2",
+                    "met" if rb >= 2 else "MISSED"))  # fmt: skip
+    return rows
+
+
+if __name__ == "__main__":
+    print(json.dumps(child(sys.argv[1], int(sys.argv[2]))))

@@ -1,0 +1,133 @@
+"""Helpers shared by the scenarios: bench databases, Redis db, worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PG = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-q"]
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/7")
+ARTIFACTS = Path(os.environ.get("BENCH_ARTIFACTS", "/tmp/artifacts-bench"))
+
+
+def pg_url(db: str) -> str:
+    return f"postgres://postgres@127.0.0.1:5432/{db}"
+
+
+def psql(sql: str, db: str = "postgres") -> str:
+    out = subprocess.run(
+        [*PG, "-At", "-d", db, "-c", sql], capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
+
+
+def fresh_db(name: str) -> str:
+    assert name.startswith("claw_bench_"), name
+    psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    psql(f"CREATE DATABASE {name}")
+    return pg_url(name)
+
+
+def flush_redis() -> None:
+    import redis
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DJANGO_"))
+    }
+    env.pop("DATABASE_URL", None)
+    env.update({"PYTHONPATH": str(ROOT), "SECRET_KEY": "bench", "LOG_LEVEL": "WARNING"})
+    env.update(extra)
+    return env
+
+
+def run_py(args: list[str], env: dict, timeout: float = 300) -> str:
+    out = subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{args[:3]} failed: {out.stderr[-800:]}")
+    return out.stdout
+
+
+class Worker:
+    """A `celery worker` subprocess in its own process group, logged to ARTIFACTS."""
+
+    def __init__(self, app: str, env: dict, name: str, concurrency: int = 2):
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        self.log_path = ARTIFACTS / f"{name}.log"
+        self.log = open(self.log_path, "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                app,
+                "worker",
+                "-c",
+                str(concurrency),
+                "-l",
+                "INFO",
+                "-n",
+                f"{name}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],  # fmt: skip
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited: {self.log_path.read_text()[-800:]}")
+            if " ready." in self.log_path.read_text():
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"worker not ready, see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self.log.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def row(scenario, metric, value, unit="", target="", note="") -> dict:
+    return {
+        "scenario": scenario,
+        "metric": metric,
+        "value": value,
+        "unit": unit,
+        "target": target,
+        "note": note,
+    }

@@ -34,7 +34,8 @@ def report_progress(current: int, total: int, message: str = "") -> None:
     now = time.monotonic()
     with _lock:
         last = _last_write.get(celery_id, 0.0)
-        if current < total and now - last < settings.CLAW_PROGRESS_INTERVAL:
+        final = 0 < total <= current  # total 0 means unknown: throttled too
+        if not final and now - last < settings.CLAW_PROGRESS_INTERVAL:
             return
         _last_write[celery_id] = now
         if len(_last_write) > 10_000:  # ids of finished tasks; forget the oldest half

@@ -62,3 +62,12 @@ def test_a_progress_report_after_a_cancel_stops_the_task_and_revokes_the_record(
 def test_report_progress_outside_a_worker_does_nothing():
     progress.report_progress(1, 2)  # no current task: no error, no write
     assert not TaskRecord.objects.exists()
+
+
+def test_progress_with_an_unknown_total_is_throttled_too(running, settings):
+    record, _ = running
+    settings.CLAW_PROGRESS_INTERVAL = 0.5
+    for step in range(1, 5_001):
+        progress.report_progress(step, 0, "counting")
+
+    assert record.events.filter(kind="progress").count() <= 5

@@ -352,3 +352,28 @@ def test_republishing_from_the_stored_copy_never_sends_redacted_secrets(
     assert not send_task.called
     assert services.publish(plain) is True
     assert send_task.call_args.kwargs["args"] == [1, 2]
+
+
+def test_each_worker_transition_is_one_update_and_one_insert(
+    send_task, django_capture_on_commit_callbacks, django_assert_num_queries
+):
+    record = submitted(send_task, django_capture_on_commit_callbacks)
+    celery_id = record.celery_id
+    services.registered_tasks()  # imported once per process, not per transition
+
+    def writes(context) -> list[str]:
+        return [
+            q["sql"].split()[0]
+            for q in context.captured_queries
+            if "SAVEPOINT" not in q["sql"]
+        ]
+
+    with django_assert_num_queries(4) as started_queries:  # with SAVEPOINT/RELEASE
+        services.mark_started(celery_id, name="tests.add", worker="w1")
+    with django_assert_num_queries(4) as progress_queries:
+        services.record_progress(celery_id, 1, 2, "half")
+    with django_assert_num_queries(4) as success_queries:
+        services.mark_succeeded(celery_id)
+
+    for context in (started_queries, progress_queries, success_queries):
+        assert writes(context) == ["UPDATE", "INSERT"]

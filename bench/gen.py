@@ -27,15 +27,18 @@ FROM generate_series(1, {n}) AS i
 
 EVENTS_SQL = """
 INSERT INTO tasks_app_taskevent (kind, at, attempt, celery_id, worker, data, record_id)
-SELECT 'succeeded', r.finished_at, 1, r.celery_id, r.worker, '{}'::jsonb, r.id
-FROM tasks_app_taskrecord r
+SELECT 'succeeded', r.finished_at, 1, r.celery_id, r.worker, '{{}}'::jsonb, r.id
+FROM tasks_app_taskrecord r WHERE r.id > {after}
 """
 
 
-def fill(db: str, n: int, *, days_old: int = 0, events: bool = True) -> None:
+def fill(
+    db: str, n: int, *, days_old: int = 0, events: bool = True, tag: str = ""
+) -> None:
     """n records (mostly final, 1 s apart over a day), one event each."""
+    after = int(psql("SELECT coalesce(max(id), 0) FROM tasks_app_taskrecord", db))
     created = f"(now() - interval '{days_old} days')"
-    psql(RECORDS_SQL.format(n=n, tag=db, created=created), db)
+    psql(RECORDS_SQL.format(n=n, tag=f"{db}-{tag}", created=created), db)
     if events:
-        psql(EVENTS_SQL, db)
+        psql(EVENTS_SQL.format(after=after), db)
     psql("ANALYZE", db)

@@ -173,6 +173,18 @@ vars().update(env.email("EMAIL_URL", default="consolemail://"))
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "claw@localhost")
 STAFF_ALERT_EMAILS = env_list("STAFF_ALERT_EMAILS", [])
 
+# --- Notifications and LLM providers (claw app) ------------------------------
+NOTIFY_PUSH_WEBHOOK_URL = os.environ.get("NOTIFY_PUSH_WEBHOOK_URL", "")
+NOTIFY_SMS_WEBHOOK_URL = os.environ.get("NOTIFY_SMS_WEBHOOK_URL", "")
+NOTIFY_WEBHOOK_TIMEOUT = float(os.environ.get("NOTIFY_WEBHOOK_TIMEOUT", "10"))
+# Seconds during which staff alerts with the same dedupe key are sent once.
+STAFF_ALERT_WINDOW = env_int("STAFF_ALERT_WINDOW", 900)
+LLM_PROVIDER = os.environ.get("LLM_PROVIDER", "extractive")
+LLM_BASE_URL = os.environ.get("LLM_BASE_URL", "https://api.openai.com/v1")
+LLM_API_KEY = os.environ.get("LLM_API_KEY", "")
+LLM_MODEL = os.environ.get("LLM_MODEL", "gpt-4o-mini")
+LLM_TIMEOUT = float(os.environ.get("LLM_TIMEOUT", "60"))
+
 # --- Cache (the cluster-wide rate limit and locks need a shared one) ---------
 CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
 

@@ -1,0 +1,147 @@
+"""LLM providers against a real local HTTP server speaking chat completions (SSE)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from claw.llm import (
+    Completion,
+    DeadlineExceeded,
+    ExtractiveProvider,
+    LLMRejected,
+    LLMUnavailable,
+    OpenAIProvider,
+    Passage,
+    estimate_tokens,
+)
+from claw.tests.conftest import chunk
+
+MESSAGES = [{"role": "user", "content": "What is CLAW?"}]
+
+
+def provider(server, timeout=5.0):
+    return OpenAIProvider(
+        base_url=server.url + "/v1", api_key="k", model="m", timeout=timeout
+    )
+
+
+def test_openai_provider_streams_sse_pieces_and_uses_the_providers_usage(http_server):
+    http_server.script.append(
+        {
+            "sse": [
+                chunk("Hel"),
+                chunk("lo"),
+                {
+                    "model": "test-model",
+                    "choices": [],
+                    "usage": {"prompt_tokens": 11, "completion_tokens": 2},
+                },
+            ]
+        }
+    )
+    completion = Completion()
+    pieces = list(provider(http_server).stream(MESSAGES, completion=completion))
+    assert pieces == ["Hel", "lo"]
+    assert completion.text == "Hello"
+    assert (completion.prompt_tokens, completion.completion_tokens) == (11, 2)
+    assert completion.estimated is False
+    assert completion.model == "test-model"
+    request = http_server.requests[0]
+    assert request["path"] == "/v1/chat/completions"
+    assert request["body"]["stream"] is True
+    assert request["headers"]["Authorization"] == "Bearer k"
+
+
+def test_openai_provider_estimates_tokens_without_usage_and_sends_passages(http_server):
+    http_server.script.append({"sse": [chunk("Answer [1]")]})
+    completion = Completion()
+    passages = [Passage(title="Guide", text="CLAW runs tasks.")]
+    list(
+        provider(http_server).stream(MESSAGES, passages=passages, completion=completion)
+    )
+    assert completion.estimated is True
+    assert completion.completion_tokens == estimate_tokens("Answer [1]")
+    system = http_server.requests[0]["body"]["messages"][0]
+    assert system["role"] == "system" and "CLAW runs tasks." in system["content"]
+
+
+def test_a_429_is_unavailable_and_the_next_attempt_succeeds(http_server):
+    http_server.script += [
+        {"status": 429, "json": {"error": {"message": "slow down"}}},
+        {"sse": [chunk("ok")]},
+    ]
+    with pytest.raises(LLMUnavailable, match="429"):
+        list(provider(http_server).stream(MESSAGES, completion=Completion()))
+    completion = Completion()
+    list(provider(http_server).stream(MESSAGES, completion=completion))
+    assert completion.text == "ok"
+
+
+def test_a_5xx_is_unavailable(http_server):
+    http_server.script.append({"status": 503, "json": {"error": "overloaded"}})
+    with pytest.raises(LLMUnavailable, match="503"):
+        list(provider(http_server).stream(MESSAGES, completion=Completion()))
+
+
+def test_a_400_is_rejected_with_the_providers_message(http_server):
+    http_server.script.append(
+        {"status": 400, "json": {"error": {"message": "model 'm' does not exist"}}}
+    )
+    with pytest.raises(LLMRejected, match="model 'm' does not exist"):
+        list(provider(http_server).stream(MESSAGES, completion=Completion()))
+    assert len(http_server.requests) == 1
+
+
+def test_a_slow_provider_times_out_as_unavailable(http_server):
+    http_server.script.append({"sleep": 1.5, "sse": [chunk("late")]})
+    started = time.monotonic()
+    with pytest.raises(LLMUnavailable, match="timed out"):
+        list(
+            provider(http_server, timeout=0.3).stream(MESSAGES, completion=Completion())
+        )
+    assert time.monotonic() - started < 1.4
+
+
+def test_an_unreachable_provider_is_unavailable():
+    p = OpenAIProvider(
+        base_url="http://127.0.0.1:9/v1", api_key="", model="m", timeout=1
+    )
+    with pytest.raises(LLMUnavailable, match="unreachable"):
+        list(p.stream(MESSAGES, completion=Completion()))
+
+
+def test_the_deadline_stops_a_stream_midway(http_server):
+    http_server.script.append(
+        {"sse": [chunk("a"), chunk("b"), chunk("c")], "pause": 0.3}
+    )
+    completion = Completion()
+    with pytest.raises(DeadlineExceeded):
+        for _ in provider(http_server).stream(
+            MESSAGES, completion=completion, deadline=time.monotonic() + 0.4
+        ):
+            pass
+    assert completion.text in ("a", "ab")
+
+
+def test_extractive_provider_quotes_and_cites_passages_in_pieces():
+    passages = [
+        Passage(title="Install guide", text="Run make up."),
+        Passage(title="FAQ", text="Workers retry."),
+    ]
+    completion = Completion()
+    pieces = list(
+        ExtractiveProvider().stream(MESSAGES, passages=passages, completion=completion)
+    )
+    assert len(pieces) > 2
+    assert completion.text.startswith("Retrieved passages")
+    assert "not generated" in completion.text
+    assert "[1] Run make up." in completion.text and "[2] FAQ" in completion.text
+    assert completion.completion_tokens == estimate_tokens(completion.text)
+
+
+def test_extractive_provider_says_so_when_nothing_matches():
+    completion = Completion()
+    list(ExtractiveProvider().stream(MESSAGES, completion=completion))
+    assert "No retrieved passages" in completion.text

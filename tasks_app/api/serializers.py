@@ -97,9 +97,34 @@ class RetrySerializer(serializers.Serializer):
     )
 
 
+WORKER_NAME = r"^[A-Za-z0-9_.:@+-]{1,255}$"  # Celery node names, e.g. ai@host-1
+
+
+class WorkerNameField(serializers.RegexField):
+    """A worker name that must arrive as a string (numbers are refused, not cast)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(WORKER_NAME, **kwargs)
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+@extend_schema_field({"type": "boolean", "enum": [True]})
+class ConfirmField(serializers.BooleanField):
+    """A flag the client must send as JSON true; the schema says so."""
+
+    def to_internal_value(self, data):
+        if data is not True:
+            raise serializers.ValidationError("Must be true.")
+        return True
+
+
 class ShutdownSerializer(serializers.Serializer):
-    worker = serializers.CharField(max_length=255)
-    confirm = serializers.BooleanField()
+    worker = WorkerNameField(help_text="A worker name, name@host.")
+    confirm = ConfirmField(help_text="Must be true.")
 
     def validate_confirm(self, value: bool) -> bool:
         if not value:
@@ -108,6 +133,4 @@ class ShutdownSerializer(serializers.Serializer):
 
 
 class PoolRestartSerializer(serializers.Serializer):
-    destination = serializers.ListField(
-        child=serializers.CharField(max_length=255), required=False
-    )
+    destination = serializers.ListField(child=WorkerNameField(), required=False)

@@ -1,8 +1,14 @@
 from __future__ import annotations
 
+import re
+from datetime import UTC
+
+from django.conf import settings
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
-from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import mixins, status, viewsets
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.permissions import IsAdminUser
@@ -21,17 +27,59 @@ from tasks_app.api.serializers import (
 )
 from tasks_app.models import TaskRecord
 
+STATS_SCHEMA = inline_serializer(
+    "TaskStats",
+    {
+        "window_hours": serializers.IntegerField(),
+        "by_state": serializers.DictField(child=serializers.IntegerField()),
+        "by_name": serializers.DictField(child=serializers.DictField()),
+        "throughput_per_hour": serializers.ListField(child=serializers.DictField()),
+        "failure_rate": serializers.FloatField(),
+        "queues": serializers.DictField(),
+    },
+)
+
+
+class StatsQuerySerializer(serializers.Serializer):
+    hours = serializers.IntegerField(
+        min_value=1, max_value=720, required=False, help_text="Window in hours"
+    )
+
+
+class WorkerSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    alive = serializers.BooleanField()
+    pool = serializers.CharField()
+    concurrency = serializers.IntegerField(allow_null=True)
+    processed = serializers.IntegerField()
+    active = serializers.ListField(child=serializers.DictField())
+    reserved = serializers.ListField(child=serializers.DictField())
+    scheduled = serializers.ListField(child=serializers.DictField())
+    queues = serializers.ListField(child=serializers.CharField())
+
+
+TASK_NAME = r"^[A-Za-z0-9_.:-]{1,200}$"
 CONFLICT = {409: {"description": "The task's state does not allow this."}}
 
 
 def _datetime_param(request, name: str):
+    """An ISO 8601 query parameter as an aware UTC datetime; 400 naming it if not."""
     value = request.query_params.get(name)
     if value is None:
         return None
-    parsed = parse_datetime(value)
+    try:
+        parsed = parse_datetime(value)
+    except ValueError:
+        parsed = None
     if parsed is None:
         raise ValidationError({name: "Not an ISO 8601 date-time."})
-    return parsed
+    if timezone.is_naive(parsed):
+        parsed = timezone.make_aware(parsed)
+    try:
+        # In UTC: PostgreSQL refuses offsets past 15:59 that RFC 3339 allows.
+        return parsed.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValidationError({name: "Date-time out of range."}) from None
 
 
 class TaskRecordViewSet(
@@ -53,10 +101,10 @@ class TaskRecordViewSet(
     @extend_schema(
         parameters=[
             OpenApiParameter("state", str, enum=list(TaskRecord.State.values)),
-            OpenApiParameter("name", str),
-            OpenApiParameter("queue", str),
-            OpenApiParameter("created_after", str, description="ISO 8601"),
-            OpenApiParameter("created_before", str, description="ISO 8601"),
+            OpenApiParameter("name", str, pattern=TASK_NAME),
+            OpenApiParameter("queue", str, enum=list(settings.CLAW_QUEUES)),
+            OpenApiParameter("created_after", OpenApiTypes.DATETIME),
+            OpenApiParameter("created_before", OpenApiTypes.DATETIME),
         ]
     )
     def list(self, request, *args, **kwargs):
@@ -65,15 +113,22 @@ class TaskRecordViewSet(
     def filter_queryset(self, queryset):
         params = self.request.query_params
         state = params.get("state")
-        if state is not None:
+        if state:
             if state not in TaskRecord.State.values:
                 raise ValidationError(
                     {"state": f"Must be one of {TaskRecord.State.values}."}
                 )
             queryset = queryset.filter(state=state)
-        for field in ("name", "queue"):
-            if params.get(field):
-                queryset = queryset.filter(**{field: params[field]})
+        if "name" in params:
+            if not re.fullmatch(TASK_NAME, params["name"]):
+                raise ValidationError({"name": "Not a task name."})
+            queryset = queryset.filter(name=params["name"])
+        if "queue" in params:
+            if params["queue"] not in settings.CLAW_QUEUES:
+                raise ValidationError(
+                    {"queue": f"Must be one of {settings.CLAW_QUEUES}."}
+                )
+            queryset = queryset.filter(queue=params["queue"])
         after = _datetime_param(self.request, "created_after")
         before = _datetime_param(self.request, "created_before")
         if after:
@@ -93,7 +148,7 @@ class TaskRecordViewSet(
         record = self.get_object()
         events = record.events.all()
         after = request.query_params.get("after")
-        if after is not None:
+        if after:
             if not after.isdigit():
                 raise ValidationError({"after": "Must be an event id (an integer)."})
             events = events.filter(id__gt=int(after))
@@ -132,11 +187,13 @@ class TaskRecordViewSet(
         )
 
     @extend_schema(
-        parameters=[OpenApiParameter("hours", int, description="Window, 1-720")]
+        parameters=[StatsQuerySerializer],
+        responses={200: STATS_SCHEMA},
     )
     @action(detail=False, methods=["get"], permission_classes=[IsAdminUser])
     def stats(self, request):
-        hours = request.query_params.get("hours", "24")
+        given = request.query_params.getlist("hours")
+        hours = given[0] if len(given) == 1 else ("24" if not given else "")
         if not hours.isdigit() or not 1 <= int(hours) <= 720:
             raise ValidationError({"hours": "Must be an integer from 1 to 720."})
         start = dashboard.since(int(hours))
@@ -160,7 +217,7 @@ class TaskRecordViewSet(
 class WorkersView(APIView):
     permission_classes = [IsAdminUser]
 
-    @extend_schema(responses={200: dict})
+    @extend_schema(responses={200: WorkerSerializer(many=True)})
     def get(self, request):
         return Response([vars(info) for info in workers.cluster()])
 
@@ -168,7 +225,7 @@ class WorkersView(APIView):
 class PoolRestartView(APIView):
     permission_classes = [IsAdminUser]
 
-    @extend_schema(request=PoolRestartSerializer, responses={202: dict})
+    @extend_schema(request=PoolRestartSerializer, responses={202: OpenApiTypes.OBJECT})
     def post(self, request):
         body = PoolRestartSerializer(data=request.data)
         body.is_valid(raise_exception=True)
@@ -179,7 +236,7 @@ class PoolRestartView(APIView):
 class ShutdownView(APIView):
     permission_classes = [IsAdminUser]
 
-    @extend_schema(request=ShutdownSerializer, responses={202: dict})
+    @extend_schema(request=ShutdownSerializer, responses={202: OpenApiTypes.OBJECT})
     def post(self, request):
         body = ShutdownSerializer(data=request.data)
         body.is_valid(raise_exception=True)

@@ -205,3 +205,18 @@ def test_schema_and_docs_are_served(staff):
     schema = api.get("/api/schema/")
     assert schema.status_code == 200 and b"/api/v1/tasks/{id}/cancel/" in schema.content
     assert api.get("/api/docs/").status_code == 200
+
+
+def test_requests_past_the_user_rate_get_429_with_retry_after(django_user_model):
+    from django.core.cache import cache
+    from rest_framework.throttling import UserRateThrottle
+
+    cache.clear()
+    user = django_user_model.objects.create_user("busy", password="busy-pass-1")
+    api = client_for(user)
+    with patch.dict(UserRateThrottle.THROTTLE_RATES, {"user": "2/min"}):
+        codes = [api.get("/api/v1/tasks/").status_code for _ in range(3)]
+        limited = api.get("/api/v1/tasks/")
+    assert codes == [200, 200, 429]
+    assert limited.status_code == 429 and int(limited["Retry-After"]) > 0
+    cache.clear()

@@ -11,15 +11,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 from django.conf import settings
 
-from tests.harness import BASE_DIR, CeleryProcess
+from tests.harness import CeleryProcess
 from tests.reliability.conftest import effects, report
+from tests.test_smoke_embedded import manage
 
 pytestmark = [pytest.mark.reliability, pytest.mark.worker]
 
@@ -58,17 +57,8 @@ print(json.dumps({
 """
 
 
-def manage(env, *args, timeout=120) -> str:
-    done = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=BASE_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout.strip().splitlines()[-1]
+def last_line(env, *args, timeout=120) -> str:
+    return manage(env, *args, timeout=timeout).strip().splitlines()[-1]
 
 
 def test_a_task_whose_worker_is_killed_on_the_filesystem_broker_is_requeued_by_health(
@@ -88,14 +78,14 @@ def test_a_task_whose_worker_is_killed_on_the_filesystem_broker_is_requeued_by_h
     log = tmp_path / "worker.log"
     worker = CeleryProcess("worker", env, ["-c", "1"], log).start()
     try:
-        pk, state = manage(env, "shell", "-c", SUBMIT).split()
+        pk, state = last_line(env, "shell", "-c", SUBMIT).split()
         assert state == "STARTED", worker.tail()
         worker.kill(signal.SIGKILL)  # the whole group we started
         worker.proc.wait(10)
         killed_at = time.monotonic()
         worker = CeleryProcess("worker", env, ["-c", "1"], log).start()
         result = json.loads(
-            manage(env, "shell", "-c", RECONCILE.replace("PK", pk), timeout=90)
+            last_line(env, "shell", "-c", RECONCILE.replace("PK", pk), timeout=90)
         )
     finally:
         worker.stop()

@@ -1,0 +1,82 @@
+"""The Idempotency-Key header of submission endpoints.
+
+The same key from the same user returns the first submission's task, never a
+second one. A submission view does, in one transaction:
+
+    key = idempotency.key_from(request)
+    with transaction.atomic():
+        previous = idempotency.claim(request.user, key, task_name)
+        if previous is not None:
+            return <the response for previous>    # replay, nothing written
+        ... write domain rows, services.submit(..., idempotency_key=key)
+
+claim() serialises requests that carry the same (user, key), so two concurrent
+retries of one request cannot both write their domain rows before one of them
+loses on the record's unique constraint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from django.db import connection
+from drf_spectacular.utils import OpenApiParameter
+from rest_framework import status
+from rest_framework.exceptions import APIException, ValidationError
+
+from tasks_app.models import TaskRecord
+
+HEADER = "Idempotency-Key"
+# Printable ASCII without spaces, as Stripe and the IETF draft use (UUIDs fit).
+KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
+
+PARAMETER = OpenApiParameter(
+    HEADER,
+    str,
+    OpenApiParameter.HEADER,
+    required=False,
+    pattern=KEY_PATTERN,
+    description="Optional. Repeating a request with the same key returns the task "
+    "of the first request instead of submitting a second one.",
+)
+
+
+class KeyReused(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "This Idempotency-Key was already used for a different request."
+    default_code = "idempotency_key_reused"
+
+
+def key_from(request) -> str | None:
+    """The request's key, or None; 400 naming the header when it is malformed."""
+    value = request.headers.get(HEADER)
+    if value is None:
+        return None
+    if not re.fullmatch(KEY_PATTERN, value):
+        raise ValidationError(
+            {HEADER: "Must be 1 to 200 printable ASCII characters without spaces."}
+        )
+    return value
+
+
+def claim(user, key: str | None, task_name: str) -> TaskRecord | None:
+    """The record an earlier request with this key created, or None.
+
+    Must run inside transaction.atomic(): on PostgreSQL it takes a transaction-level
+    advisory lock on (user, key) that is held until commit. SQLite needs none, since
+    its IMMEDIATE transactions already serialise writers.
+    """
+    if key is None:
+        return None
+    if not connection.in_atomic_block:
+        raise RuntimeError("idempotency.claim() must run inside transaction.atomic()")
+    if connection.vendor == "postgresql":
+        digest = hashlib.blake2b(f"{user.pk}:{key}".encode(), digest_size=8).digest()
+        lock_id = int.from_bytes(digest, "big", signed=True)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [lock_id])
+    previous = TaskRecord.objects.filter(owner=user, idempotency_key=key).first()
+    if previous is not None and previous.name != task_name:
+        raise KeyReused()
+    return previous

@@ -10,9 +10,32 @@ from tasks_app.api.serializers import TaskRecordSerializer
 MAX_CONTENT = 20_000  # characters of one message
 
 
+# JSON types as the schema states them: DRF would read 5 as "5", "5" as 5 and 1.5
+# as a pk of 1, and a client sending the wrong type should hear so (the schema
+# fuzzing's negative cases check it).
+class StrictCharField(serializers.CharField):
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictFloatField(serializers.FloatField):
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int | float):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 def strict_id() -> serializers.IntegerField:
-    # 1.5 or "1.5" is refused rather than read as 1.
-    return serializers.IntegerField(min_value=1)
+    return StrictIntegerField(min_value=1)
 
 
 class ConversationSerializer(serializers.ModelSerializer):
@@ -24,6 +47,15 @@ class ConversationSerializer(serializers.ModelSerializer):
         required=False,
         queryset=KnowledgeBase.objects.none(),
         pk_field=strict_id(),
+    )
+    title = StrictCharField(max_length=200, required=False, allow_blank=True)
+    model = StrictCharField(max_length=200, required=False, allow_blank=True)
+    temperature = StrictFloatField(
+        min_value=0.0, max_value=2.0, required=False, allow_null=True
+    )
+    max_history = StrictIntegerField(min_value=1, max_value=100, required=False)
+    system_prompt = StrictCharField(
+        max_length=MAX_CONTENT, required=False, allow_blank=True
     )
     links = serializers.SerializerMethodField()
 
@@ -43,11 +75,6 @@ class ConversationSerializer(serializers.ModelSerializer):
             "links",
         ]
         read_only_fields = ["id", "created_at", "updated_at", "links"]
-        extra_kwargs = {
-            "temperature": {"min_value": 0.0, "max_value": 2.0},
-            "max_history": {"min_value": 1, "max_value": 100},
-            "system_prompt": {"max_length": MAX_CONTENT},
-        }
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -98,7 +125,7 @@ class MessageSerializer(serializers.ModelSerializer):
 
 
 class PostMessageSerializer(serializers.Serializer):
-    content = serializers.CharField(max_length=MAX_CONTENT)
+    content = StrictCharField(max_length=MAX_CONTENT)
 
 
 class GenerateSerializer(serializers.Serializer):
@@ -107,14 +134,16 @@ class GenerateSerializer(serializers.Serializer):
     conversation_id = serializers.PrimaryKeyRelatedField(
         queryset=Conversation.objects.none(), pk_field=strict_id()
     )
-    user_message = serializers.CharField(max_length=MAX_CONTENT)
+    user_message = StrictCharField(max_length=MAX_CONTENT)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        user = self.context["request"].user
+        request = self.context.get("request")
+        if request is None:
+            return  # schema generation
         queryset = Conversation.objects.all()
-        if not user.is_staff:
-            queryset = queryset.filter(owner=user)
+        if not request.user.is_staff:
+            queryset = queryset.filter(owner=request.user)
         self.fields["conversation_id"].queryset = queryset
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from knowledge import embeddings
@@ -38,10 +38,16 @@ class InvalidInput(ValueError):
     """A value a caller supplied is not acceptable; the message names the field."""
 
 
+class UpdateFailed(Exception):
+    """Some documents of a knowledge-base update failed; the message names them."""
+
+
 class VectorizeFailed(Exception):
     """A document could not be vectorized for good; it is marked failed."""
 
-    def __init__(self, document_id: int, error: str):
+    # One positional argument, so Celery can rebuild it from its stored form
+    # (otherwise the record shows an UnpickleableExceptionWrapper).
+    def __init__(self, error: str, document_id: int | None = None):
         super().__init__(error)
         self.outcome = {"document_id": document_id, "status": "failed", "error": error}
 
@@ -388,4 +394,160 @@ def _failed(document_id: int, exc: Exception) -> VectorizeFailed:
         error = f"{type(exc).__name__}: {exc}".rstrip(": ")
     _mark(document_id, Status.FAILED, error)
     logger.warning("Vectorizing document %s failed: %s", document_id, error)
-    return VectorizeFailed(document_id, error)
+    return VectorizeFailed(error, document_id)
+
+
+# --- knowledge-base updates ----------------------------------------------------
+
+
+def plan_update(kb_id: int, mode: str) -> list[int] | None:
+    """Ids of the documents an update vectorizes; None if the kb is gone.
+
+    incremental: documents whose content changed since their vectors were built,
+    that have none, or that failed; full: every document (unchanged chunks reuse
+    their vectors); rebuild: drop every vector first, then every document.
+    """
+    if mode not in MODES:
+        raise InvalidInput(f"mode: must be one of {', '.join(MODES)}")
+    if not KnowledgeBase.objects.filter(pk=kb_id).exists():
+        return None
+    if mode == REBUILD:
+        delete_vectors(kb_id=kb_id)
+    documents = Document.objects.filter(knowledge_base_id=kb_id)
+    if mode == INCREMENTAL:
+        documents = documents.filter(
+            ~Q(vectorized_hash=F("content_hash")) | Q(status=Status.FAILED)
+        )
+    ids = list(documents.order_by("id").values_list("id", flat=True))
+    Document.objects.filter(pk__in=ids).exclude(status=Status.VECTORIZING).update(
+        status=Status.PENDING
+    )
+    return ids
+
+
+def report_update_progress(update_celery_id: str) -> None:
+    """Count one more finished document on the update's record (a chord member
+    calls this when it is done). About 100 writes per update at most."""
+    parent = (
+        TaskRecord.objects.filter(celery_id=update_celery_id)
+        .values("id", "progress_total")
+        .first()
+    )
+    if parent is None or not parent["progress_total"]:
+        return
+    total = parent["progress_total"]
+    finished = TaskRecord.objects.filter(
+        parent_id=parent["id"], name=VECTORIZE, state__in=TaskRecord.FINAL_STATES
+    ).count()
+    done = min(finished + 1, total)  # + this member, whose record is not final yet
+    if done < total and done % max(1, total // 100):
+        return
+    ledger.record_progress(
+        update_celery_id, done, total, f"{done} of {total} documents vectorized"
+    )
+
+
+def finish_update(outcomes: list[dict], *, kb_id: int, mode: str) -> dict:
+    """Summarise the chord members' outcomes; raise UpdateFailed naming the failed
+    documents, so the update's record ends FAILURE with that summary."""
+    summary = {
+        "knowledge_base": kb_id,
+        "mode": mode,
+        "documents": len(outcomes),
+        "vectorized": [o["document_id"] for o in outcomes if o["status"] == "ready"],
+        "failed": [o["document_id"] for o in outcomes if o["status"] == "failed"],
+        "skipped": sum(1 for o in outcomes if o["status"] in ("missing", "skipped")),
+        "chunks": sum(o.get("chunks", 0) for o in outcomes),
+        "embedded": sum(o.get("embedded", 0) for o in outcomes),
+        "reused": sum(o.get("reused", 0) for o in outcomes),
+    }
+    if summary["failed"]:
+        errors = {o["document_id"]: o["error"] for o in outcomes if "error" in o}
+        raise UpdateFailed(
+            f"{len(errors)} of {len(outcomes)} documents failed: "
+            + _name_documents(errors)
+        )
+    return summary
+
+
+def _name_documents(errors: dict[int, str], limit: int = 20) -> str:
+    titles = dict(
+        Document.objects.filter(pk__in=list(errors)[:limit]).values_list("id", "title")
+    )
+    named = [
+        f"#{pk} {titles.get(pk, '(deleted)')!r}: {error[:300]}"
+        for pk, error in list(errors.items())[:limit]
+    ]
+    more = len(errors) - limit
+    return "; ".join(named) + (f"; and {more} more" if more > 0 else "")
+
+
+def fail_update(update_celery_id: str, *, kb_id: int | None, error: str) -> None:
+    """End an update whose chord broke (a member failed outright, e.g. killed at
+    its hard time limit), so its record never waits for a callback that will not
+    run. Names the knowledge base's failed documents."""
+    failed = dict(
+        Document.objects.filter(knowledge_base_id=kb_id, status=Status.FAILED)
+        .order_by("id")
+        .values_list("id", "error")
+    )
+    detail = f"; failed documents: {_name_documents(failed)}" if failed else ""
+    ledger.mark_failed(update_celery_id, error=f"Update stopped: {error}{detail}")
+
+
+# --- deleting vectors ----------------------------------------------------------
+
+DELETE_BATCH_CHUNKS = 5000
+DELETE_BATCH_DOCUMENTS = 500
+
+
+def _delete_batches(documents) -> list[list[int]]:
+    """Document ids in batches of about DELETE_BATCH_CHUNKS chunks."""
+    batches: list[list[int]] = [[]]
+    size = 0
+    for pk, chunks in documents.order_by("id").values_list("id", "chunk_count"):
+        if batches[-1] and (
+            size + chunks > DELETE_BATCH_CHUNKS
+            or len(batches[-1]) >= DELETE_BATCH_DOCUMENTS
+        ):
+            batches.append([])
+            size = 0
+        batches[-1].append(pk)
+        size += chunks
+    return [batch for batch in batches if batch]
+
+
+def delete_vectors(*, kb_id: int | None = None, document_id: int | None = None):
+    """Delete the chunks of a knowledge base or one document, in batches.
+
+    Each batch is one short transaction that locks its documents (as vectorizing
+    does), deletes their chunks, marks them pending without vectors and bumps the
+    version, so search never sees a half-deleted document.
+    """
+    if (kb_id is None) == (document_id is None):
+        raise InvalidInput("give kb_id or document_id")
+    documents = (
+        Document.objects.filter(knowledge_base_id=kb_id)
+        if kb_id is not None
+        else Document.objects.filter(pk=document_id)
+    )
+    batches = _delete_batches(documents)
+    total = sum(len(batch) for batch in batches)
+    done = deleted = 0
+    for batch in batches:
+        with transaction.atomic():
+            locked = list(
+                Document.objects.select_for_update()
+                .filter(pk__in=batch)
+                .values_list("id", "knowledge_base_id")
+            )
+            count, _ = Chunk.objects.filter(document_id__in=batch).delete()
+            Document.objects.filter(pk__in=batch).update(
+                status=Status.PENDING, chunk_count=0, vectorized_hash="", error=""
+            )
+            for kb in {kb for _, kb in locked} if count else ():
+                _bump_version(kb)
+        deleted += count
+        done += len(batch)
+        report_progress(done, total, f"deleted vectors of {done} of {total} documents")
+    return {"documents": total, "chunks_deleted": deleted}

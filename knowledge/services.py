@@ -141,6 +141,12 @@ def update_document(
     return document
 
 
+def delete_knowledge_base(kb: KnowledgeBase) -> None:
+    # Chunks and documents go with it (ON DELETE CASCADE through Django's
+    # collector, which deletes chunks in bulk: nothing references them).
+    kb.delete()
+
+
 def delete_document(document: Document) -> None:
     with transaction.atomic():
         kb_id = document.knowledge_base_id

@@ -85,6 +85,19 @@ def create_knowledge_base(
     )
 
 
+def edit_knowledge_base(kb: KnowledgeBase, **changes) -> KnowledgeBase:
+    """Change name, description or owner; the embedding settings never change."""
+    allowed = {"name", "description", "owner"}
+    if set(changes) - allowed:
+        raise InvalidInput(f"{sorted(set(changes) - allowed)[0]}: cannot be changed")
+    if "name" in changes and not (changes["name"] or "").strip():
+        raise InvalidInput("name: must not be blank")
+    for field, value in changes.items():
+        setattr(kb, field, value.strip() if field == "name" else value)
+    kb.save(update_fields=[*changes, "updated_at"])
+    return kb
+
+
 def provider_for(kb: KnowledgeBase) -> embeddings.Provider:
     return embeddings.get_provider(
         kb.embedding_provider,

@@ -100,7 +100,12 @@ class KnowledgeBaseViewSet(OwnedQuerysetMixin, viewsets.ModelViewSet):
         serializer.instance = self.get_queryset().get(pk=created.pk)
 
     def perform_update(self, serializer):
-        serializer.save()
+        try:
+            services.edit_knowledge_base(
+                serializer.instance, **serializer.validated_data
+            )
+        except services.InvalidInput as exc:
+            raise invalid(exc) from None
         serializer.instance = self.get_queryset().get(pk=serializer.instance.pk)
 
     def perform_destroy(self, instance):

@@ -232,6 +232,33 @@ AI_STREAM_SAVE_INTERVAL = float(os.environ.get("AI_STREAM_SAVE_INTERVAL", "0.5")
 AI_PASSAGES = env_int("AI_PASSAGES", 5)
 # --- end of Conversations ---------------------------------------------------
 
+# --- Knowledge (knowledge app: chunking, embeddings, search, uploads) --------
+# Characters per chunk and characters repeated between neighbouring chunks.
+KNOWLEDGE_CHUNK_SIZE = env_int("KNOWLEDGE_CHUNK_SIZE", 800)
+KNOWLEDGE_CHUNK_OVERLAP = env_int("KNOWLEDGE_CHUNK_OVERLAP", 100)
+# Largest uploaded file or JSON document content, in bytes (larger: 413).
+KNOWLEDGE_MAX_UPLOAD_BYTES = env_int("KNOWLEDGE_MAX_UPLOAD_BYTES", 5 * 1024 * 1024)
+# Knowledge bases whose vector matrix each process keeps in memory for search.
+KNOWLEDGE_SEARCH_CACHE_SIZE = env_int("KNOWLEDGE_SEARCH_CACHE_SIZE", 8)
+# Celery's rate_limit holds per worker, not across the cluster (see README); empty
+# means no limit.
+KNOWLEDGE_VECTORIZE_RATE_LIMIT = os.environ.get("KNOWLEDGE_VECTORIZE_RATE_LIMIT", "5/m")
+# Seconds of the first automatic retry of a transient embedding error (doubles).
+KNOWLEDGE_RETRY_BACKOFF = env_int("KNOWLEDGE_RETRY_BACKOFF", 10)
+# Texts per embedding call; progress is reported after each batch.
+EMBEDDING_BATCH_SIZE = env_int("EMBEDDING_BATCH_SIZE", 64)
+# The openai provider: any OpenAI-compatible /v1/embeddings endpoint.
+EMBEDDING_BASE_URL = os.environ.get("EMBEDDING_BASE_URL", "https://api.openai.com/v1")
+EMBEDDING_API_KEY = os.environ.get("EMBEDDING_API_KEY", "")
+EMBEDDING_TIMEOUT = float(os.environ.get("EMBEDDING_TIMEOUT", "30"))
+EMBEDDING_OPENAI_MODEL = os.environ.get(
+    "EMBEDDING_OPENAI_MODEL", "text-embedding-3-small"
+)
+# The sentence-transformers provider: a model name in the local Hugging Face cache
+# or a path; it is never downloaded.
+EMBEDDING_ST_MODEL = os.environ.get("EMBEDDING_ST_MODEL", "all-MiniLM-L6-v2")
+# --- end of Knowledge ---------------------------------------------------------
+
 # --- Cache (the cluster-wide rate limit and locks need a shared one) ---------
 CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
 

@@ -15,6 +15,7 @@ from django.db.models import Q
 
 from claw import conversations, llm, ratelimit
 from claw.models import Conversation, Message
+from knowledge.search import SearchHit, search
 from tasks_app.progress import TaskCancelled, report_progress
 
 RATE_LIMIT_KEY = "claw.generate_ai_response"
@@ -151,21 +152,20 @@ def build_prompt(message: Message) -> list[dict[str, str]]:
     return prompt
 
 
-def retrieve(conversation: Conversation, query: str) -> list[tuple[int, object]]:
+def retrieve(conversation: Conversation, query: str) -> list[tuple[int, SearchHit]]:
     """The best AI_PASSAGES hits over every attached knowledge base, by score, as
-    (knowledge base id, knowledge.search.SearchHit) pairs."""
+    (knowledge base id, hit) pairs. Scores are cosines, comparable across
+    knowledge bases of one embedding model; across models they are merged as is."""
     bases = list(conversation.knowledge_bases.all())
     if not bases or not query.strip():
         return []
-    from knowledge.search import search
-
     k = settings.AI_PASSAGES
     hits = [(kb.pk, hit) for kb in bases for hit in search(kb, query, k=k)]
     hits.sort(key=lambda pair: pair[1].score, reverse=True)
     return hits[:k]
 
 
-def passage(hit) -> llm.Passage:
+def passage(hit: SearchHit) -> llm.Passage:
     return llm.Passage(
         title=hit.document_title,
         text=hit.text,
@@ -174,7 +174,7 @@ def passage(hit) -> llm.Passage:
     )
 
 
-def citation(number: int, knowledge_base_id: int, hit) -> dict:
+def citation(number: int, knowledge_base_id: int, hit: SearchHit) -> dict:
     return {
         "n": number,
         "knowledge_base": knowledge_base_id,

@@ -230,6 +230,8 @@ AI_REPLY_DEADLINE = float(os.environ.get("AI_REPLY_DEADLINE", "110"))
 AI_STREAM_SAVE_INTERVAL = float(os.environ.get("AI_STREAM_SAVE_INTERVAL", "0.5"))
 # Passages retrieved per reply (best scores over all attached knowledge bases).
 AI_PASSAGES = env_int("AI_PASSAGES", 5)
+if not 1 <= AI_PASSAGES <= 100:  # knowledge.search.MAX_K
+    raise ImproperlyConfigured("AI_PASSAGES must be between 1 and 100")
 # --- end of Conversations ---------------------------------------------------
 
 # --- Knowledge (knowledge app: chunking, embeddings, search, uploads) --------

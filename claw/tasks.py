@@ -12,6 +12,7 @@ from claw.celery import app
 from claw.llm import LLMUnavailable
 from claw.notifications import TransientDeliveryError
 from claw.ratelimit import RateLimited
+from knowledge.embeddings import EmbeddingUnavailable
 from tasks_app.base import LedgerTask
 
 
@@ -69,8 +70,8 @@ def generate_ai_response(self, message_id: int, failures: int = 0) -> dict:
     """Write the reply in assistant message message_id (see claw.replies.generate).
 
     Over the cluster-wide rate limit the run is deferred to a later window: a
-    Celery retry that does not count as a failure. Transient provider errors
-    retry with backoff, at most AI_TRANSIENT_RETRIES times; anything else fails
+    Celery retry that does not count as a failure. Transient provider (and query
+    embedding) errors retry with backoff, at most AI_TRANSIENT_RETRIES times; anything else fails
     the reply at once (ReplyTask.on_failure).
     """
     if not conversations.needs_reply(message_id):
@@ -88,7 +89,8 @@ def generate_ai_response(self, message_id: int, failures: int = 0) -> dict:
     started_at = slot.at if slot else time.time()
     try:
         return replies.generate(message_id, started_at=started_at, deadline=deadline)
-    except LLMUnavailable as exc:
+    except (LLMUnavailable, EmbeddingUnavailable) as exc:
+        # (the question is embedded to search the knowledge bases)
         if failures >= settings.AI_TRANSIENT_RETRIES:
             raise
         conversations.wait_for_retry(message_id, error=str(exc))

@@ -14,6 +14,9 @@ from claw import conversations, replies
 from claw.llm import DeadlineExceeded, LLMRejected
 from claw.models import Message
 from claw.tests.conftest import sse
+from knowledge import search
+from knowledge import services as knowledge
+from knowledge.tests.conftest import add_ready
 
 pytestmark = pytest.mark.django_db
 
@@ -125,3 +128,68 @@ def test_a_run_for_a_deleted_or_done_reply_changes_nothing(alice, no_publish):
     assert Message.objects.get(pk=message.pk).finished_at == done.finished_at
     Message.objects.filter(pk=message.pk).delete()
     assert run(message)["status"] == "skipped"
+
+
+@pytest.fixture
+def handbook(alice):
+    search.clear_cache()  # a matrix cached by an earlier test must not answer
+    kb = knowledge.create_knowledge_base(alice, name="Handbook")
+    add_ready(
+        kb,
+        "Passwords",
+        "To reset your password, open Settings and choose Reset password.",
+    )
+    add_ready(kb, "Cafeteria", "The office cafeteria serves lunch from noon to two.")
+    yield kb
+    search.clear_cache()
+
+
+@pytest.fixture
+def billing(alice):
+    kb = knowledge.create_knowledge_base(alice, name="Billing")
+    add_ready(kb, "Invoices", "Invoices are emailed on the first day of every month.")
+    return kb
+
+
+def test_the_extractive_reply_quotes_and_cites_the_best_passages_of_all_bases(
+    alice, handbook, billing, no_publish, settings
+):
+    settings.LLM_PROVIDER = "extractive"
+    settings.AI_PASSAGES = 2
+    conversation = conversations.create_conversation(
+        alice, knowledge_bases=[handbook, billing]
+    )
+    message = reply_in(conversation, alice, "When are invoices emailed each month?")
+
+    run(message)
+
+    message.refresh_from_db()
+    assert message.status == "done"
+    assert message.content.startswith("Retrieved passages (quoted from the knowledge")
+    assert (
+        "[1] Invoices are emailed on the first day of every month." in message.content
+    )
+    assert "Sources:\n[1] Invoices\n[2] " in message.content
+    cited = [
+        (c["n"], c["knowledge_base"], c["document_title"]) for c in message.passages
+    ]
+    assert len(cited) == 2  # the best two over both knowledge bases
+    assert cited[0] == (1, billing.pk, "Invoices")
+    assert message.passages[0]["score"] >= message.passages[1]["score"]
+
+
+def test_the_openai_provider_gets_the_passages_to_cite(
+    alice, handbook, openai, no_publish
+):
+    conversation = conversations.create_conversation(alice, knowledge_bases=[handbook])
+    message = reply_in(conversation, alice, "How do I reset my password?")
+    openai.script.append(sse("Open Settings [1]."))
+
+    run(message)
+
+    system = openai.requests[0]["body"]["messages"][0]
+    assert system["role"] == "system"
+    assert "[1] Passwords\nTo reset your password" in system["content"]
+    message.refresh_from_db()
+    assert message.content == "Open Settings [1]."
+    assert message.passages[0]["document_title"] == "Passwords"

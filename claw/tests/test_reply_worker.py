@@ -1,10 +1,12 @@
-"""claw.generate_ai_response in real worker processes, against the local
-chat-completions server: streaming seen from outside, retries, permanent errors,
-the soft time limit, cancel, and a worker process killed mid-reply.
+"""claw.generate_ai_response in real worker processes.
 
-One worker (prefork, one process) on its own queue serves the module, so the
-session's shared worker never takes these replies; its LLM_* settings point at
-the module's server. Short limits keep every test to a few seconds.
+First the whole path with the session's shared worker and the default extractive
+provider: API, vectorized knowledge base, reply citing its passages. Then against
+the local chat-completions server: streaming seen from outside, retries,
+permanent errors, the soft time limit, cancel, and a worker process killed
+mid-reply. One worker (prefork, one process) on its own queue serves those, so
+the shared worker never takes them; its LLM_* settings point at the module's
+server. Short limits keep every test to a few seconds.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ import signal
 
 import pytest
 from django_celery_results.models import TaskResult
+from rest_framework.test import APIClient
 
 from claw import conversations
 from claw.models import Message
 from claw.tests.conftest import ScriptedServer, sse
+from knowledge import services as knowledge
+from knowledge.models import Document
 from tasks_app import services
 from tasks_app.models import TaskRecord
 from tests.harness import CeleryProcess, wait_for
@@ -94,6 +99,51 @@ def wait_record(message: Message, state: str, timeout: float = 15) -> TaskRecord
 
 def kinds(record: TaskRecord) -> list[str]:
     return list(record.events.values_list("kind", flat=True))
+
+
+def test_a_message_in_a_conversation_with_a_knowledge_base_gets_a_cited_reply(
+    transactional_db, celery_worker, alice
+):
+    # given a knowledge base whose document the worker vectorizes
+    kb = knowledge.create_knowledge_base(alice, name="Ops handbook")
+    document = knowledge.add_document(
+        kb,
+        title="Restarting workers",
+        content="To restart a worker pool, open the Workers page and press "
+        "Restart. Queued tasks wait and nothing is lost.",
+    )
+    wait_for(
+        lambda: Document.objects.get(pk=document.pk).status == "ready",
+        30,
+        message="the document to be vectorized",
+    )
+    api = APIClient()
+    api.force_authenticate(alice)
+    conversation = api.post(
+        "/api/v1/conversations/", {"knowledge_bases": [kb.pk]}, format="json"
+    ).json()
+
+    # when a question is posted
+    response = api.post(
+        f"/api/v1/conversations/{conversation['id']}/messages/",
+        {"content": "How do I restart a worker pool?"},
+        format="json",
+    )
+
+    # then the assistant reply is done and quotes and cites the passage
+    assert response.status_code == 202
+    message = Message.objects.get(pk=response.json()["assistant_message"]["id"])
+    wait_status(message, "done", "failed")
+    assert message.status == "done", message.error
+    assert "Retrieved passages" in message.content
+    assert "open the Workers page and press Restart" in message.content
+    assert "Sources:\n[1] Restarting workers" in message.content
+    assert message.passages[0]["document"] == document.pk
+    assert (message.provider, message.completion_tokens > 0) == ("extractive", True)
+    record = wait_record(message, "SUCCESS")
+    assert record.queue == "ai_high_priority"
+    polled = api.get(f"/api/v1/messages/{message.pk}/").json()
+    assert (polled["status"], polled["task_state"]) == ("done", "SUCCESS")
 
 
 def test_streaming_fills_the_reply_progressively(server, alice):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.urls import reverse
 from rest_framework import serializers
+from rest_framework.exceptions import NotFound
 
 from claw.models import Conversation, Message, Notification
 from knowledge.models import KnowledgeBase
@@ -34,19 +35,32 @@ class StrictFloatField(serializers.FloatField):
         return super().to_internal_value(data)
 
 
-def strict_id() -> serializers.IntegerField:
-    return StrictIntegerField(min_value=1)
+class OwnedReferenceField(serializers.PrimaryKeyRelatedField):
+    """An id of one of the caller's objects. One that does not exist or is someone
+    else's is a 404 naming the field, as the object's own URL would answer (and
+    as the knowledge API answers); it does not say which of the two."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("pk_field", StrictIntegerField(min_value=1))
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        try:
+            return super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            if exc.get_codes() != ["does_not_exist"]:
+                raise
+            # a list item's own field name is "": name the list
+            name = self.field_name or self.parent.field_name
+            label = self.queryset.model._meta.verbose_name
+            raise NotFound({name: f"No such {label}: {data}."}) from None
 
 
 class ConversationSerializer(serializers.ModelSerializer):
-    """Knowledge bases must belong to the conversation's owner: any other id is a
-    400 naming the field (it does not say whether the id exists)."""
+    """Knowledge bases must belong to the conversation's owner."""
 
-    knowledge_bases = serializers.PrimaryKeyRelatedField(
-        many=True,
-        required=False,
-        queryset=KnowledgeBase.objects.none(),
-        pk_field=strict_id(),
+    knowledge_bases = OwnedReferenceField(
+        many=True, required=False, queryset=KnowledgeBase.objects.none()
     )
     title = StrictCharField(max_length=200, required=False, allow_blank=True)
     model = StrictCharField(max_length=200, required=False, allow_blank=True)
@@ -131,9 +145,7 @@ class PostMessageSerializer(serializers.Serializer):
 class GenerateSerializer(serializers.Serializer):
     """The old API's body: the conversation (the caller's own) and the question."""
 
-    conversation_id = serializers.PrimaryKeyRelatedField(
-        queryset=Conversation.objects.none(), pk_field=strict_id()
-    )
+    conversation_id = OwnedReferenceField(queryset=Conversation.objects.none())
     user_message = StrictCharField(max_length=MAX_CONTENT)
 
     def __init__(self, *args, **kwargs):

@@ -28,7 +28,11 @@ SUBMITTED = {
     202: SubmissionSerializer,
     409: {"description": "The Idempotency-Key was used for a different request."},
 }
-AFTER = OpenApiParameter("after", int, description="Only messages after this id")
+AFTER = OpenApiParameter(
+    "after",
+    {"type": "integer", "minimum": 0},
+    description="Only messages after this id",
+)
 
 
 def _strict_int(request, name: str) -> int | None:

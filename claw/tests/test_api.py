@@ -92,7 +92,7 @@ def test_notifications_are_an_inbox_even_for_staff(objects, staff):
     assert client_for(staff).get("/api/v1/notifications/").json()["results"] == []
 
 
-def test_conversations_are_created_with_the_users_own_knowledge_bases_only(alice, bob):
+def test_conversations_take_only_the_users_own_knowledge_bases(alice, bob):
     mine, theirs = knowledge_base(alice), knowledge_base(bob)
     api = client_for(alice)
 
@@ -101,15 +101,22 @@ def test_conversations_are_created_with_the_users_own_knowledge_bases_only(alice
         {"title": "Docs chat", "knowledge_bases": [mine.pk], "temperature": 0.2},
         format="json",
     )
+    # someone else's id answers as that knowledge base's own URL would: 404
     refused = api.post(
         "/api/v1/conversations/", {"knowledge_bases": [theirs.pk]}, format="json"
+    )
+    missing = api.post(
+        "/api/v1/conversations/", {"knowledge_bases": [theirs.pk + 100]}, format="json"
     )
 
     assert created.status_code == 201, created.json()
     body = created.json()
     assert body["knowledge_bases"] == [mine.pk] and body["temperature"] == 0.2
     assert body["links"]["messages"] == f"/api/v1/conversations/{body['id']}/messages/"
-    assert refused.status_code == 400 and "knowledge_bases" in refused.json()
+    assert refused.status_code == 404 and "knowledge_bases" in refused.json()
+    assert missing.json() == {
+        "knowledge_bases": f"No such knowledge base: {theirs.pk + 100}."
+    }
     assert [c["id"] for c in api.get("/api/v1/conversations/").json()["results"]] == [
         body["id"]
     ]
@@ -239,7 +246,7 @@ def test_the_old_generate_endpoint_submits_a_reply_under_tasks(
     assert response.json()["assistant_message"]["conversation"] == chat.pk
     # the task is also in the task API, where old clients poll it
     assert api.get(f"/api/v1/tasks/{task['id']}/").json()["state"] == "PENDING"
-    assert not_theirs.status_code == 400 and "conversation_id" in not_theirs.json()
+    assert not_theirs.status_code == 404 and "conversation_id" in not_theirs.json()
 
 
 def test_messages_are_listed_oldest_first_and_can_be_polled_after_an_id(

@@ -140,7 +140,11 @@ class TaskRecordViewSet(
     @extend_schema(
         responses=TaskEventSerializer(many=True),
         parameters=[
-            OpenApiParameter("after", int, description="Only events after this id")
+            OpenApiParameter(
+                "after",
+                {"type": "integer", "minimum": 0},
+                description="Only events after this id",
+            )
         ],
     )
     @action(detail=True, methods=["get"])

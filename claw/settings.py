@@ -288,6 +288,12 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Several models have a "status" with its own choices; name each set.
+    "ENUM_NAME_OVERRIDES": {
+        "MessageStatusEnum": "claw.models.Message.Status",
+        "NotificationStatusEnum": "claw.models.Notification.Status",
+        "DocumentStatusEnum": "knowledge.models.Document.Status",
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "tasks_app.api.schema.add_error_responses",

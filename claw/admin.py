@@ -94,18 +94,10 @@ class ConversationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     search_fields = ("title", "owner__username")
     date_hierarchy = "created_at"
     raw_id_fields = ("owner",)
-    readonly_fields = (
-        "owner",
-        "title",
+    readonly_fields = [
+        *(f.name for f in Conversation._meta.fields if f.name != "id"),
         "knowledge_bases",
-        "provider",
-        "model",
-        "temperature",
-        "max_history",
-        "system_prompt",
-        "created_at",
-        "updated_at",
-    )
+    ]
     inlines = (MessageInline,)
 
     def get_queryset(self, request):

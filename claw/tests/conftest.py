@@ -9,6 +9,10 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from django.db import close_old_connections
+
+# the users of the task API's tests: alice, bob and a staff user
+from tasks_app.tests.test_api import alice, bob, staff  # noqa: F401
 
 
 class ScriptedServer:
@@ -101,21 +105,27 @@ def sse(*pieces: str, usage: dict | None = None, **step) -> dict:
     return {"sse": events, **step}
 
 
-@pytest.fixture
-def alice(django_user_model):
-    return django_user_model.objects.create_user("alice", password="alice-pass-1")
+def in_threads(target, count: int) -> list:
+    """Run target in count threads released at once; return what each returned.
 
+    Each thread has its own database connection (closed at the end), so this
+    races real transactions against each other.
+    """
+    barrier, results = threading.Barrier(count), []
 
-@pytest.fixture
-def bob(django_user_model):
-    return django_user_model.objects.create_user("bob", password="bob-pass-1")
+    def run():
+        try:
+            barrier.wait(timeout=10)
+            results.append(target())
+        finally:
+            close_old_connections()
 
-
-@pytest.fixture
-def staff(django_user_model):
-    return django_user_model.objects.create_user(
-        "ops", password="ops-pass-1", is_staff=True
-    )
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return results
 
 
 @pytest.fixture

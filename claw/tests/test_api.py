@@ -5,23 +5,14 @@ from __future__ import annotations
 from unittest.mock import patch
 
 import pytest
-from rest_framework.authtoken.models import Token
-from rest_framework.test import APIClient
 
 from claw import conversations
 from claw.models import Message, Notification
 from knowledge.models import KnowledgeBase
 from tasks_app.models import TaskRecord
+from tasks_app.tests.test_api import client_for
 
 pytestmark = pytest.mark.django_db
-
-
-def client_for(user) -> APIClient:
-    client = APIClient()
-    if user is not None:
-        token, _ = Token.objects.get_or_create(user=user)
-        client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
-    return client
 
 
 def knowledge_base(owner, name="Docs") -> KnowledgeBase:

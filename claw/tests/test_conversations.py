@@ -13,6 +13,20 @@ pytestmark = pytest.mark.django_db
 Status = Message.Status
 
 
+def finish(message_id: int, text: str) -> bool:
+    return conversations.finish_reply(
+        message_id,
+        text=text,
+        truncated=False,
+        provider="extractive",
+        model="m",
+        prompt_tokens=3,
+        completion_tokens=2,
+        tokens_estimated=True,
+        latency_ms=5,
+    )
+
+
 def test_post_message_stores_both_messages_and_submits_the_reply_task(
     alice, no_publish, django_capture_on_commit_callbacks
 ):
@@ -104,17 +118,7 @@ def test_a_done_reply_is_never_rewritten_and_a_late_failure_changes_nothing(
     reply = conversations.post_message(conversation, "q", submitter=alice)
     pk = reply.assistant_message.pk
     conversations.begin_reply(pk, started_at=timezone.now())
-    conversations.finish_reply(
-        pk,
-        text="answer",
-        truncated=False,
-        provider="extractive",
-        model="extractive",
-        prompt_tokens=3,
-        completion_tokens=2,
-        tokens_estimated=True,
-        latency_ms=5,
-    )
+    finish(pk, "answer")
 
     assert conversations.begin_reply(pk, started_at=timezone.now()) is None
     assert conversations.needs_reply(pk) is False
@@ -168,17 +172,7 @@ def test_the_prompt_has_the_system_prompt_and_recent_history_up_to_the_question(
         if n == 1:  # a failed reply is left out of the history
             conversations.fail_reply(sub.assistant_message.pk, error="x")
             continue
-        conversations.finish_reply(
-            sub.assistant_message.pk,
-            text=f"a{n}",
-            truncated=False,
-            provider="extractive",
-            model="m",
-            prompt_tokens=1,
-            completion_tokens=1,
-            tokens_estimated=True,
-            latency_ms=1,
-        )
+        finish(sub.assistant_message.pk, f"a{n}")
     question = conversations.post_message(conversation, "q3", submitter=alice)
     # a question posted after this one must not leak into its prompt
     conversations.post_message(conversation, "later", submitter=alice)

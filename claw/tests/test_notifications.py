@@ -11,6 +11,7 @@ from django.utils import timezone
 from claw import services
 from claw.models import Notification
 from claw.notifications import PermanentDeliveryError, TransientDeliveryError
+from claw.tests.conftest import in_threads
 from tasks_app import services as ledger
 from tasks_app.models import TaskRecord
 from tests.harness import wait_for
@@ -171,24 +172,7 @@ def test_a_burst_seen_by_processes_with_separate_caches_still_alerts_once(
 
 
 def test_concurrent_claims_of_one_alert_key_let_exactly_one_send(transactional_db):
-    import threading
-
-    from django.db import close_old_connections
-
-    barrier, won = threading.Barrier(6), []
-
-    def claim():
-        try:
-            barrier.wait(timeout=10)
-            won.append(services._claim_alert("same-key", 900))
-        finally:
-            close_old_connections()
-
-    threads = [threading.Thread(target=claim) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=20)
+    won = in_threads(lambda: services._claim_alert("same-key", 900), 6)
     assert sorted(won) == [False] * 5 + [True]
 
 

@@ -4,13 +4,12 @@ SQLite, with concurrent callers."""
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 
 import pytest
-from django.db import close_old_connections
 
 from claw import ratelimit
+from claw.tests.conftest import in_threads
 from tests.test_smoke_embedded import embedded_env, manage
 
 BACKENDS = ["database", "redis"]
@@ -70,35 +69,27 @@ def test_a_new_window_starts_counting_from_zero(backend):
 
 
 def test_concurrent_callers_never_take_more_than_the_limit(transactional_db, backend):
-    name, limit, allowed = key(), 12, []
-    barrier = threading.Barrier(8)
+    name, limit = key(), 12
 
-    def caller():
-        try:
-            barrier.wait(timeout=10)
-            for _ in range(5):
-                try:
-                    ratelimit.take(name, limit=limit, period=3600)
-                    allowed.append(1)
-                except ratelimit.RateLimited:
-                    pass
-        finally:
-            close_old_connections()
-
-    threads = [threading.Thread(target=caller) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
+    def caller() -> int:
+        allowed = 0
+        for _ in range(5):
+            try:
+                ratelimit.take(name, limit=limit, period=3600)
+                allowed += 1
+            except ratelimit.RateLimited:
+                pass
+        return allowed
 
     # 40 attempts in one window (an hour long, so no boundary falls inside)
-    assert len(allowed) == limit
+    assert sum(in_threads(caller, 8)) == limit
 
 
 CONCURRENT_ON_SQLITE = """
 import json, threading
 from django.db import close_old_connections
 from claw import ratelimit
+from claw.tests.conftest import in_threads
 allowed, barrier = [], threading.Barrier(6)
 def caller():
     try:

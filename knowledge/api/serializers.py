@@ -58,6 +58,9 @@ class KnowledgeBaseSerializer(serializers.ModelSerializer):
         return fields
 
 
+WRITABLE_DOCUMENT_FIELDS = ("knowledge_base", "title", "source", "content", "vectorize")
+
+
 class DocumentSerializer(serializers.ModelSerializer):
     knowledge_base = OwnKnowledgeBaseField()
     vectorize = serializers.BooleanField(
@@ -83,15 +86,7 @@ class DocumentSerializer(serializers.ModelSerializer):
             "updated_at",
             "vectorize",
         ]
-        read_only_fields = [
-            "content_hash",
-            "status",
-            "chunk_count",
-            "error",
-            "last_vectorized_at",
-            "created_at",
-            "updated_at",
-        ]
+        read_only_fields = [f for f in fields if f not in WRITABLE_DOCUMENT_FIELDS]
 
     def get_fields(self):
         fields = super().get_fields()

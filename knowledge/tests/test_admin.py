@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from unittest.mock import patch
-
 import pytest
 from django.urls import reverse
 
@@ -12,13 +10,7 @@ from knowledge.models import Document, KnowledgeBase
 from knowledge.tests.conftest import add_ready
 from tasks_app.models import TaskRecord
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def no_broker():
-    with patch("tasks_app.services.app.send_task"):
-        yield
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_broker")]
 
 
 @pytest.fixture

@@ -2,40 +2,16 @@
 
 from __future__ import annotations
 
-from unittest.mock import patch
-
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
-from rest_framework.authtoken.models import Token
-from rest_framework.test import APIClient
 
 from knowledge import services
 from knowledge.models import Chunk, Document, KnowledgeBase
 from knowledge.tests.conftest import add_ready
 from tasks_app.models import TaskRecord
+from tasks_app.tests.test_api import client_for
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def no_broker():
-    with patch("tasks_app.services.app.send_task"):
-        yield
-
-
-@pytest.fixture
-def staff(django_user_model):
-    return django_user_model.objects.create_user(
-        "ops", password="ops-pass-1", is_staff=True
-    )
-
-
-def client_for(user) -> APIClient:
-    client = APIClient()
-    if user is not None:
-        token, _ = Token.objects.get_or_create(user=user)
-        client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
-    return client
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_broker")]
 
 
 @pytest.fixture

@@ -1,16 +1,53 @@
 from __future__ import annotations
 
+from django.core.validators import RegexValidator
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.exceptions import NotFound
 
 from knowledge import embeddings, search, services
 from knowledge.models import Document, KnowledgeBase
 
+INT64_MAX = 2**63 - 1
+
+
+class VisibleText(RegexValidator):
+    """Text with a character other than space, tab or newline, and no NUL
+    (PostgreSQL cannot store it).
+
+    The pattern is what the OpenAPI schema publishes; the check itself is linear,
+    since the regex backtracks quadratically on a large text with a NUL at its end.
+    """
+
+    def __init__(self, *, required: bool = True):
+        pattern = r"^[^\x00]*[^\x00 \t\n\r][^\x00]*$" if required else r"^[^\x00]*$"
+        super().__init__(pattern)
+        self.required = required
+
+    def __call__(self, value):
+        value = str(value)
+        if "\x00" in value:
+            raise serializers.ValidationError("Must not contain NUL characters.")
+        if self.required and not value.strip(services.BLANK):
+            raise serializers.ValidationError("Must not be blank.")
+
+
+def text_field(*, required_text: bool = True, **kwargs) -> serializers.CharField:
+    """A CharField validated exactly as the schema says: not trimmed (a trimmed
+    value could pass maxLength or fail "not blank" unlike the schema)."""
+    kwargs.setdefault("allow_blank", not required_text)
+    return serializers.CharField(
+        trim_whitespace=False,
+        validators=[VisibleText(required=required_text)],
+        **kwargs,
+    )
+
 
 @extend_schema_field(OpenApiTypes.INT)
 class OwnKnowledgeBaseField(serializers.PrimaryKeyRelatedField):
-    """A knowledge base id; someone else's does not exist, as in a 404."""
+    """A knowledge base id. One that does not exist or is someone else's is a 404
+    naming the field, as the knowledge base's own URL would be."""
 
     def get_queryset(self):
         request = self.context.get("request")
@@ -19,10 +56,27 @@ class OwnKnowledgeBaseField(serializers.PrimaryKeyRelatedField):
             return queryset
         return queryset.filter(owner=request.user)
 
+    def to_internal_value(self, data):
+        try:
+            return super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            if exc.get_codes() == ["does_not_exist"]:
+                raise NotFound({self.field_name: "No such knowledge base."}) from None
+            raise
+
 
 class KnowledgeBaseSerializer(serializers.ModelSerializer):
     """The embedding provider, model and dimension are fixed at creation."""
 
+    name = text_field(max_length=200)
+    description = text_field(required_text=False, required=False)
+    embedding_model = text_field(
+        required_text=False,
+        required=False,
+        max_length=200,
+        help_text="Blank: the provider's default. The hashing provider has one "
+        "model (v1) and ignores this.",
+    )
     document_count = serializers.IntegerField(read_only=True)
     chunk_count = serializers.IntegerField(read_only=True)
     embedding_dimension = serializers.IntegerField(
@@ -46,16 +100,18 @@ class KnowledgeBaseSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = ["version", "created_at", "updated_at"]
 
-    def get_fields(self):
-        fields = super().get_fields()
-        if self.instance is not None:  # editing: the embedding settings stay
-            for name in (
-                "embedding_provider",
-                "embedding_model",
-                "embedding_dimension",
-            ):
-                fields[name].read_only = True
-        return fields
+
+class KnowledgeBaseEditSerializer(KnowledgeBaseSerializer):
+    """Name and description only: the embedding settings never change."""
+
+    embedding_model = serializers.CharField(read_only=True)
+    embedding_dimension = serializers.IntegerField(read_only=True)
+
+    class Meta(KnowledgeBaseSerializer.Meta):
+        read_only_fields = [
+            *KnowledgeBaseSerializer.Meta.read_only_fields,
+            "embedding_provider",
+        ]
 
 
 WRITABLE_DOCUMENT_FIELDS = ("knowledge_base", "title", "source", "content", "vectorize")
@@ -63,6 +119,9 @@ WRITABLE_DOCUMENT_FIELDS = ("knowledge_base", "title", "source", "content", "vec
 
 class DocumentSerializer(serializers.ModelSerializer):
     knowledge_base = OwnKnowledgeBaseField()
+    title = text_field(max_length=300)
+    source = text_field(required_text=False, required=False, max_length=500)
+    content = text_field()
     vectorize = serializers.BooleanField(
         default=True,
         write_only=True,
@@ -88,13 +147,9 @@ class DocumentSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = [f for f in fields if f not in WRITABLE_DOCUMENT_FIELDS]
 
-    def get_fields(self):
-        fields = super().get_fields()
-        if self.instance is not None:  # documents do not move
-            fields["knowledge_base"] = serializers.PrimaryKeyRelatedField(
-                read_only=True
-            )
-        return fields
+
+class DocumentEditSerializer(DocumentSerializer):
+    knowledge_base = serializers.PrimaryKeyRelatedField(read_only=True)  # stays
 
 
 class DocumentListSerializer(DocumentSerializer):
@@ -109,12 +164,12 @@ class DocumentUploadSerializer(serializers.Serializer):
     file = serializers.FileField(
         help_text="A .txt, .md or .html file (UTF-8, UTF-16 with BOM or GB18030)."
     )
-    title = serializers.CharField(
+    title = text_field(
         max_length=300,
         required=False,
         help_text="Defaults to the HTML title or the file name.",
     )
-    source = serializers.CharField(max_length=500, required=False)
+    source = text_field(required_text=False, required=False, max_length=500)
     vectorize = serializers.BooleanField(default=True)
 
 
@@ -128,10 +183,10 @@ class UpdateRequestSerializer(serializers.Serializer):
 
 
 class SearchRequestSerializer(serializers.Serializer):
-    query = serializers.CharField(max_length=2000)
+    query = text_field(max_length=2000)
     k = serializers.IntegerField(min_value=1, max_value=search.MAX_K, default=5)
     document_ids = serializers.ListField(
-        child=serializers.IntegerField(min_value=1),
+        child=serializers.IntegerField(min_value=1, max_value=INT64_MAX),
         required=False,
         max_length=1000,
         help_text="Only search these documents.",

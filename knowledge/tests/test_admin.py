@@ -86,13 +86,13 @@ def test_an_invalid_embedding_choice_is_a_form_error(admin_client, admin_user):
             "owner": admin_user.pk,
             "name": "Bad",
             "embedding_provider": "hashing",
-            "embedding_model": "large",
-            "embedding_dimension": 64,
+            "embedding_model": "",
+            "embedding_dimension": 9000,
         },
     )
 
     assert response.status_code == 200
-    assert "The hashing provider has one model" in response.content.decode()
+    assert "dimension must be 1 to 8192" in response.content.decode()
     assert not KnowledgeBase.objects.exists()
 
 

@@ -85,7 +85,9 @@ def test_create_a_knowledge_base_with_the_provider_default(api, alice):
     [
         ({"name": "x", "embedding_dimension": 0}, "embedding_dimension"),
         ({"name": "x", "embedding_provider": "word2vec"}, "embedding_provider"),
-        ({"name": "x", "embedding_model": "big"}, "embedding"),
+        ({"name": "x", "embedding_model": "m" * 201}, "embedding_model"),
+        ({"name": " \n"}, "name"),
+        ({"name": "a\x00b"}, "name"),
         ({"name": ""}, "name"),
     ],
 )
@@ -127,15 +129,17 @@ def test_create_a_document_from_json_queues_its_vectorize_task(api, kb, alice):
     )
 
 
-def test_a_document_for_someone_elses_knowledge_base_is_refused(kb, bob):
+@pytest.mark.parametrize("other", ["bob", "missing"])
+def test_a_document_for_someone_elses_or_no_knowledge_base_is_a_404(kb, bob, other):
+    kb_id = kb.pk if other == "bob" else kb.pk + 1000
     response = client_for(bob).post(
         "/api/v1/documents/",
-        {"knowledge_base": kb.pk, "title": "T", "content": "x"},
+        {"knowledge_base": kb_id, "title": "T", "content": "x"},
         format="json",
     )
 
-    assert response.status_code == 400
-    assert "knowledge_base" in response.json()
+    assert response.status_code == 404
+    assert response.json() == {"knowledge_base": "No such knowledge base."}
     assert not Document.objects.exists()
 
 

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-from django.core.validators import RegexValidator
+from django.core.validators import ProhibitNullCharactersValidator, RegexValidator
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound
+from rest_framework.fields import empty
 
 from knowledge import embeddings, search, services
 from knowledge.models import Document, KnowledgeBase
@@ -13,35 +14,41 @@ INT64_MAX = 2**63 - 1
 
 
 class VisibleText(RegexValidator):
-    """Text with a character other than space, tab or newline, and no NUL
-    (PostgreSQL cannot store it).
+    """Has a character other than space, tab, CR, LF (or NUL, which is dropped).
 
-    The pattern is what the OpenAPI schema publishes; the check itself is linear,
-    since the regex backtracks quadratically on a large text with a NUL at its end.
+    The pattern is what the OpenAPI schema publishes (JSON Schema patterns match
+    anywhere); the check itself is plain Python.
     """
 
-    def __init__(self, *, required: bool = True):
-        pattern = r"^[^\x00]*[^\x00 \t\n\r][^\x00]*$" if required else r"^[^\x00]*$"
-        super().__init__(pattern)
-        self.required = required
+    def __init__(self):
+        super().__init__(r"[^\x00 \t\n\r]")
 
     def __call__(self, value):
-        value = str(value)
-        if "\x00" in value:
-            raise serializers.ValidationError("Must not contain NUL characters.")
-        if self.required and not value.strip(services.BLANK):
+        if not str(value).strip("\x00" + services.BLANK):
             raise serializers.ValidationError("Must not be blank.")
 
 
-def text_field(*, required_text: bool = True, **kwargs) -> serializers.CharField:
-    """A CharField validated exactly as the schema says: not trimmed (a trimmed
-    value could pass maxLength or fail "not blank" unlike the schema)."""
-    kwargs.setdefault("allow_blank", not required_text)
-    return serializers.CharField(
-        trim_whitespace=False,
-        validators=[VisibleText(required=required_text)],
-        **kwargs,
-    )
+class TextField(serializers.CharField):
+    """Text validated exactly as its schema says: not trimmed (trimming would let a
+    value through maxLength, or make it blank, unlike the schema), and NUL
+    characters, which PostgreSQL cannot store, dropped after validation instead of
+    refused. visible: it must have a character other than blanks."""
+
+    def __init__(self, *, visible: bool = True, **kwargs):
+        kwargs.setdefault("trim_whitespace", False)
+        kwargs.setdefault("allow_blank", not visible)
+        super().__init__(**kwargs)
+        self.validators = [
+            v
+            for v in self.validators
+            if not isinstance(v, ProhibitNullCharactersValidator)
+        ]
+        if visible:
+            self.validators.append(VisibleText())
+
+    def run_validation(self, data=empty):
+        value = super().run_validation(data)
+        return value.replace("\x00", "") if isinstance(value, str) else value
 
 
 @extend_schema_field(OpenApiTypes.INT)
@@ -68,10 +75,10 @@ class OwnKnowledgeBaseField(serializers.PrimaryKeyRelatedField):
 class KnowledgeBaseSerializer(serializers.ModelSerializer):
     """The embedding provider, model and dimension are fixed at creation."""
 
-    name = text_field(max_length=200)
-    description = text_field(required_text=False, required=False)
-    embedding_model = text_field(
-        required_text=False,
+    name = TextField(max_length=200)
+    description = TextField(visible=False, required=False)
+    embedding_model = TextField(
+        visible=False,
         required=False,
         max_length=200,
         help_text="Blank: the provider's default. The hashing provider has one "
@@ -119,9 +126,9 @@ WRITABLE_DOCUMENT_FIELDS = ("knowledge_base", "title", "source", "content", "vec
 
 class DocumentSerializer(serializers.ModelSerializer):
     knowledge_base = OwnKnowledgeBaseField()
-    title = text_field(max_length=300)
-    source = text_field(required_text=False, required=False, max_length=500)
-    content = text_field()
+    title = TextField(max_length=300)
+    source = TextField(visible=False, required=False, max_length=500)
+    content = TextField()
     vectorize = serializers.BooleanField(
         default=True,
         write_only=True,
@@ -164,12 +171,12 @@ class DocumentUploadSerializer(serializers.Serializer):
     file = serializers.FileField(
         help_text="A .txt, .md or .html file (UTF-8, UTF-16 with BOM or GB18030)."
     )
-    title = text_field(
+    title = TextField(
         max_length=300,
         required=False,
         help_text="Defaults to the HTML title or the file name.",
     )
-    source = text_field(required_text=False, required=False, max_length=500)
+    source = TextField(visible=False, required=False, max_length=500)
     vectorize = serializers.BooleanField(default=True)
 
 
@@ -183,7 +190,7 @@ class UpdateRequestSerializer(serializers.Serializer):
 
 
 class SearchRequestSerializer(serializers.Serializer):
-    query = text_field(max_length=2000)
+    query = TextField(max_length=2000)
     k = serializers.IntegerField(min_value=1, max_value=search.MAX_K, default=5)
     document_ids = serializers.ListField(
         child=serializers.IntegerField(min_value=1, max_value=INT64_MAX),

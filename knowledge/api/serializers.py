@@ -30,7 +30,8 @@ class VisibleText(RegexValidator):
 
 class TextField(serializers.CharField):
     """Text validated exactly as its schema says: not trimmed (trimming would let a
-    value through maxLength, or make it blank, unlike the schema), and NUL
+    value through maxLength, or make it blank, unlike the schema), strings only
+    (DRF would accept a number), and NUL
     characters, which PostgreSQL cannot store, dropped after validation instead of
     refused. visible: it must have a character other than blanks."""
 
@@ -45,6 +46,11 @@ class TextField(serializers.CharField):
         ]
         if visible:
             self.validators.append(VisibleText())
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):  # DRF would turn 42 into "42"
+            self.fail("invalid")
+        return super().to_internal_value(data)
 
     def run_validation(self, data=empty):
         value = super().run_validation(data)

@@ -88,6 +88,7 @@ def test_create_a_knowledge_base_with_the_provider_default(api, alice):
         ({"name": "x", "embedding_model": "m" * 201}, "embedding_model"),
         ({"name": " \n"}, "name"),
         ({"name": "\x00 "}, "name"),
+        ({"name": 42}, "name"),
         ({"name": ""}, "name"),
     ],
 )

@@ -110,12 +110,9 @@ class HashingProvider(Provider):
         return HASHING_MODEL
 
     def __init__(self, model: str, dimension: int):
-        super().__init__(model, dimension)
-        if self.model != HASHING_MODEL:
-            raise EmbeddingRejected(
-                f"The hashing provider has one model, {HASHING_MODEL!r}; got "
-                f"{self.model!r}"
-            )
+        # One feature scheme, one model: a model name given anyway is ignored
+        # (the knowledge base records "v1").
+        super().__init__(HASHING_MODEL, dimension)
 
     def vectors(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)

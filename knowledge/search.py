@@ -103,7 +103,8 @@ def _row_mask(matrix: VectorMatrix, filters: dict | None) -> np.ndarray | None:
     unknown = set(filters) - FILTERS
     if unknown:
         raise ValueError(f"Unknown search filter(s) {sorted(unknown)}; use {FILTERS}")
-    ids = np.asarray(list(filters.get("document_ids") or []), dtype=np.int64)
+    wanted = [int(i) for i in filters.get("document_ids") or [] if 0 < int(i) < 2**63]
+    ids = np.asarray(wanted, dtype=np.int64)
     return np.isin(matrix.document_ids, ids)
 
 

@@ -32,6 +32,8 @@ INCREMENTAL, FULL, REBUILD = "incremental", "full", "rebuild"
 MODES = (INCREMENTAL, FULL, REBUILD)
 Status = Document.Status
 HASH_LOOKUP_BATCH = 500
+# What "blank" means for names: the API's schema publishes the same set.
+BLANK = " \t\n\r"
 
 
 class InvalidInput(ValueError):
@@ -66,7 +68,7 @@ def create_knowledge_base(
 ) -> KnowledgeBase:
     """A new knowledge base; a blank model becomes the provider's default now, so
     the knowledge base keeps the model it was created with."""
-    if not name or not name.strip():
+    if not name or not name.strip(BLANK):
         raise InvalidInput("name: must not be blank")
     try:
         provider = embeddings.get_provider(
@@ -77,7 +79,7 @@ def create_knowledge_base(
         raise InvalidInput(f"{field}: {exc}") from None
     return KnowledgeBase.objects.create(
         owner=owner,
-        name=name.strip(),
+        name=name.strip(BLANK),
         description=description,
         embedding_provider=embedding_provider,
         embedding_model=provider.model,
@@ -90,10 +92,10 @@ def edit_knowledge_base(kb: KnowledgeBase, **changes) -> KnowledgeBase:
     allowed = {"name", "description", "owner"}
     if set(changes) - allowed:
         raise InvalidInput(f"{sorted(set(changes) - allowed)[0]}: cannot be changed")
-    if "name" in changes and not (changes["name"] or "").strip():
+    if "name" in changes and not (changes["name"] or "").strip(BLANK):
         raise InvalidInput("name: must not be blank")
     for field, value in changes.items():
-        setattr(kb, field, value.strip() if field == "name" else value)
+        setattr(kb, field, value.strip(BLANK) if field == "name" else value)
     kb.save(update_fields=[*changes, "updated_at"])
     return kb
 

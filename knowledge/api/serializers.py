@@ -1,16 +1,66 @@
 from __future__ import annotations
 
+from django.core.validators import ProhibitNullCharactersValidator, RegexValidator
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.exceptions import NotFound
+from rest_framework.fields import empty
 
 from knowledge import embeddings, search, services
 from knowledge.models import Document, KnowledgeBase
 
+INT64_MAX = 2**63 - 1
+
+
+class VisibleText(RegexValidator):
+    """Has a character other than space, tab, CR, LF (or NUL, which is dropped).
+
+    The pattern is what the OpenAPI schema publishes (JSON Schema patterns match
+    anywhere); the check itself is plain Python.
+    """
+
+    def __init__(self):
+        super().__init__(r"[^\x00 \t\n\r]")
+
+    def __call__(self, value):
+        if not str(value).strip("\x00" + services.BLANK):
+            raise serializers.ValidationError("Must not be blank.")
+
+
+class TextField(serializers.CharField):
+    """Text validated exactly as its schema says: not trimmed (trimming would let a
+    value through maxLength, or make it blank, unlike the schema), strings only
+    (DRF would accept a number), and NUL
+    characters, which PostgreSQL cannot store, dropped after validation instead of
+    refused. visible: it must have a character other than blanks."""
+
+    def __init__(self, *, visible: bool = True, **kwargs):
+        kwargs.setdefault("trim_whitespace", False)
+        kwargs.setdefault("allow_blank", not visible)
+        super().__init__(**kwargs)
+        self.validators = [
+            v
+            for v in self.validators
+            if not isinstance(v, ProhibitNullCharactersValidator)
+        ]
+        if visible:
+            self.validators.append(VisibleText())
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):  # DRF would turn 42 into "42"
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+    def run_validation(self, data=empty):
+        value = super().run_validation(data)
+        return value.replace("\x00", "") if isinstance(value, str) else value
+
 
 @extend_schema_field(OpenApiTypes.INT)
 class OwnKnowledgeBaseField(serializers.PrimaryKeyRelatedField):
-    """A knowledge base id; someone else's does not exist, as in a 404."""
+    """A knowledge base id. One that does not exist or is someone else's is a 404
+    naming the field, as the knowledge base's own URL would be."""
 
     def get_queryset(self):
         request = self.context.get("request")
@@ -19,10 +69,27 @@ class OwnKnowledgeBaseField(serializers.PrimaryKeyRelatedField):
             return queryset
         return queryset.filter(owner=request.user)
 
+    def to_internal_value(self, data):
+        try:
+            return super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            if exc.get_codes() == ["does_not_exist"]:
+                raise NotFound({self.field_name: "No such knowledge base."}) from None
+            raise
+
 
 class KnowledgeBaseSerializer(serializers.ModelSerializer):
     """The embedding provider, model and dimension are fixed at creation."""
 
+    name = TextField(max_length=200)
+    description = TextField(visible=False, required=False)
+    embedding_model = TextField(
+        visible=False,
+        required=False,
+        max_length=200,
+        help_text="Blank: the provider's default. The hashing provider has one "
+        "model (v1) and ignores this.",
+    )
     document_count = serializers.IntegerField(read_only=True)
     chunk_count = serializers.IntegerField(read_only=True)
     embedding_dimension = serializers.IntegerField(
@@ -46,20 +113,28 @@ class KnowledgeBaseSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = ["version", "created_at", "updated_at"]
 
-    def get_fields(self):
-        fields = super().get_fields()
-        if self.instance is not None:  # editing: the embedding settings stay
-            for name in (
-                "embedding_provider",
-                "embedding_model",
-                "embedding_dimension",
-            ):
-                fields[name].read_only = True
-        return fields
+
+class KnowledgeBaseEditSerializer(KnowledgeBaseSerializer):
+    """Name and description only: the embedding settings never change."""
+
+    embedding_model = serializers.CharField(read_only=True)
+    embedding_dimension = serializers.IntegerField(read_only=True)
+
+    class Meta(KnowledgeBaseSerializer.Meta):
+        read_only_fields = [
+            *KnowledgeBaseSerializer.Meta.read_only_fields,
+            "embedding_provider",
+        ]
+
+
+WRITABLE_DOCUMENT_FIELDS = ("knowledge_base", "title", "source", "content", "vectorize")
 
 
 class DocumentSerializer(serializers.ModelSerializer):
     knowledge_base = OwnKnowledgeBaseField()
+    title = TextField(max_length=300)
+    source = TextField(visible=False, required=False, max_length=500)
+    content = TextField()
     vectorize = serializers.BooleanField(
         default=True,
         write_only=True,
@@ -83,23 +158,11 @@ class DocumentSerializer(serializers.ModelSerializer):
             "updated_at",
             "vectorize",
         ]
-        read_only_fields = [
-            "content_hash",
-            "status",
-            "chunk_count",
-            "error",
-            "last_vectorized_at",
-            "created_at",
-            "updated_at",
-        ]
+        read_only_fields = [f for f in fields if f not in WRITABLE_DOCUMENT_FIELDS]
 
-    def get_fields(self):
-        fields = super().get_fields()
-        if self.instance is not None:  # documents do not move
-            fields["knowledge_base"] = serializers.PrimaryKeyRelatedField(
-                read_only=True
-            )
-        return fields
+
+class DocumentEditSerializer(DocumentSerializer):
+    knowledge_base = serializers.PrimaryKeyRelatedField(read_only=True)  # stays
 
 
 class DocumentListSerializer(DocumentSerializer):
@@ -114,12 +177,12 @@ class DocumentUploadSerializer(serializers.Serializer):
     file = serializers.FileField(
         help_text="A .txt, .md or .html file (UTF-8, UTF-16 with BOM or GB18030)."
     )
-    title = serializers.CharField(
+    title = TextField(
         max_length=300,
         required=False,
         help_text="Defaults to the HTML title or the file name.",
     )
-    source = serializers.CharField(max_length=500, required=False)
+    source = TextField(visible=False, required=False, max_length=500)
     vectorize = serializers.BooleanField(default=True)
 
 
@@ -133,10 +196,10 @@ class UpdateRequestSerializer(serializers.Serializer):
 
 
 class SearchRequestSerializer(serializers.Serializer):
-    query = serializers.CharField(max_length=2000)
+    query = TextField(max_length=2000)
     k = serializers.IntegerField(min_value=1, max_value=search.MAX_K, default=5)
     document_ids = serializers.ListField(
-        child=serializers.IntegerField(min_value=1),
+        child=serializers.IntegerField(min_value=1, max_value=INT64_MAX),
         required=False,
         max_length=1000,
         help_text="Only search these documents.",

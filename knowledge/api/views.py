@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from django.conf import settings
@@ -18,9 +19,12 @@ from rest_framework.throttling import ScopedRateThrottle, UserRateThrottle
 
 from knowledge import embeddings, extract, search, services
 from knowledge.api.serializers import (
+    INT64_MAX,
+    DocumentEditSerializer,
     DocumentListSerializer,
     DocumentSerializer,
     DocumentUploadSerializer,
+    KnowledgeBaseEditSerializer,
     KnowledgeBaseSerializer,
     SearchRequestSerializer,
     SearchResultSerializer,
@@ -89,6 +93,11 @@ class KnowledgeBaseViewSet(OwnedQuerysetMixin, viewsets.ModelViewSet):
     serializer_class = KnowledgeBaseSerializer
     http_method_names = ["get", "post", "patch", "delete"]
     throttle_scope = "submit"  # used by the submission actions only (SUBMIT)
+
+    def get_serializer_class(self):
+        if self.action == "partial_update":
+            return KnowledgeBaseEditSerializer
+        return super().get_serializer_class()
 
     def perform_create(self, serializer):
         try:
@@ -172,7 +181,11 @@ class KnowledgeBaseViewSet(OwnedQuerysetMixin, viewsets.ModelViewSet):
 
 
 STATUS = OpenApiParameter("status", str, enum=list(Document.Status.values))
-KB = OpenApiParameter("knowledge_base", int, description="Only this knowledge base")
+KB = OpenApiParameter(
+    "knowledge_base",
+    {"type": "integer", "minimum": 0, "maximum": INT64_MAX},
+    description="Only this knowledge base",
+)
 
 
 class DocumentViewSet(
@@ -193,6 +206,8 @@ class DocumentViewSet(
     def get_serializer_class(self):
         if self.action == "list":
             return DocumentListSerializer
+        if self.action == "partial_update":
+            return DocumentEditSerializer
         return super().get_serializer_class()
 
     @extend_schema(parameters=[KB, STATUS])
@@ -203,7 +218,7 @@ class DocumentViewSet(
         params = self.request.query_params
         if "knowledge_base" in params:
             value = params["knowledge_base"]
-            if not value.isdigit() or len(value) > 18:
+            if not re.fullmatch(r"\d{1,19}", value) or int(value) > INT64_MAX:
                 raise ValidationError({"knowledge_base": "Must be an id (an integer)."})
             queryset = queryset.filter(knowledge_base_id=int(value))
         if "status" in params:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from unittest.mock import patch
+
 import pytest
 
 from knowledge import search, services
@@ -22,6 +24,18 @@ def alice(django_user_model):
 @pytest.fixture
 def bob(django_user_model):
     return django_user_model.objects.create_user("bob", password="bob-pass-1")
+
+
+@pytest.fixture
+def staff(django_user_model):
+    return django_user_model.objects.create_user("ops", is_staff=True)
+
+
+@pytest.fixture
+def no_broker():
+    """Submissions write their records; nothing reaches Redis."""
+    with patch("tasks_app.services.app.send_task"):
+        yield
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from unittest.mock import patch
-
 import pytest
 from django.urls import reverse
 
@@ -12,13 +10,7 @@ from knowledge.models import Document, KnowledgeBase
 from knowledge.tests.conftest import add_ready
 from tasks_app.models import TaskRecord
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def no_broker():
-    with patch("tasks_app.services.app.send_task"):
-        yield
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_broker")]
 
 
 @pytest.fixture
@@ -94,13 +86,13 @@ def test_an_invalid_embedding_choice_is_a_form_error(admin_client, admin_user):
             "owner": admin_user.pk,
             "name": "Bad",
             "embedding_provider": "hashing",
-            "embedding_model": "large",
-            "embedding_dimension": 64,
+            "embedding_model": "",
+            "embedding_dimension": 9000,
         },
     )
 
     assert response.status_code == 200
-    assert "The hashing provider has one model" in response.content.decode()
+    assert "dimension must be 1 to 8192" in response.content.decode()
     assert not KnowledgeBase.objects.exists()
 
 

@@ -2,40 +2,16 @@
 
 from __future__ import annotations
 
-from unittest.mock import patch
-
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
-from rest_framework.authtoken.models import Token
-from rest_framework.test import APIClient
 
 from knowledge import services
 from knowledge.models import Chunk, Document, KnowledgeBase
 from knowledge.tests.conftest import add_ready
 from tasks_app.models import TaskRecord
+from tasks_app.tests.test_api import client_for
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def no_broker():
-    with patch("tasks_app.services.app.send_task"):
-        yield
-
-
-@pytest.fixture
-def staff(django_user_model):
-    return django_user_model.objects.create_user(
-        "ops", password="ops-pass-1", is_staff=True
-    )
-
-
-def client_for(user) -> APIClient:
-    client = APIClient()
-    if user is not None:
-        token, _ = Token.objects.get_or_create(user=user)
-        client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
-    return client
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_broker")]
 
 
 @pytest.fixture
@@ -109,7 +85,10 @@ def test_create_a_knowledge_base_with_the_provider_default(api, alice):
     [
         ({"name": "x", "embedding_dimension": 0}, "embedding_dimension"),
         ({"name": "x", "embedding_provider": "word2vec"}, "embedding_provider"),
-        ({"name": "x", "embedding_model": "big"}, "embedding"),
+        ({"name": "x", "embedding_model": "m" * 201}, "embedding_model"),
+        ({"name": " \n"}, "name"),
+        ({"name": "\x00 "}, "name"),
+        ({"name": 42}, "name"),
         ({"name": ""}, "name"),
     ],
 )
@@ -119,6 +98,19 @@ def test_bad_knowledge_base_input_names_the_field(api, body, field):
     assert response.status_code == 400
     assert field in response.json()
     assert not KnowledgeBase.objects.exists()
+
+
+def test_text_is_kept_as_sent_except_nul_characters(api):
+    # PostgreSQL cannot store U+0000; the schema's limits apply to the text sent
+    response = api.post(
+        "/api/v1/knowledge-bases/",
+        {"name": " a\x00b ", "description": "\x00"},
+        format="json",
+    )
+
+    assert response.status_code == 201, response.json()
+    kb = KnowledgeBase.objects.get()
+    assert (kb.name, kb.description) == ("a\x00b".replace("\x00", ""), "")
 
 
 def test_editing_a_knowledge_base_keeps_its_embedding_settings(api, kb):
@@ -151,15 +143,17 @@ def test_create_a_document_from_json_queues_its_vectorize_task(api, kb, alice):
     )
 
 
-def test_a_document_for_someone_elses_knowledge_base_is_refused(kb, bob):
+@pytest.mark.parametrize("other", ["bob", "missing"])
+def test_a_document_for_someone_elses_or_no_knowledge_base_is_a_404(kb, bob, other):
+    kb_id = kb.pk if other == "bob" else kb.pk + 1000
     response = client_for(bob).post(
         "/api/v1/documents/",
-        {"knowledge_base": kb.pk, "title": "T", "content": "x"},
+        {"knowledge_base": kb_id, "title": "T", "content": "x"},
         format="json",
     )
 
-    assert response.status_code == 400
-    assert "knowledge_base" in response.json()
+    assert response.status_code == 404
+    assert response.json() == {"knowledge_base": "No such knowledge base."}
     assert not Document.objects.exists()
 
 

@@ -80,9 +80,7 @@ def test_hashing_finds_related_text_in_chinese_and_english():
     assert cosine(en_query, docs[2]) > cosine(en_query, docs[3])
 
 
-def test_hashing_has_one_model_and_checks_the_dimension():
-    with pytest.raises(EmbeddingRejected):
-        embed(["x"], provider="hashing", model="bigger", dimension=8)
+def test_hashing_checks_the_dimension_and_the_provider_name():
     with pytest.raises(EmbeddingRejected):
         embed(["x"], provider="hashing", dimension=0)
     with pytest.raises(EmbeddingRejected):

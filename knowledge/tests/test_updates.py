@@ -141,3 +141,32 @@ def test_the_chord_errback_fails_the_waiting_update_naming_failed_documents(kb):
         f"Update stopped: Dependency x raised E(); failed documents: "
         f"#{failed.pk} 'Broken': boom"
     )
+
+
+def test_members_of_a_cancelled_update_skip_their_document(kb):
+    document = services.add_document(kb, title="T", content="Text.", vectorize=False)
+    with patch.object(ledger, "publish", return_value=True):
+        update = services.submit_update(kb, "full")
+    TaskRecord.objects.filter(pk=update.pk).update(cancel_requested=True)
+
+    outcome = tasks.vectorize_document_task(document.pk, update=update.celery_id)
+
+    assert outcome == {"document_id": document.pk, "status": "skipped"}
+    assert not Chunk.objects.exists()
+
+
+def test_members_count_finished_siblings_into_the_updates_progress(kb):
+    with patch.object(ledger, "publish", return_value=True):
+        update = services.submit_update(kb, "full")
+        siblings = [
+            ledger.submit(services.VECTORIZE, args=[n], parent=update) for n in range(3)
+        ]
+    ledger.mark_started(update.celery_id, name=services.UPDATE, worker="w")
+    ledger.record_progress(update.celery_id, 0, 3)
+    TaskRecord.objects.filter(pk=siblings[0].pk).update(state="SUCCESS")
+
+    services.report_update_progress(update.celery_id)  # sibling 2 is finishing
+
+    update.refresh_from_db()
+    assert (update.progress_current, update.progress_total) == (2, 3)
+    assert update.progress_message == "2 of 3 documents vectorized"

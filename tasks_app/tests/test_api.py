@@ -157,6 +157,25 @@ def test_retry_with_badly_typed_arguments_names_the_field(alice):
     assert record.state == State.FAILURE  # nothing half-written
 
 
+def test_retry_of_a_running_task_is_409_whatever_its_body(alice):
+    record = record_of(alice, State.PENDING)
+    response = client_for(alice).post(
+        f"/api/v1/tasks/{record.pk}/retry/", {"args": "not a list"}, format="json"
+    )
+    assert response.status_code == 409
+
+
+def test_retry_arguments_with_nul_characters_are_refused(alice):
+    # jsonb cannot store U+0000: without the check the write is a 500
+    record = record_of(alice, State.FAILURE)
+    response = client_for(alice).post(
+        f"/api/v1/tasks/{record.pk}/retry/",
+        {"kwargs": {"a": ["ok", {"k\x00": 1}]}},
+        format="json",
+    )
+    assert response.status_code == 400 and "kwargs" in response.json()
+
+
 def test_cancel_answers_202_then_409(alice):
     record = record_of(alice, State.PENDING)
     api = client_for(alice)

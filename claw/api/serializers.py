@@ -5,22 +5,16 @@ from rest_framework import serializers
 from rest_framework.exceptions import NotFound
 
 from claw.models import Conversation, Message, Notification
+from knowledge.api.serializers import TextField
 from knowledge.models import KnowledgeBase
 from tasks_app.api.serializers import TaskRecordSerializer
 
 MAX_CONTENT = 20_000  # characters of one message
 
 
-# JSON types as the schema states them: DRF would read 5 as "5", "5" as 5 and 1.5
-# as a pk of 1, and a client sending the wrong type should hear so (the schema
-# fuzzing's negative cases check it).
-class StrictCharField(serializers.CharField):
-    def to_internal_value(self, data):
-        if not isinstance(data, str):
-            self.fail("invalid")
-        return super().to_internal_value(data)
-
-
+# Numbers as the schema states them: DRF would read "5" as 5 and 1.5 as a pk of 1,
+# and a client sending the wrong type should hear so (the schema fuzzing's
+# negative cases check it). Text: knowledge.api's TextField, for the same reason.
 class StrictIntegerField(serializers.IntegerField):
     def to_internal_value(self, data):
         if isinstance(data, bool) or not isinstance(data, int):
@@ -62,15 +56,13 @@ class ConversationSerializer(serializers.ModelSerializer):
     knowledge_bases = OwnedReferenceField(
         many=True, required=False, queryset=KnowledgeBase.objects.none()
     )
-    title = StrictCharField(max_length=200, required=False, allow_blank=True)
-    model = StrictCharField(max_length=200, required=False, allow_blank=True)
+    title = TextField(visible=False, max_length=200, required=False)
+    model = TextField(visible=False, max_length=200, required=False)
     temperature = StrictFloatField(
         min_value=0.0, max_value=2.0, required=False, allow_null=True
     )
     max_history = StrictIntegerField(min_value=1, max_value=100, required=False)
-    system_prompt = StrictCharField(
-        max_length=MAX_CONTENT, required=False, allow_blank=True
-    )
+    system_prompt = TextField(visible=False, max_length=MAX_CONTENT, required=False)
     links = serializers.SerializerMethodField()
 
     class Meta:
@@ -139,14 +131,14 @@ class MessageSerializer(serializers.ModelSerializer):
 
 
 class PostMessageSerializer(serializers.Serializer):
-    content = StrictCharField(max_length=MAX_CONTENT)
+    content = TextField(max_length=MAX_CONTENT)
 
 
 class GenerateSerializer(serializers.Serializer):
     """The old API's body: the conversation (the caller's own) and the question."""
 
     conversation_id = OwnedReferenceField(queryset=Conversation.objects.none())
-    user_message = StrictCharField(max_length=MAX_CONTENT)
+    user_message = TextField(max_length=MAX_CONTENT)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -196,6 +196,16 @@ def test_a_message_needs_content(alice, chat, body):
     assert not Message.objects.exists()
 
 
+def test_nul_characters_postgresql_cannot_store_are_dropped(alice, chat, no_publish):
+    response = client_for(alice).post(
+        f"/api/v1/conversations/{chat.pk}/messages/",
+        {"content": "hel\x00lo"},
+        format="json",
+    )
+    assert response.status_code == 202
+    assert response.json()["user_message"]["content"] == "hello"
+
+
 def test_the_same_idempotency_key_returns_the_same_messages_and_task(
     alice, chat, no_publish
 ):

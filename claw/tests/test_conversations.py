@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from claw import conversations, replies
 from claw.models import Conversation, Message
+from tasks_app import maintenance
 from tasks_app.models import TaskRecord
 
 pytestmark = pytest.mark.django_db
@@ -185,3 +186,19 @@ def test_the_prompt_has_the_system_prompt_and_recent_history_up_to_the_question(
         {"role": "assistant", "content": "a2"},
         {"role": "user", "content": "q3"},
     ]
+
+
+def test_cleaning_up_an_old_reply_task_keeps_the_reply(alice, no_publish):
+    # The usage ledger outlives the task ledger's retention.
+    conversation = conversations.create_conversation(alice)
+    submission = conversations.post_message(conversation, "q", submitter=alice)
+    old = timezone.now() - timezone.timedelta(days=400)
+    TaskRecord.objects.filter(pk=submission.task.pk).update(
+        state="SUCCESS", finished_at=old
+    )
+
+    report = maintenance.cleanup_expired()
+
+    assert report["records"] == 1
+    reply = Message.objects.get(pk=submission.assistant_message.pk)
+    assert reply.task_id is None

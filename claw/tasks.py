@@ -69,10 +69,16 @@ class ReplyTask(LedgerTask):
 def generate_ai_response(self, message_id: int, failures: int = 0) -> dict:
     """Write the reply in assistant message message_id (see claw.replies.generate).
 
-    Over the cluster-wide rate limit the run is deferred to a later window: a
-    Celery retry that does not count as a failure. Transient provider (and query
-    embedding) errors retry with backoff, at most AI_TRANSIENT_RETRIES times; anything else fails
-    the reply at once (ReplyTask.on_failure).
+    1. A reply already done (a redelivery) or deleted is skipped.
+    2. Over the cluster-wide rate limit the run is deferred to a later window: a
+       Celery retry that does not count as a failure (deferrals = retries -
+       failures), up to AI_MAX_DEFERRALS.
+    3. Transient provider errors, and transient errors embedding the question for
+       search, retry with backoff, at most AI_TRANSIENT_RETRIES times; anything
+       else fails the reply at once (ReplyTask.on_failure).
+
+    Both budgets are counted here, so each retry passes Celery a max_retries it
+    cannot exceed.
     """
     if not conversations.needs_reply(message_id):
         return {"message_id": message_id, "status": "skipped"}
@@ -90,7 +96,6 @@ def generate_ai_response(self, message_id: int, failures: int = 0) -> dict:
     try:
         return replies.generate(message_id, started_at=started_at, deadline=deadline)
     except (LLMUnavailable, EmbeddingUnavailable) as exc:
-        # (the question is embedded to search the knowledge bases)
         if failures >= settings.AI_TRANSIENT_RETRIES:
             raise
         conversations.wait_for_retry(message_id, error=str(exc))

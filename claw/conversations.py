@@ -84,15 +84,15 @@ def post_message(
     conversation: Conversation,
     content: str,
     *,
-    submitter,
     idempotency_key: str | None = None,
     queue: str | None = None,
 ) -> Submission:
     """Store the user message and a pending assistant reply; submit the reply task.
 
     One transaction: a failure leaves neither message nor task behind, and the task
-    is published only after commit (services.submit). The record's owner is the
-    submitter, whose idempotency keys it is scoped by.
+    is published only after commit (services.submit). The task belongs to the
+    conversation's owner (who can then follow it in the task API, whoever posted),
+    and so does the idempotency key.
     """
     with transaction.atomic():
         question = Message.objects.create(
@@ -107,7 +107,7 @@ def post_message(
         record = ledger.submit(
             TASK_NAME,
             args=[reply.pk],
-            owner=submitter,
+            owner=conversation.owner,
             target=reply,
             idempotency_key=idempotency_key,
             queue=queue,

@@ -86,9 +86,7 @@ def test_a_conversation_page_shows_its_messages_with_their_tasks(
     admin_client, alice, no_publish
 ):
     conversation = conversations.create_conversation(alice, title="Support")
-    submission = conversations.post_message(
-        conversation, "Where is it?", submitter=alice
-    )
+    submission = conversations.post_message(conversation, "Where is it?")
 
     response = admin_client.get(
         reverse("admin:claw_conversation_change", args=[conversation.pk])
@@ -110,7 +108,7 @@ def test_a_message_page_lists_the_tasks_that_worked_on_it(
     admin_client, alice, no_publish
 ):
     conversation = conversations.create_conversation(alice)
-    submission = conversations.post_message(conversation, "q", submitter=alice)
+    submission = conversations.post_message(conversation, "q")
 
     response = admin_client.get(
         reverse("admin:claw_message_change", args=[submission.assistant_message.pk])
@@ -140,7 +138,7 @@ def test_deleting_a_conversation_in_the_admin_goes_through_the_service(
 ):
     monkeypatch.setattr("tasks_app.workers.revoke", lambda celery_id, terminate: None)
     conversation = conversations.create_conversation(alice)
-    record = conversations.post_message(conversation, "q", submitter=alice).task
+    record = conversations.post_message(conversation, "q").task
     url = reverse("admin:claw_conversation_delete", args=[conversation.pk])
 
     admin_client.post(url, {"post": "yes"})

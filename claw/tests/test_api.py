@@ -26,7 +26,7 @@ def chat(alice):
 
 @pytest.fixture
 def objects(chat, alice, no_publish):
-    reply = conversations.post_message(chat, "q", submitter=alice).assistant_message
+    reply = conversations.post_message(chat, "q").assistant_message
     notification = Notification.objects.create(
         recipient=alice, channel="system", subject="Hi"
     )
@@ -75,6 +75,26 @@ def test_staff_reach_everyones_conversations(method, url, objects, staff):
         url.format(**objects), {"content": "hi"}, format="json"
     )
     assert response.status_code in (200, 202, 204)
+
+
+def test_a_reply_staff_post_belongs_to_the_conversations_owner(
+    alice, chat, staff, no_publish
+):
+    url = f"/api/v1/conversations/{chat.pk}/messages/"
+    staff_api = client_for(staff)
+
+    first = staff_api.post(
+        url, {"content": "hi"}, format="json", HTTP_IDEMPOTENCY_KEY="s"
+    )
+    again = staff_api.post(
+        url, {"content": "hi"}, format="json", HTTP_IDEMPOTENCY_KEY="s"
+    )
+
+    task = first.json()["task"]
+    assert TaskRecord.objects.get(pk=task["id"]).owner == alice
+    assert client_for(alice).get(f"/api/v1/tasks/{task['id']}/").status_code == 200
+    assert again.json()["task"]["id"] == task["id"]
+    assert TaskRecord.objects.count() == 1
 
 
 def test_notifications_are_an_inbox_even_for_staff(objects, staff):
@@ -253,8 +273,8 @@ def test_the_old_generate_endpoint_submits_a_reply_under_tasks(
 def test_messages_are_listed_oldest_first_and_can_be_polled_after_an_id(
     alice, chat, no_publish
 ):
-    first = conversations.post_message(chat, "one", submitter=alice)
-    conversations.post_message(chat, "two", submitter=alice)
+    first = conversations.post_message(chat, "one")
+    conversations.post_message(chat, "two")
     api = client_for(alice)
     url = f"/api/v1/conversations/{chat.pk}/messages/"
 

@@ -33,9 +33,7 @@ def test_post_message_stores_both_messages_and_submits_the_reply_task(
 ):
     conversation = conversations.create_conversation(alice, title="Help")
     with django_capture_on_commit_callbacks(execute=True):
-        submission = conversations.post_message(
-            conversation, "What is CLAW?", submitter=alice
-        )
+        submission = conversations.post_message(conversation, "What is CLAW?")
 
     question, reply, record = (
         submission.user_message,
@@ -70,7 +68,7 @@ def test_a_failed_submission_leaves_no_message_behind(alice, monkeypatch):
 
     monkeypatch.setattr(conversations.ledger, "submit", broken)
     with pytest.raises(RuntimeError):
-        conversations.post_message(conversation, "hello", submitter=alice)
+        conversations.post_message(conversation, "hello")
     assert not Message.objects.exists()
 
 
@@ -79,9 +77,7 @@ def test_replay_returns_the_first_submission_and_refuses_another_request(
 ):
     conversation = conversations.create_conversation(alice)
     other = conversations.create_conversation(alice)
-    first = conversations.post_message(
-        conversation, "hello", submitter=alice, idempotency_key="k1"
-    )
+    first = conversations.post_message(conversation, "hello", idempotency_key="k1")
 
     again = conversations.replay(first.task, conversation, "hello")
 
@@ -98,7 +94,7 @@ def test_replay_returns_the_first_submission_and_refuses_another_request(
 
 def test_begin_reply_restarts_a_half_written_reply_on_the_same_row(alice, no_publish):
     conversation = conversations.create_conversation(alice)
-    reply = conversations.post_message(conversation, "q", submitter=alice)
+    reply = conversations.post_message(conversation, "q")
     reply = reply.assistant_message
     now = timezone.now()
     conversations.begin_reply(reply.pk, started_at=now)
@@ -116,7 +112,7 @@ def test_a_done_reply_is_never_rewritten_and_a_late_failure_changes_nothing(
     alice, no_publish
 ):
     conversation = conversations.create_conversation(alice)
-    reply = conversations.post_message(conversation, "q", submitter=alice)
+    reply = conversations.post_message(conversation, "q")
     pk = reply.assistant_message.pk
     conversations.begin_reply(pk, started_at=timezone.now())
     finish(pk, "answer")
@@ -130,7 +126,7 @@ def test_a_done_reply_is_never_rewritten_and_a_late_failure_changes_nothing(
 
 def test_a_failed_reply_keeps_what_streamed_marked_truncated(alice, no_publish):
     conversation = conversations.create_conversation(alice)
-    pk = conversations.post_message(conversation, "q", submitter=alice)
+    pk = conversations.post_message(conversation, "q")
     pk = pk.assistant_message.pk
     conversations.begin_reply(pk, started_at=timezone.now())
 
@@ -153,7 +149,7 @@ def test_deleting_a_conversation_cancels_its_unfinished_reply_tasks(
         "tasks_app.workers.revoke", lambda celery_id, terminate: revoked.append(1)
     )
     conversation = conversations.create_conversation(alice)
-    record = conversations.post_message(conversation, "q", submitter=alice).task
+    record = conversations.post_message(conversation, "q").task
 
     conversations.delete_conversation(conversation)
 
@@ -168,15 +164,15 @@ def test_the_prompt_has_the_system_prompt_and_recent_history_up_to_the_question(
         alice, max_history=3, system_prompt="Be brief."
     )
     for n in range(3):
-        sub = conversations.post_message(conversation, f"q{n}", submitter=alice)
+        sub = conversations.post_message(conversation, f"q{n}")
         conversations.begin_reply(sub.assistant_message.pk, started_at=timezone.now())
         if n == 1:  # a failed reply is left out of the history
             conversations.fail_reply(sub.assistant_message.pk, error="x")
             continue
         finish(sub.assistant_message.pk, f"a{n}")
-    question = conversations.post_message(conversation, "q3", submitter=alice)
+    question = conversations.post_message(conversation, "q3")
     # a question posted after this one must not leak into its prompt
-    conversations.post_message(conversation, "later", submitter=alice)
+    conversations.post_message(conversation, "later")
 
     prompt = replies.build_prompt(question.assistant_message)
 
@@ -191,7 +187,7 @@ def test_the_prompt_has_the_system_prompt_and_recent_history_up_to_the_question(
 def test_cleaning_up_an_old_reply_task_keeps_the_reply(alice, no_publish):
     # The usage ledger outlives the task ledger's retention.
     conversation = conversations.create_conversation(alice)
-    submission = conversations.post_message(conversation, "q", submitter=alice)
+    submission = conversations.post_message(conversation, "q")
     old = timezone.now() - timezone.timedelta(days=400)
     TaskRecord.objects.filter(pk=submission.task.pk).update(
         state="SUCCESS", finished_at=old

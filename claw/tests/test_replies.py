@@ -29,8 +29,8 @@ def openai(settings, http_server):
     return http_server
 
 
-def reply_in(conversation, submitter, content="What is CLAW?") -> Message:
-    submission = conversations.post_message(conversation, content, submitter=submitter)
+def reply_in(conversation, content="What is CLAW?") -> Message:
+    submission = conversations.post_message(conversation, content)
     return submission.assistant_message
 
 
@@ -46,7 +46,7 @@ def test_a_streamed_reply_is_stored_with_the_providers_usage_model_and_latency(
     conversation = conversations.create_conversation(
         alice, model="small-model", temperature=0.3
     )
-    message = reply_in(conversation, alice)
+    message = reply_in(conversation)
     openai.script.append(
         sse(
             "CLAW ",
@@ -73,7 +73,7 @@ def test_a_streamed_reply_is_stored_with_the_providers_usage_model_and_latency(
 def test_the_deadline_keeps_what_streamed_as_a_truncated_done_reply(
     alice, openai, no_publish
 ):
-    message = reply_in(conversations.create_conversation(alice), alice)
+    message = reply_in(conversations.create_conversation(alice))
     openai.script.append(sse(*[f"w{n} " for n in range(40)], pause=0.05))
 
     result = run(message, deadline_in=0.6)
@@ -86,7 +86,7 @@ def test_the_deadline_keeps_what_streamed_as_a_truncated_done_reply(
 
 
 def test_a_deadline_before_any_text_fails_the_run(alice, openai, no_publish):
-    message = reply_in(conversations.create_conversation(alice), alice)
+    message = reply_in(conversations.create_conversation(alice))
     openai.script.append(sse("late", sleep=0.5))
 
     with pytest.raises(DeadlineExceeded):
@@ -96,7 +96,7 @@ def test_a_deadline_before_any_text_fails_the_run(alice, openai, no_publish):
 def test_a_rejected_request_propagates_with_the_providers_message(
     alice, openai, no_publish
 ):
-    message = reply_in(conversations.create_conversation(alice), alice)
+    message = reply_in(conversations.create_conversation(alice))
     openai.script.append(
         {"status": 400, "json": {"error": {"message": "context too long"}}}
     )
@@ -109,7 +109,7 @@ def test_the_extractive_provider_says_so_when_no_knowledge_base_is_attached(
     alice, no_publish, settings
 ):
     settings.LLM_PROVIDER = "extractive"
-    message = reply_in(conversations.create_conversation(alice), alice)
+    message = reply_in(conversations.create_conversation(alice))
 
     run(message)
 
@@ -120,7 +120,7 @@ def test_the_extractive_provider_says_so_when_no_knowledge_base_is_attached(
 
 
 def test_a_run_for_a_deleted_or_done_reply_changes_nothing(alice, no_publish):
-    message = reply_in(conversations.create_conversation(alice), alice)
+    message = reply_in(conversations.create_conversation(alice))
     run(message)
     done = Message.objects.get(pk=message.pk)
 
@@ -159,7 +159,7 @@ def test_the_extractive_reply_quotes_and_cites_the_best_passages_of_all_bases(
     conversation = conversations.create_conversation(
         alice, knowledge_bases=[handbook, billing]
     )
-    message = reply_in(conversation, alice, "When are invoices emailed each month?")
+    message = reply_in(conversation, "When are invoices emailed each month?")
 
     run(message)
 
@@ -182,7 +182,7 @@ def test_the_openai_provider_gets_the_passages_to_cite(
     alice, handbook, openai, no_publish
 ):
     conversation = conversations.create_conversation(alice, knowledge_bases=[handbook])
-    message = reply_in(conversation, alice, "How do I reset my password?")
+    message = reply_in(conversation, "How do I reset my password?")
     openai.script.append(sse("Open Settings [1]."))
 
     run(message)

@@ -25,7 +25,7 @@ def ask_many(user, count: int) -> list[Message]:
     conversation = conversations.create_conversation(user)
     return [
         conversations.post_message(
-            conversation, f"question {n}", submitter=user, queue=QUEUE
+            conversation, f"question {n}", queue=QUEUE
         ).assistant_message
         for n in range(count)
     ]

@@ -74,9 +74,7 @@ def server(llm_server, llm_worker, transactional_db):
 
 def ask(user, content="What is CLAW?") -> Message:
     conversation = conversations.create_conversation(user)
-    submission = conversations.post_message(
-        conversation, content, submitter=user, queue=QUEUE
-    )
+    submission = conversations.post_message(conversation, content, queue=QUEUE)
     return submission.assistant_message
 
 
@@ -222,7 +220,7 @@ from django.contrib.auth import get_user_model
 from claw import conversations
 user = get_user_model().objects.get(pk={user})
 conversation = conversations.create_conversation(user)
-sub = conversations.post_message(conversation, "q", submitter=user, queue="{queue}")
+sub = conversations.post_message(conversation, "q", queue="{queue}")
 print(sub.assistant_message.pk)
 """
 

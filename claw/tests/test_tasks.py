@@ -16,9 +16,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def reply(alice, no_publish):
     conversation = conversations.create_conversation(alice)
-    return conversations.post_message(
-        conversation, "q", submitter=alice
-    ).assistant_message
+    return conversations.post_message(conversation, "q").assistant_message
 
 
 def test_backoff_grows_exponentially_with_jitter_up_to_its_maximum(settings):

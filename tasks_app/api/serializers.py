@@ -90,30 +90,11 @@ class TaskEventSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-def _has_nul(value) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(key) or _has_nul(item) for key, item in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(item) for item in value)
-    return False
-
-
 class RetrySerializer(serializers.Serializer):
     args = serializers.ListField(required=False, help_text="Replaces the stored args.")
     kwargs = serializers.DictField(
         required=False, help_text="Replaces the stored kwargs."
     )
-
-    # PostgreSQL's jsonb cannot store NUL characters (the write would be a 500).
-    def validate_args(self, value):
-        if _has_nul(value):
-            raise serializers.ValidationError("Must not contain NUL characters.")
-        return value
-
-    def validate_kwargs(self, value):
-        return self.validate_args(value)
 
 
 WORKER_NAME = r"^[A-Za-z0-9_.:@+-]{1,255}$"  # Celery node names, e.g. ai@host-1

@@ -170,3 +170,13 @@ def test_members_count_finished_siblings_into_the_updates_progress(kb):
     update.refresh_from_db()
     assert (update.progress_current, update.progress_total) == (2, 3)
     assert update.progress_message == "2 of 3 documents vectorized"
+
+
+def test_manage_py_reindex_knowledge_queues_the_update_task(kb):
+    from django.core.management import call_command
+
+    with patch.object(ledger, "publish", return_value=True):
+        call_command("reindex_knowledge", str(kb.pk), "--mode", "rebuild")
+
+    record = TaskRecord.objects.get(name=services.UPDATE)
+    assert (record.args, record.queue) == ([kb.pk, "rebuild"], "knowledge_default")

@@ -442,7 +442,7 @@ def plan_update(kb_id: int, mode: str) -> list[int] | None:
     """Ids of the documents an update vectorizes; None if the kb is gone.
 
     incremental: documents whose content changed since their vectors were built,
-    that have none, or that failed; full: every document (unchanged chunks reuse
+    that have none, or that are not ready (failed, or stuck); full: every document (unchanged chunks reuse
     their vectors); rebuild: drop every vector first, then every document.
     """
     if mode not in MODES:
@@ -453,8 +453,10 @@ def plan_update(kb_id: int, mode: str) -> list[int] | None:
         delete_vectors(kb_id=kb_id)
     documents = Document.objects.filter(knowledge_base_id=kb_id)
     if mode == INCREMENTAL:
+        # Not ready covers failed documents and ones whose run died without a
+        # word (killed at its hard time limit: left "vectorizing").
         documents = documents.filter(
-            ~Q(vectorized_hash=F("content_hash")) | Q(status=Status.FAILED)
+            ~Q(vectorized_hash=F("content_hash")) | ~Q(status=Status.READY)
         )
     ids = list(documents.order_by("id").values_list("id", flat=True))
     Document.objects.filter(pk__in=ids).exclude(status=Status.VECTORIZING).update(

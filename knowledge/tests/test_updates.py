@@ -27,14 +27,16 @@ def three(kb):
     return ready, edited, new
 
 
-def test_incremental_picks_changed_new_and_failed_documents(kb, three):
+def test_incremental_picks_changed_new_failed_and_stuck_documents(kb, three):
     ready, edited, new = three
     failed = add_ready(kb, "Failed", "Fine text.")
+    stuck = add_ready(kb, "Stuck", "Its run was killed.")
     Document.objects.filter(pk=failed.pk).update(status=Status.FAILED)
+    Document.objects.filter(pk=stuck.pk).update(status=Status.VECTORIZING)
 
     ids = services.plan_update(kb.pk, "incremental")
 
-    assert ids == sorted([edited.pk, new.pk, failed.pk])
+    assert ids == sorted([edited.pk, new.pk, failed.pk, stuck.pk])
     assert Document.objects.get(pk=edited.pk).status == Status.PENDING
 
 

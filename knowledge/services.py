@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F, Min, Q
 from django.utils import timezone
 
 from knowledge import embeddings
@@ -70,13 +70,20 @@ def create_knowledge_base(
     the knowledge base keeps the model it was created with."""
     if not name or not name.strip(BLANK):
         raise InvalidInput("name: must not be blank")
-    try:
-        provider = embeddings.get_provider(
-            embedding_provider, model=embedding_model, dimension=embedding_dimension
+    if embedding_provider not in embeddings.PROVIDERS:
+        choices = ", ".join(embeddings.PROVIDERS)
+        raise InvalidInput(f"embedding_provider: must be one of {choices}")
+    if not 1 <= embedding_dimension <= embeddings.MAX_DIMENSION:
+        raise InvalidInput(
+            f"embedding_dimension: must be 1 to {embeddings.MAX_DIMENSION}"
         )
-    except embeddings.EmbeddingRejected as exc:
-        field = "embedding_dimension" if "dimension" in str(exc) else "embedding"
-        raise InvalidInput(f"{field}: {exc}") from None
+    provider = provider_for(
+        KnowledgeBase(
+            embedding_provider=embedding_provider,
+            embedding_model=embedding_model,
+            embedding_dimension=embedding_dimension,
+        )
+    )
     return KnowledgeBase.objects.create(
         owner=owner,
         name=name.strip(BLANK),
@@ -117,7 +124,8 @@ def add_document(
     vectorize: bool = True,
     owner=None,
 ) -> Document:
-    """Store a document and, when vectorize, queue knowledge.vectorize_document.
+    """Store a document and, when vectorize, queue knowledge.vectorize_document
+    (the task belongs to owner, by default the knowledge base's owner).
 
     The task is published after the caller's transaction commits (submit), so a
     rolled-back request leaves neither the document nor a task behind.
@@ -249,19 +257,28 @@ def _claim(document_id: int) -> Document | None:
 def stored_vectors(hashes: set[str], model_name: str, dimension: int) -> dict:
     """Vectors already computed for these chunk texts with this model, any document.
 
-    Uses the chunk_hash index (content_hash, model_name).
+    One chunk per hash (the lowest id), found through the chunk_hash index
+    (content_hash, model_name): a boilerplate paragraph shared by thousands of
+    documents must not load thousands of copies of its vector.
     """
     found: dict[str, bytes] = {}
     wanted = sorted(hashes)
     for i in range(0, len(wanted), HASH_LOOKUP_BATCH):
-        rows = Chunk.objects.filter(
-            content_hash__in=wanted[i : i + HASH_LOOKUP_BATCH],
-            model_name=model_name,
-            dimension=dimension,
-            embedding__isnull=False,
-        ).values_list("content_hash", "embedding")
-        for chunk_hash, blob in rows.iterator():
-            found.setdefault(chunk_hash, bytes(blob))
+        firsts = (
+            Chunk.objects.filter(
+                content_hash__in=wanted[i : i + HASH_LOOKUP_BATCH],
+                model_name=model_name,
+                dimension=dimension,
+                embedding__isnull=False,
+            )
+            .values("content_hash")
+            .annotate(first=Min("id"))
+            .values_list("first", flat=True)
+        )
+        rows = Chunk.objects.filter(pk__in=list(firsts)).values_list(
+            "content_hash", "embedding"
+        )
+        found.update((chunk_hash, bytes(blob)) for chunk_hash, blob in rows)
     return found
 
 
@@ -425,7 +442,7 @@ def plan_update(kb_id: int, mode: str) -> list[int] | None:
     """Ids of the documents an update vectorizes; None if the kb is gone.
 
     incremental: documents whose content changed since their vectors were built,
-    that have none, or that failed; full: every document (unchanged chunks reuse
+    that have none, or that are not ready (failed, or stuck); full: every document (unchanged chunks reuse
     their vectors); rebuild: drop every vector first, then every document.
     """
     if mode not in MODES:
@@ -436,8 +453,10 @@ def plan_update(kb_id: int, mode: str) -> list[int] | None:
         delete_vectors(kb_id=kb_id)
     documents = Document.objects.filter(knowledge_base_id=kb_id)
     if mode == INCREMENTAL:
+        # Not ready covers failed documents and ones whose run died without a
+        # word (killed at its hard time limit: left "vectorizing").
         documents = documents.filter(
-            ~Q(vectorized_hash=F("content_hash")) | Q(status=Status.FAILED)
+            ~Q(vectorized_hash=F("content_hash")) | ~Q(status=Status.READY)
         )
     ids = list(documents.order_by("id").values_list("id", flat=True))
     Document.objects.filter(pk__in=ids).exclude(status=Status.VECTORIZING).update(

@@ -59,17 +59,28 @@ class UnknownTask(ValueError):
 
 
 def redact(value: Any) -> Any:
-    """Copy of value with every item under a secret-looking key replaced."""
+    """Copy of value with every item under a secret-looking key replaced.
+
+    Strings with NUL characters are replaced too, and NULs in keys shown as
+    U+FFFD: PostgreSQL's jsonb cannot store U+0000. Like secrets, such values
+    travel in the message only, and a retry needs them given again.
+    """
     if isinstance(value, dict):
         return {
-            key: REDACTED
-            if isinstance(key, str) and SECRET_KEY_RE.search(key)
+            _storable_key(key): REDACTED
+            if isinstance(key, str) and (SECRET_KEY_RE.search(key) or "\x00" in key)
             else redact(item)
             for key, item in value.items()
         }
     if isinstance(value, list | tuple):
         return [redact(item) for item in value]
+    if isinstance(value, str) and "\x00" in value:
+        return REDACTED
     return value
+
+
+def _storable_key(key: Any) -> Any:
+    return key.replace("\x00", "\ufffd") if isinstance(key, str) else key
 
 
 def has_redactions(value: Any) -> bool:

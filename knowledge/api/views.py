@@ -243,7 +243,6 @@ class DocumentViewSet(
             content=data["content"],
             source=data.get("source", ""),
             vectorize=data["vectorize"],
-            owner=self.request.user,
         )
 
     @extend_schema(responses={200: DocumentSerializer, **TOO_LARGE})
@@ -261,7 +260,6 @@ class DocumentViewSet(
             content=data.get("content"),
             source=data.get("source"),
             vectorize=data.get("vectorize", True),
-            owner=self.request.user,
         )
 
     def perform_destroy(self, instance):
@@ -289,7 +287,6 @@ class DocumentViewSet(
             content=text,
             source=data.get("source") or data["file"].name[:500],
             vectorize=data["vectorize"],
-            owner=request.user,
         )
         return Response(DocumentSerializer(document).data, status=201)
 

@@ -44,7 +44,7 @@ def test_create_knowledge_base_fixes_the_provider_default_model(alice):
 @pytest.mark.parametrize(
     "options, field",
     [
-        ({"embedding_provider": "nope"}, "embedding"),
+        ({"embedding_provider": "nope"}, "embedding_provider"),
         ({"embedding_dimension": 0}, "embedding_dimension"),
         ({"name": "  "}, "name"),
     ],
@@ -231,3 +231,16 @@ def test_delete_document_bumps_the_version_when_it_had_vectors(kb):
 
     assert version(kb) == before + 1
     assert not Chunk.objects.exists()
+
+
+def test_stored_vectors_loads_one_vector_per_text_however_many_share_it(
+    kb, django_assert_num_queries
+):
+    copies = [add_ready(kb, f"Copy {i}", TEXT) for i in range(3)]
+    hashes = set(copies[0].chunks.values_list("content_hash", flat=True))
+
+    with django_assert_num_queries(2):  # one id per hash, then those vectors
+        found = services.stored_vectors(hashes, "hashing:v1", 384)
+
+    assert set(found) == hashes
+    assert all(len(blob) == 384 * 4 for blob in found.values())

@@ -27,14 +27,16 @@ def three(kb):
     return ready, edited, new
 
 
-def test_incremental_picks_changed_new_and_failed_documents(kb, three):
+def test_incremental_picks_changed_new_failed_and_stuck_documents(kb, three):
     ready, edited, new = three
     failed = add_ready(kb, "Failed", "Fine text.")
+    stuck = add_ready(kb, "Stuck", "Its run was killed.")
     Document.objects.filter(pk=failed.pk).update(status=Status.FAILED)
+    Document.objects.filter(pk=stuck.pk).update(status=Status.VECTORIZING)
 
     ids = services.plan_update(kb.pk, "incremental")
 
-    assert ids == sorted([edited.pk, new.pk, failed.pk])
+    assert ids == sorted([edited.pk, new.pk, failed.pk, stuck.pk])
     assert Document.objects.get(pk=edited.pk).status == Status.PENDING
 
 
@@ -170,3 +172,13 @@ def test_members_count_finished_siblings_into_the_updates_progress(kb):
     update.refresh_from_db()
     assert (update.progress_current, update.progress_total) == (2, 3)
     assert update.progress_message == "2 of 3 documents vectorized"
+
+
+def test_manage_py_reindex_knowledge_queues_the_update_task(kb):
+    from django.core.management import call_command
+
+    with patch.object(ledger, "publish", return_value=True):
+        call_command("reindex_knowledge", str(kb.pk), "--mode", "rebuild")
+
+    record = TaskRecord.objects.get(name=services.UPDATE)
+    assert (record.args, record.queue) == ([kb.pk, "rebuild"], "knowledge_default")

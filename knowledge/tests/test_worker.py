@@ -118,6 +118,9 @@ def test_incremental_full_cycle_embeds_exactly_what_changed(
     assert not Document.objects.exclude(status=Status.READY).exists()
     assert vectorize_children(record).count() == 50
     assert (record.progress_current, record.progress_total) == (50, 50)
+    assert record.attempts == 2  # the fan-out run, then the summary under its id
+    progress = record.events.filter(kind="progress").values_list("data", flat=True)
+    assert any(0 < p["current"] < 50 for p in progress)  # overall, while it ran
     assert record.target == kb
 
     # when 3 documents are edited and incremental runs again

@@ -90,32 +90,11 @@ class TaskEventSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-def _without_nul(value):
-    """value with every NUL character dropped from its strings and keys."""
-    if isinstance(value, str):
-        return value.replace("\x00", "")
-    if isinstance(value, dict):
-        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_without_nul(item) for item in value]
-    return value
-
-
 class RetrySerializer(serializers.Serializer):
     args = serializers.ListField(required=False, help_text="Replaces the stored args.")
     kwargs = serializers.DictField(
         required=False, help_text="Replaces the stored kwargs."
     )
-
-    # PostgreSQL's jsonb cannot store NUL characters (the write would be a 500);
-    # they are dropped, as API text fields drop them (knowledge.api TextField):
-    # refusing them would refuse JSON the schema allows, and OpenAPI 3.0 cannot
-    # say "no NUL" of object keys.
-    def validate_args(self, value):
-        return _without_nul(value)
-
-    def validate_kwargs(self, value):
-        return _without_nul(value)
 
 
 WORKER_NAME = r"^[A-Za-z0-9_.:@+-]{1,255}$"  # Celery node names, e.g. ai@host-1

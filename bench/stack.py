@@ -243,6 +243,14 @@ def machine_busy() -> tuple[float, float]:
     return (sum(fields) - idle) / TICKS, sum(fields) / TICKS
 
 
+def background_load(seconds: float = 3.0) -> float:
+    """How busy the machine is without us (other work on it): 0 to 1."""
+    before = machine_busy()
+    time.sleep(seconds)
+    after = machine_busy()
+    return (after[0] - before[0]) / max(after[1] - before[1], 1e-9)
+
+
 class CpuMeter:
     """CPU seconds each named process tree used between start() and stop()."""
 

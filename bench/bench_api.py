@@ -1,18 +1,22 @@
 """Scenario 2: the API under a bounded local load, against a real gunicorn.
 
-20 clients for 30 s, each doing what a chat client does: post a question
+20 clients, each doing what a chat client does: post a question
 (POST /api/v1/conversations/{id}/messages/), poll the reply
-(GET /api/v1/messages/{id}/) every POLL seconds until it is done, read its task
-(GET /api/v1/tasks/{id}/), think for THINK seconds, ask again. Workers are on:
-a threads-pool AI worker answers every question through the local model server
-(bench/fake_llm.py, 0.5 s per answer), so the polls see real state changes and
-the machine does the whole job, not only the API's part. Latency is measured by
-the client, from before connecting to the last byte; an error is anything but
-the 202 or 200 expected (or no answer within 30 s). Throttle rates are raised by
-environment (stack.stack_env). A 3 s warm-up is not counted.
+(GET /api/v1/messages/{id}/) every POLL seconds until it is done (POLLS times at
+most), read its task (GET /api/v1/tasks/{id}/), think for THINK seconds, ask
+again. Latency is measured by the client, from before connecting to the last
+byte; an error is anything but the 202 or 200 expected (or no answer within
+30 s). Throttle rates are raised by environment (stack.stack_env). Three phases:
 
-Then, for information, the same 20 clients with no pauses for 10 s: the most
-requests per second gunicorn serves here, and the latency at that load.
+1. workers on, 20 s (for information): a threads-pool AI worker answers every
+   question through the local model server (bench/fake_llm.py, 0.5 s an
+   answer), so polls see real state changes and the API shares the two cores
+   with the worker, as it would not in production;
+2. workers off, 30 s: the API alone; the targets are read from this phase;
+3. workers off, no pauses, 10 s (for information): the most requests per second
+   gunicorn serves here, and the latency at that load.
+
+A 3 s warm-up (workers on) is not counted.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from bench.common import Worker, row
 
 S = "2 API load"
 CLIENTS = 20
-DURATION, QUICK_DURATION, WARMUP, SATURATION = 30.0, 8.0, 3.0, 10.0
-POLL, THINK = 0.25, 0.5
+# seconds of each phase: full, quick
+WARMUP, WITH_WORKERS, API_ONLY, NO_PAUSES = (3, 2), (20, 4), (30, 6), (10, 3)
+POLL, POLLS, THINK = 0.25, 4, 0.5
 DB = "claw_bench_pool_api"
 
 
@@ -41,6 +46,7 @@ class Load:
             "task": [],
         }
         self.errors: list[str] = []
+        self.seconds, self.cpu = 0.0, {}
 
     async def call(self, kind, expect, base, method, path, token, body=None):
         started = time.perf_counter()
@@ -68,10 +74,11 @@ class Load:
             if posted is None:
                 await self.pause(THINK)
                 continue
-            reply = posted["assistant_message"]
-            while reply["status"] not in ("done", "failed"):
+            reply, polls = posted["assistant_message"], 0
+            while reply["status"] not in ("done", "failed") and polls < POLLS:
                 if time.monotonic() >= self.until:
                     return
+                polls += 1
                 await self.pause(POLL)
                 path = f"/api/v1/messages/{reply['id']}/"
                 reply = await self.call("message", 200, base, "GET", path, token)
@@ -90,74 +97,72 @@ async def load(base: str, setup: dict, seconds: float, paced: bool) -> Load:
 
 
 def run(quick: bool = False) -> list[dict]:
-    duration = QUICK_DURATION if quick else DURATION
     model, model_url = stack.fake_model()
     with model:
         env = stack.stack_env(DB, model_url)
         setup = stack.prepare(env, CLIENTS)
         web, base = stack.gunicorn(env)
-        extra = (
-            "-P",
-            "threads",
-            "-Q",
-            "ai_high_priority",
-            "--prefetch-multiplier",
-            "1",
-        )
-        with web, Worker("claw", env, "pool-api-worker", 32, extra=extra) as worker:
-            worker.wait_ready()
+        with web:
             idle = stack.background_load()
-            asyncio.run(load(base, setup, WARMUP, paced=True))
-            meter = stack.CpuMeter(worker=worker.proc.pid, gunicorn=web.proc.pid)
-            meter.start()
-            paced = asyncio.run(load(base, setup, duration, paced=True))
-            cpu = meter.stop()
-            flat = 3.0 if quick else SATURATION
-            flat_out = asyncio.run(load(base, setup, flat, paced=False))
-    return paced_rows(paced, duration, cpu, idle) + saturation_rows(flat_out, flat)
+            extra = ("-P", "threads", "-Q", "ai_high_priority")
+            with Worker("claw", env, "pool-api-worker", 32, extra=extra) as worker:
+                worker.wait_ready()
+                asyncio.run(load(base, setup, WARMUP[quick], paced=True))
+                meter = stack.CpuMeter(worker=worker.proc.pid, gunicorn=web.proc.pid)
+                with_workers = measured(meter, base, setup, WITH_WORKERS[quick], True)
+            meter = stack.CpuMeter(gunicorn=web.proc.pid)
+            api_only = measured(meter, base, setup, API_ONLY[quick], True)
+            meter = stack.CpuMeter(gunicorn=web.proc.pid)
+            no_pauses = measured(meter, base, setup, NO_PAUSES[quick], False)
+    rows = phase_rows(api_only, idle, targets=True)
+    rows += phase_rows(with_workers, idle, label="workers on: ")
+    rows += phase_rows(no_pauses, idle, label="workers off, no pauses: ")
+    return rows
+
+
+def measured(meter, base: str, setup: dict, seconds: float, paced: bool) -> Load:
+    meter.start()
+    phase = asyncio.run(load(base, setup, seconds, paced))
+    phase.seconds, phase.cpu = seconds, meter.stop()
+    return phase
 
 
 def ms(values: list[float], p: float) -> float:
     return round(stack.percentile(values, p) * 1000, 1)
 
 
-def paced_rows(phase: Load, duration: float, cpu: dict, idle: float) -> list[dict]:
-    lat = phase.latencies
+def phase_rows(
+    phase: Load, idle: float, label: str = "", targets: bool = False
+) -> list[dict]:
+    lat, cpu = phase.latencies, phase.cpu
     status = lat["message"] + lat["task"]
     total = sum(len(v) for v in lat.values())
     busy = cpu["machine (all processes, all cores)"] / cpu["machine capacity"]
     context = (
-        f"{CLIENTS} clients, {duration:g} s, workers on; {total} requests"
-        f" ({total / duration:.0f}/s); machine {busy:.0%} busy"
-        f" ({idle:.0%} before the run, other work)"
+        f"{CLIENTS} clients, {phase.seconds:g} s; {total} requests"
+        f" ({total / phase.seconds:.0f}/s), {len(phase.errors)} errors;"
+        f" gunicorn {cpu['gunicorn'] * 1000 / max(total, 1):.1f} ms CPU a request;"
+        f" machine {busy:.0%} busy ({idle:.0%} before the run, other work)"
     )
-    met = {
-        "submit": ms(lat["submit"], 95) < 50,
-        "status": ms(status, 95) < 20,
-        "errors": not phase.errors,
+    submit_p95, status_p95 = ms(lat["submit"], 95), ms(status, 95)
+    detail = {
+        "submit": f"p50 {ms(lat['submit'], 50)} ms; {len(lat['submit'])} submissions",
+        "status": f"p50 {ms(status, 50)} ms; messages p95 {ms(lat['message'], 95)} ms"
+        f" ({len(lat['message'])}), tasks p95 {ms(lat['task'], 95)} ms"
+        f" ({len(lat['task'])})",
     }
-    note = "met" if met["submit"] else "MISSED"
+    if not targets:
+        return [
+            row(S, f"{label}submit p95", submit_p95, "ms", "", detail["submit"]),
+            row(S, f"{label}status p95", status_p95, "ms", "",
+                f"{detail['status']}; {context}"),
+        ]  # fmt: skip
+    verdict = {True: "met", False: "MISSED"}
     return [
-        row(S, "submit p95", ms(lat["submit"], 95), "ms", "< 50",
-            f"{note}; p50 {ms(lat['submit'], 50)} ms; {len(lat['submit'])}"
-            f" submissions; {context}"),
-        row(S, "status p95", ms(status, 95), "ms", "< 20",
-            ("met" if met["status"] else "MISSED")
-            + f"; p50 {ms(status, 50)} ms; messages p95 {ms(lat['message'], 95)}"
-            f" ms ({len(lat['message'])}), tasks p95 {ms(lat['task'], 95)} ms"
-            f" ({len(lat['task'])})"),
-        row(S, "errors", len(phase.errors), "", "0",
-            ("met" if met["errors"] else f"MISSED: {phase.errors[:5]}")),
-    ]  # fmt: skip
-
-
-def saturation_rows(phase: Load, seconds: float) -> list[dict]:
-    lat = phase.latencies
-    status = lat["message"] + lat["task"]
-    total = sum(len(v) for v in lat.values())
-    return [
-        row(S, "no pauses: requests/s", round(total / seconds), "req/s", "",
-            f"information: {CLIENTS} clients without think time for {seconds:g} s;"
-            f" submit p95 {ms(lat['submit'], 95)} ms, status p95 {ms(status, 95)} ms,"
-            f" errors {len(phase.errors)}"),
+        row(S, "workers off: submit p95", submit_p95, "ms", "< 50",
+            f"{verdict[submit_p95 < 50]}; {detail['submit']}; {context}"),
+        row(S, "workers off: status p95", status_p95, "ms", "< 20",
+            f"{verdict[status_p95 < 20]}; {detail['status']}"),
+        row(S, "workers off: errors", len(phase.errors), "", "0",
+            verdict[not phase.errors] + (f": {phase.errors[:5]}" if phase.errors else "")),
     ]  # fmt: skip

@@ -4,7 +4,7 @@
 (POST /api/v1/conversations/{id}/messages/), poll the reply
 (GET /api/v1/messages/{id}/) every POLL seconds until it is done (POLLS times at
 most), read its task (GET /api/v1/tasks/{id}/), think for THINK seconds, ask
-again. Latency is measured by the client, from before connecting to the last
+again; every pause is jittered (50-150 %), so the clients do not move in step. Latency is measured by the client, from before connecting to the last
 byte; an error is anything but the 202 or 200 expected (or no answer within
 30 s). Throttle rates are raised by environment (stack.stack_env). Three phases:
 
@@ -22,6 +22,7 @@ A 3 s warm-up (workers on) is not counted.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 
 from bench import stack
@@ -47,6 +48,7 @@ class Load:
         }
         self.errors: list[str] = []
         self.seconds, self.cpu = 0.0, {}
+        self.random = random.Random(9)  # the same pauses in every run
 
     async def call(self, kind, expect, base, method, path, token, body=None):
         started = time.perf_counter()
@@ -60,10 +62,13 @@ class Load:
 
     async def pause(self, seconds: float) -> None:
         if self.paced:
-            await asyncio.sleep(seconds)
+            # People do not act in step: 50-150 % of the pause, so 20 clients do
+            # not all arrive in the same few milliseconds.
+            await asyncio.sleep(seconds * self.random.uniform(0.5, 1.5))
 
     async def client(self, base: str, token: str, conversation: int) -> None:
         n = 0
+        await self.pause(THINK)  # and do not start in step either
         while time.monotonic() < self.until:
             n += 1
             posted = await self.call(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import time
 from pathlib import Path
 
 from bench.bench_throughput import claw_env
-from bench.common import ARTIFACTS, ROOT, run_py
+from bench.common import ARTIFACTS, ROOT, Worker, run_py
 
 REDIS_URL = os.environ.get("BENCH_POOL_REDIS_URL", "redis://127.0.0.1:6379/8")
 USERNAME = "bench-client"
@@ -37,8 +36,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class Child:
-    """A subprocess in its own process group, logged to ARTIFACTS/<name>.log."""
+class Child(Worker):
+    """A subprocess in its own process group, logged to ARTIFACTS/<name>.log;
+    stopped as common.Worker stops a worker (SIGTERM to the group, then KILL)."""
 
     def __init__(self, args: list[str], env: dict, name: str, pipe: bool = False):
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -53,22 +53,6 @@ class Child:
             start_new_session=True,
             text=True,
         )
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self.log.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 def fake_model(delay: float = 0.5, pieces: int = 10) -> tuple[Child, str]:

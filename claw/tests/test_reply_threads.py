@@ -21,6 +21,7 @@ from django_celery_results.models import TaskResult
 from claw import conversations
 from claw.models import Message
 from claw.tests.conftest import ScriptedServer, sse
+from claw.tests.test_reply_worker import wait_record, wait_status
 from tasks_app import services
 from tasks_app.models import TaskRecord
 from tests.harness import CeleryProcess, wait_for
@@ -95,23 +96,6 @@ def ask(user, pool: str, content: str = "What is CLAW?") -> Message:
     return submission.assistant_message
 
 
-def wait_status(message: Message, *statuses: str, timeout: float = 30) -> Message:
-    def reached():
-        message.refresh_from_db()
-        return message.status in statuses
-
-    wait_for(reached, timeout, interval=0.05, message=f"reply {statuses}")
-    return message
-
-
-def wait_state(message: Message, state: str, timeout: float = 15) -> TaskRecord:
-    def reached():
-        record = TaskRecord.objects.get(pk=message.task_id)
-        return record if record.state == state else None
-
-    return wait_for(reached, timeout, message=f"task {state}")
-
-
 def worker_connections() -> int:
     with connection.cursor() as cursor:
         cursor.execute(
@@ -142,7 +126,7 @@ def test_a_reply_that_streamed_keeps_its_text_truncated_at_the_deadline(
 
     # cut at the deadline, not when the provider spoke again
     assert time.monotonic() - started < DEADLINE + 8
-    record = wait_state(message, "SUCCESS")
+    record = wait_record(message, "SUCCESS")
     assert (message.status, message.truncated) == ("done", True)
     assert message.content == "Partial answer"
     stored = TaskResult.objects.get(task_id=record.celery_id)
@@ -158,7 +142,7 @@ def test_a_reply_with_nothing_streamed_by_the_deadline_fails(server, alice, pool
     wait_status(message, "done", "failed", timeout=DEADLINE + 15)
 
     assert time.monotonic() - started < DEADLINE + 8
-    record = wait_state(message, "FAILURE")
+    record = wait_record(message, "FAILURE")
     assert message.status == "failed" and message.content == ""
     assert "DeadlineExceeded" in message.error and "DeadlineExceeded" in record.error
     assert len(server.requests) == 1  # a deadline is not retried
@@ -183,7 +167,7 @@ def test_cancelling_a_streaming_reply_on_threads_stops_it_within_two_seconds(
     # revoke(terminate=True) cannot stop a thread: the reply stopped at its next
     # progress write, which found the durable cancel flag
     assert time.monotonic() - cancelled_at < 2
-    wait_state(message, "REVOKED")
+    wait_record(message, "REVOKED")
     assert "Cancelled" in message.error and message.truncated is True
     assert "w59" not in message.content
 
@@ -197,7 +181,7 @@ def test_a_transient_error_on_threads_retries_and_succeeds(server, alice):
 
     wait_status(message, "done")
 
-    record = wait_state(message, "SUCCESS")
+    record = wait_record(message, "SUCCESS")
     assert message.content == "Hello after the retry."
     assert len(server.requests) == 2
     assert record.events.filter(kind="retry").count() == 1

@@ -66,7 +66,14 @@ def run_py(args: list[str], env: dict, timeout: float = 300) -> str:
 class Worker:
     """A `celery worker` subprocess in its own process group, logged to ARTIFACTS."""
 
-    def __init__(self, app: str, env: dict, name: str, concurrency: int = 2):
+    def __init__(
+        self,
+        app: str,
+        env: dict,
+        name: str,
+        concurrency: int = 2,
+        extra: tuple[str, ...] = (),
+    ):
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         self.log_path = ARTIFACTS / f"{name}.log"
         self.log = open(self.log_path, "w")  # noqa: SIM115
@@ -87,6 +94,7 @@ class Worker:
                 "--without-gossip",
                 "--without-mingle",
                 "--without-heartbeat",
+                *extra,
             ],  # fmt: skip
             cwd=ROOT,
             env=env,

@@ -30,7 +30,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench.bench_throughput import claw_env
+from bench.bench_throughput import CLAW_WORKER, claw_env
 from bench.common import ROOT, Worker, base_env, flush_redis, psql, run_py
 
 DB = "claw_bench_profile"
@@ -116,7 +116,9 @@ def top_functions(files: list[Path], limit: int = 25) -> str:
         return "(no samples)"
     lines = [f"{samples} samples", "total%  own%  function"]
     for frame, n in total.most_common(limit):
-        lines.append(f"{100 * n / samples:5.1f} {100 * own[frame] / samples:5.1f}  {frame}")
+        lines.append(
+            f"{100 * n / samples:5.1f} {100 * own[frame] / samples:5.1f}  {frame}"
+        )
     return "\n".join(lines)
 
 
@@ -149,7 +151,8 @@ def run(stack: str, n: int, spy_dir: Path | None) -> dict:
         flush_redis()
         env = claw_env(DB)
     env["BENCH_COUNT_DIR"] = str(count_dir)
-    with Worker("bench.counting", env, f"profile-{stack}") as worker:
+    extra = CLAW_WORKER if stack == "claw" else ()
+    with Worker("bench.counting", env, f"profile-{stack}", extra=extra) as worker:
         worker.wait_ready()
         time.sleep(1)  # pool children finish importing
         children = child_pids(worker.proc.pid)
@@ -158,7 +161,9 @@ def run(stack: str, n: int, spy_dir: Path | None) -> dict:
             spy_dir.mkdir(parents=True, exist_ok=True)
             seconds = max(10, n // 25)
             spies = [py_spy(p, spy_dir / f"child-{p}.txt", seconds) for p in children]
+            spies.append(py_spy(worker.proc.pid, spy_dir / "main.txt", seconds))
         commits0 = xact_commit(DB) if stack == "claw" else 0
+        main_cpu0 = cpu_seconds(worker.proc.pid)
         worker_cpu0 = cpu_seconds(worker.proc.pid, children=True) + sum(
             cpu_seconds(p) for p in children
         )
@@ -174,6 +179,7 @@ def run(stack: str, n: int, spy_dir: Path | None) -> dict:
         out, _ = submit.communicate(timeout=400)
         result = json.loads(out.strip().splitlines()[-1])
         children_now = child_pids(worker.proc.pid)
+        main_cpu = cpu_seconds(worker.proc.pid) - main_cpu0
         worker_cpu = (
             cpu_seconds(worker.proc.pid, children=True)
             + sum(cpu_seconds(p) for p in children_now)
@@ -196,12 +202,14 @@ def run(stack: str, n: int, spy_dir: Path | None) -> dict:
         "cpu_ms_per_task": {
             "submitter": round(1000 * result["submit_cpu"] / n, 3),
             "worker": round(1000 * worker_cpu / n, 3),
+            "worker main process (part of worker)": round(1000 * main_cpu / n, 3),
             "postgres (backends seen at start)": round(1000 * pg_cpu / n, 3),
         },
     }
     if spy_dir:
         report["py_spy_workers"] = top_functions(sorted(spy_dir.glob("child-*.txt")))
         report["py_spy_submit"] = top_functions([spy_dir / "submit.txt"])
+        report["py_spy_worker_main"] = top_functions([spy_dir / "main.txt"])
     return report
 
 
@@ -212,7 +220,7 @@ def main() -> int:
     parser.add_argument("--py-spy", type=Path, dest="spy_dir")
     args = parser.parse_args()
     report = run(args.stack, args.n, args.spy_dir)
-    for key in ("py_spy_workers", "py_spy_submit"):
+    for key in ("py_spy_workers", "py_spy_worker_main", "py_spy_submit"):
         text = report.pop(key, None)
         if text:
             print(f"--- {key}\n{text}")

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from django.db import InterfaceError, OperationalError, connection, transaction
-from django.db.models import QuerySet
-from django.db.models.sql import UpdateQuery
 from django.utils import timezone
 
 from tasks_app.models import TaskEvent, TaskRecord
@@ -51,44 +50,104 @@ def add_event(celery_id: str, kind: str, data: dict | None = None) -> None:
         cursor.execute(sql, [*_event_params(kind, data), celery_id])
 
 
-def _update_sql(queryset: QuerySet, updates: dict[str, Any]) -> Statement:
-    # What QuerySet.update() would send, as SQL to embed in a CTE.
-    query = queryset.query.chain(UpdateQuery)
-    query.add_update_values(updates)
-    sql, params = query.get_compiler(connection=connection).as_sql()
-    return sql, list(params)
+@dataclass(frozen=True)
+class Sql:
+    """A value of SET that is SQL rather than a parameter, e.g. Sql("attempts + 1")."""
+
+    text: str
+    params: tuple = ()
+
+
+OPERATORS = {"": "=", "lt": "<"}
+_update_texts: dict[tuple, str] = {}
+
+
+def _update(
+    celery_id: str,
+    from_states: tuple[str, ...],
+    conditions: dict[str, Any],
+    updates: dict[str, Any],
+) -> Statement:
+    """UPDATE of the record whose current attempt is celery_id, if its state is
+    one of from_states and it meets conditions ({"deliveries__lt": 4}).
+
+    Written here rather than by QuerySet.update(): building and compiling the
+    query took more CPU than the database spent running it (about 0.5 ms of a
+    tiny task's 2 ms in a pool process). The text depends only on the shape of
+    the call, so it is built once; the values are prepared by their model fields
+    as the ORM would.
+    """
+    key = (
+        connection.vendor,
+        len(from_states),
+        tuple(conditions),
+        tuple((k, v.text if isinstance(v, Sql) else None) for k, v in updates.items()),
+    )
+    text = _update_texts.get(key)
+    if text is None:
+        text = _update_texts[key] = _update_text(len(from_states), conditions, updates)
+    get_field = TaskRecord._meta.get_field
+    params = []
+    for name, value in updates.items():
+        if isinstance(value, Sql):
+            params.extend(value.params)
+        else:
+            params.append(get_field(name).get_db_prep_save(value, connection))
+    params += [celery_id, *from_states]
+    for lookup, value in conditions.items():
+        field = get_field(lookup.partition("__")[0])
+        params.append(field.get_db_prep_value(value, connection))
+    return text, params
+
+
+def _update_text(states: int, conditions: dict[str, Any], updates: dict) -> str:
+    qn = connection.ops.quote_name
+    get_field = TaskRecord._meta.get_field
+    sets = ", ".join(
+        f"{qn(get_field(name).column)} = "
+        + (value.text if isinstance(value, Sql) else "%s")
+        for name, value in updates.items()
+    )
+    where = [f"celery_id = %s AND state IN ({', '.join(['%s'] * states)})"]
+    for lookup in conditions:
+        name, _, operator = lookup.partition("__")
+        where.append(f"{qn(get_field(name).column)} {OPERATORS[operator]} %s")
+    table = qn(TaskRecord._meta.db_table)
+    return f"UPDATE {table} SET {sets} WHERE {' AND '.join(where)}"
 
 
 def transition(
-    queryset: QuerySet,
+    celery_id: str,
+    from_states: tuple[str, ...],
+    conditions: dict[str, Any],
     updates: dict[str, Any],
     *,
     kind: str,
     data: dict | None,
-    celery_id: str,
     also: Statement | None = None,
 ) -> bool:
-    """The conditional UPDATE of queryset (at most one row) and its event.
+    """The conditional UPDATE (at most one row: celery_id is unique) and its event.
 
     `also` is one more statement that commits with the transition whether or not
     the transition applies (the result backend's TaskResult upsert).
     """
-    if connection.vendor == "postgresql":
-        update, params = _update_sql(queryset, updates)
-        sql = f"WITH moved AS ({update} RETURNING id, attempts, celery_id, worker)"
-        if also:
-            sql += f", also AS ({also[0]})"
-            params += also[1]
-        sql += " " + _event_insert("moved")
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params + _event_params(kind, data))
+    update, params = _update(celery_id, from_states, conditions, updates)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            sql = f"WITH moved AS ({update} RETURNING id, attempts, celery_id, worker)"
+            if also:
+                sql += f", also AS ({also[0]})"
+                params += also[1]
+            cursor.execute(
+                f"{sql} {_event_insert('moved')}", params + _event_params(kind, data)
+            )
             return cursor.rowcount == 1
-    with transaction.atomic():
-        applied = queryset.update(**updates) == 1
-        if applied:
-            add_event(celery_id, kind, data)
-        if also:
-            with connection.cursor() as cursor:
+        with transaction.atomic():
+            cursor.execute(update, params)
+            applied = cursor.rowcount == 1
+            if applied:
+                add_event(celery_id, kind, data)
+            if also:
                 cursor.execute(*also)
     return applied
 

@@ -20,11 +20,12 @@ from typing import Any
 from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
 from django.db import IntegrityError, transaction
-from django.db.models import Case, F, Model, Value, When
+from django.db.models import Model
 from django.utils import timezone
 
 from claw.celery import app, broker_priority, platform_priority, registered_tasks
 from tasks_app import ledger_writes
+from tasks_app.ledger_writes import Sql
 from tasks_app.models import TaskEvent, TaskRecord, TaskState
 
 logger = logging.getLogger(__name__)
@@ -109,16 +110,14 @@ def _transition(
     commits with it either way. Outside a transaction a lost connection is
     reconnected and the write tried again.
     """
-    queryset = TaskRecord.objects.filter(
-        celery_id=celery_id, state__in=list(from_states), **(extra_filter or {})
-    )
     return ledger_writes.reconnecting(
         ledger_writes.transition,
-        queryset,
+        celery_id,
+        tuple(from_states),
+        extra_filter or {},
         updates,
         kind=kind,
         data=data,
-        celery_id=celery_id,
         also=also,
     )
 
@@ -249,7 +248,9 @@ def record_published(
     if not celery_id or not name:
         return
     args, kwargs = _body_arguments(body)
-    parent_id, root_id = _record_ids_for(headers.get("parent_id"), headers.get("root_id"))
+    parent_id, root_id = _record_ids_for(
+        headers.get("parent_id"), headers.get("root_id")
+    )
     options = {}
     if headers.get("periodic_task_name"):
         options["periodic_task_name"] = headers["periodic_task_name"]
@@ -349,8 +350,8 @@ def mark_started(celery_id: str, *, name: str, worker: str) -> str | None:
         state=State.STARTED,
         started_at=timezone.now(),
         worker=worker,
-        attempts=F("attempts") + 1,
-        deliveries=F("deliveries") + 1,
+        attempts=Sql("attempts + 1"),
+        deliveries=Sql("deliveries + 1"),
     ):
         return None
     row = (
@@ -410,7 +411,7 @@ def mark_succeeded(
         also=also,
         state=State.SUCCESS,
         finished_at=now,
-        progress_current=F("progress_total"),
+        progress_current=Sql("progress_total"),
     ):
         return True
     # A late success must not overwrite a cancel: the caller was told it stopped.
@@ -442,9 +443,9 @@ def mark_failed(
     from_states: Iterable[str] = (State.PENDING, State.STARTED, State.RETRY),
 ) -> bool:
     """Record a final failure; a cancelled record ends REVOKED instead."""
-    final_state = Case(
-        When(cancel_requested=True, then=Value(State.REVOKED)),
-        default=Value(State.FAILURE),
+    final_state = Sql(
+        "CASE WHEN cancel_requested THEN %s ELSE %s END",
+        (State.REVOKED, State.FAILURE),
     )
     return _transition(
         celery_id,

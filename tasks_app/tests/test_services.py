@@ -400,9 +400,12 @@ def test_submit_is_one_statement_in_the_callers_transaction(
     send_task, django_capture_on_commit_callbacks, django_assert_num_queries
 ):
     services.registered_tasks()
-    with django_capture_on_commit_callbacks(execute=True):
-        with transaction.atomic(), django_assert_num_queries(1) as queries:
-            record = services.submit("tests.add", args=[1, 2])
+    with (
+        django_capture_on_commit_callbacks(execute=True),
+        transaction.atomic(),
+        django_assert_num_queries(1) as queries,
+    ):
+        record = services.submit("tests.add", args=[1, 2])
 
     (sql,) = statements(queries)
     assert sql.startswith('WITH added AS (INSERT INTO "tasks_app_taskrecord"')

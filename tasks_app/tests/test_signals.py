@@ -182,7 +182,11 @@ def test_storing_success_moves_the_ledger_and_the_result_in_one_statement(
         "succeeded",
     ]
     stored = TaskResult.objects.get(task_id=task_id)
-    assert (stored.status, stored.result, stored.task_name) == ("SUCCESS", "3", "tests.add")
+    assert (stored.status, stored.result, stored.task_name) == (
+        "SUCCESS",
+        "3",
+        "tests.add",
+    )
     assert stored.date_started == record.started_at
     assert request.claw_succeeded  # the task_success receiver has nothing to do
 

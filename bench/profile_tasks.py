@@ -185,6 +185,7 @@ def run(stack: str, n: int, spy_dir: Path | None) -> dict:
             + sum(cpu_seconds(p) for p in children_now)
             - worker_cpu0
         )
+        # Backends that connected after the start are counted from zero.
         pg_cpu = sum(cpu_seconds(p) - pg_cpu0.get(p, 0.0) for p in backend_pids(DB))
         for spy in spies:
             spy.wait(timeout=120)
@@ -203,7 +204,7 @@ def run(stack: str, n: int, spy_dir: Path | None) -> dict:
             "submitter": round(1000 * result["submit_cpu"] / n, 3),
             "worker": round(1000 * worker_cpu / n, 3),
             "worker main process (part of worker)": round(1000 * main_cpu / n, 3),
-            "postgres (backends seen at start)": round(1000 * pg_cpu / n, 3),
+            "postgres backends": round(1000 * pg_cpu / n, 3),
         },
     }
     if spy_dir:

@@ -293,7 +293,13 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True  # ...including when a child process is
 # LLM calls are slow: a worker on a slow queue must not hoard messages another
 # worker could start. A worker that consumes only short-task queues takes
 # CLAW_SHORT_QUEUE_PREFETCH per process instead (workers.prefetch_multiplier_for).
-CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 1)
+# The filesystem broker is polled: once a worker holds its prefetch limit it
+# sleeps a polling interval before it looks again, so the embedded stack (one
+# worker) prefetches 8 per process; with no acknowledgements there, a killed
+# worker's prefetched messages come back through check_task_health (README).
+CELERY_WORKER_PREFETCH_MULTIPLIER = env_int(
+    "CELERY_WORKER_PREFETCH_MULTIPLIER", 8 if IS_FILESYSTEM_BROKER else 1
+)
 CLAW_SLOW_QUEUES = ("ai_high_priority", "knowledge_default")
 CLAW_SHORT_QUEUE_PREFETCH = env_int("CLAW_SHORT_QUEUE_PREFETCH", 4)
 CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 2)

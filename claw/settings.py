@@ -351,6 +351,9 @@ CELERY_TASK_DEFAULT_PRIORITY = 5
 CLAW_PROGRESS_INTERVAL = float(os.environ.get("CLAW_PROGRESS_INTERVAL", "0.5"))
 # Redeliveries of one attempt after its worker died, before the ledger stops it.
 CLAW_MAX_REDELIVERIES = env_int("CLAW_MAX_REDELIVERIES", 3)
+# Seconds the dashboard's and the stats API's aggregates (and the dashboard's
+# worker ping) are kept in the cache; 0 computes them on every request.
+CLAW_STATS_CACHE_SECONDS = env_int("CLAW_STATS_CACHE_SECONDS", 15)
 # Seconds without a heartbeat after which beat counts as down.
 CLAW_BEAT_STALE_AFTER = env_int("CLAW_BEAT_STALE_AFTER", 120)
 

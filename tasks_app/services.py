@@ -3,7 +3,8 @@ through here; nothing else writes TaskRecord or TaskEvent.
 
 Every transition is one conditional UPDATE from its allowed source states, so a late
 or duplicated signal cannot move a finished record backwards, plus one INSERT of its
-timeline event, in one transaction.
+timeline event, atomically: one statement on PostgreSQL, one transaction on SQLite
+(tasks_app.ledger_writes has the SQL).
 """
 
 from __future__ import annotations
@@ -298,23 +299,15 @@ def _body_arguments(body: Any) -> tuple[list, dict]:
     return [], {}
 
 
-def _record_ids_for(
-    parent_celery_id: str | None, root_celery_id: str | None
-) -> tuple[int | None, int | None]:
-    """Record ids of a message's parent and root (the parent's, if the root has
-    none), in one query."""
-    wanted = {parent_celery_id, root_celery_id} - {None, ""}
-    found = (
-        dict(
-            TaskRecord.objects.filter(celery_id__in=wanted).values_list(
-                "celery_id", "id"
-            )
-        )
-        if wanted
-        else {}
+def _record_ids_for(parent: str | None, root: str | None) -> tuple[int | None, ...]:
+    """Record ids of a message's parent and root (the root defaults to the
+    parent), in one query."""
+    wanted = {parent, root} - {None, ""}
+    rows = TaskRecord.objects.filter(celery_id__in=wanted).values_list(
+        "celery_id", "id"
     )
-    parent_id = found.get(parent_celery_id)
-    return parent_id, found.get(root_celery_id) or parent_id
+    found = dict(rows) if wanted else {}
+    return found.get(parent), found.get(root) or found.get(parent)
 
 
 def _parse_eta(value: str | None) -> datetime | None:

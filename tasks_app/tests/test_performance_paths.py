@@ -120,15 +120,16 @@ def test_a_transition_reconnects_after_the_server_dropped_the_connection():
         host=settings["HOST"], port=settings["PORT"] or 5432,
         user=settings["USER"], dbname=settings["NAME"], autocommit=True,
     )  # fmt: skip
-    submitted = services.submit("tests.add", args=[1, 2])
+    # A record without a message: the session's worker must not run it meanwhile.
+    celery_id = "reconnect-1"
+    services.record_published(
+        {"id": celery_id, "task": "tests.add"}, ([1, 2], {}, {}), "default", {}
+    )
     with admin:
         admin.execute("SELECT pg_terminate_backend(%s)", [pid])
 
     # The worker's STARTED write meets a dead connection, reconnects and applies.
-    assert (
-        services.mark_started(submitted.celery_id, name="tests.add", worker="w1")
-        is None
-    )
+    assert services.mark_started(celery_id, name="tests.add", worker="w1") is None
 
-    submitted.refresh_from_db()
-    assert submitted.state == State.STARTED and submitted.deliveries == 1
+    started = TaskRecord.objects.get(celery_id=celery_id)
+    assert started.state == State.STARTED and started.deliveries == 1

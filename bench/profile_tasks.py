@@ -31,7 +31,7 @@ from collections import Counter
 from pathlib import Path
 
 from bench.bench_throughput import CLAW_WORKER, claw_env
-from bench.common import ROOT, Worker, base_env, flush_redis, psql, run_py
+from bench.common import ROOT, Worker, base_env, bench_db, flush_redis, psql, run_py
 
 DB = "claw_bench_profile"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -79,12 +79,12 @@ def child_pids(pid: int) -> list[int]:
 
 
 def backend_pids(db: str) -> list[int]:
-    sql = f"SELECT pid FROM pg_stat_activity WHERE datname = '{db}'"
+    sql = f"SELECT pid FROM pg_stat_activity WHERE datname = '{bench_db(db)}'"
     return [int(p) for p in psql(sql).split()]
 
 
 def xact_commit(db: str) -> int:
-    sql = f"SELECT xact_commit FROM pg_stat_database WHERE datname = '{db}'"
+    sql = f"SELECT xact_commit FROM pg_stat_database WHERE datname = '{bench_db(db)}'"
     return int(psql(sql) or 0)
 
 
@@ -135,7 +135,7 @@ def per_task(counts: list[dict], n: int) -> dict[str, float]:
     return {k: round(v / n, 2) for k, v in sorted(summed.items())}
 
 
-def run(stack: str, n: int, spy_dir: Path | None) -> dict:
+def run(stack: str, n: int, spy_dir: Path | None, setup_sql: str = "") -> dict:
     count_dir = Path(tempfile.mkdtemp(prefix="claw-bench-counts-"))
     var = None
     if stack == "embedded":
@@ -150,6 +150,8 @@ def run(stack: str, n: int, spy_dir: Path | None) -> dict:
     else:
         flush_redis()
         env = claw_env(DB)
+        if setup_sql:  # an experiment, e.g. "DROP INDEX taskrecord_name_trgm"
+            psql(setup_sql, DB)
     env["BENCH_COUNT_DIR"] = str(count_dir)
     extra = CLAW_WORKER if stack == "claw" else ()
     with Worker("bench.counting", env, f"profile-{stack}", extra=extra) as worker:
@@ -219,8 +221,9 @@ def main() -> int:
     parser.add_argument("--stack", choices=("claw", "embedded"), default="claw")
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--py-spy", type=Path, dest="spy_dir")
+    parser.add_argument("--setup-sql", default="", help="run on the fresh database")
     args = parser.parse_args()
-    report = run(args.stack, args.n, args.spy_dir)
+    report = run(args.stack, args.n, args.spy_dir, args.setup_sql)
     for key in ("py_spy_workers", "py_spy_worker_main", "py_spy_submit"):
         text = report.pop(key, None)
         if text:

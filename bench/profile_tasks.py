@@ -1,6 +1,7 @@
 """Where a tiny task's time goes: statements, commits and CPU seconds per task.
 
-    python -m bench.profile_tasks [--stack claw|embedded] [--n 2000] [--py-spy DIR]
+    python -m bench.profile_tasks [--stack claw|embedded|dcr|bare] [--n 2000]
+                                  [--py-spy DIR] [--setup-sql SQL]
 
 Runs the scenario 1 loop (services.submit of tasks_app.ping in batches, a worker
 with concurrency 2) once on a fresh bench database and reports numbers that do not
@@ -31,7 +32,17 @@ from collections import Counter
 from pathlib import Path
 
 from bench.bench_throughput import CLAW_WORKER, claw_env
-from bench.common import ROOT, Worker, base_env, bench_db, flush_redis, psql, run_py
+from bench.common import (
+    REDIS_URL,
+    ROOT,
+    Worker,
+    base_env,
+    bench_db,
+    flush_redis,
+    fresh_db,
+    psql,
+    run_py,
+)
 
 DB = "claw_bench_profile"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -137,7 +148,7 @@ def per_task(counts: list[dict], n: int) -> dict[str, float]:
 
 def run(stack: str, n: int, spy_dir: Path | None, setup_sql: str = "") -> dict:
     count_dir = Path(tempfile.mkdtemp(prefix="claw-bench-counts-"))
-    var = None
+    app, extra, submit_args = "bench.counting", (), ["-c", SUBMIT, str(n)]
     if stack == "embedded":
         var = tempfile.mkdtemp(prefix="claw-bench-profile-")
         env = base_env(
@@ -147,14 +158,26 @@ def run(stack: str, n: int, spy_dir: Path | None, setup_sql: str = "") -> dict:
             HTTPS_ONLY="false",
         )
         run_py(["manage.py", "migrate", "--noinput", "-v", "0"], env)
-    else:
+    elif stack == "claw":
         flush_redis()
         env = claw_env(DB)
+        extra = CLAW_WORKER
         if setup_sql:  # an experiment, e.g. "DROP INDEX taskrecord_name_trgm"
             psql(setup_sql, DB)
+    else:  # the baselines, submitted by bench_throughput's own child
+        flush_redis()
+        env = base_env(BENCH_REDIS_URL=REDIS_URL)
+        app = f"bench.{stack}_app"
+        submit_args = ["-m", "bench.bench_throughput", stack, str(n)]
+        if stack == "dcr":
+            env.update(
+                BENCH_DATABASE_URL=fresh_db(DB),
+                DJANGO_SETTINGS_MODULE="bench.dcr_settings",
+            )
+            run_py(["-m", "django", "migrate", "--noinput", "-v", "0"], env)
     env["BENCH_COUNT_DIR"] = str(count_dir)
-    extra = CLAW_WORKER if stack == "claw" else ()
-    with Worker("bench.counting", env, f"profile-{stack}", extra=extra) as worker:
+    on_postgres = stack in ("claw", "dcr")
+    with Worker(app, env, f"profile-{stack}", extra=extra) as worker:
         worker.wait_ready()
         time.sleep(1)  # pool children finish importing
         children = child_pids(worker.proc.pid)
@@ -164,19 +187,19 @@ def run(stack: str, n: int, spy_dir: Path | None, setup_sql: str = "") -> dict:
             seconds = max(10, n // 25)
             spies = [py_spy(p, spy_dir / f"child-{p}.txt", seconds) for p in children]
             spies.append(py_spy(worker.proc.pid, spy_dir / "main.txt", seconds))
-        commits0 = xact_commit(DB) if stack == "claw" else 0
+        commits0 = xact_commit(DB) if on_postgres else 0
         main_cpu0 = cpu_seconds(worker.proc.pid)
         worker_cpu0 = cpu_seconds(worker.proc.pid, children=True) + sum(
             cpu_seconds(p) for p in children
         )
         submit = subprocess.Popen(
-            [sys.executable, "-c", SUBMIT, str(n)],
+            [sys.executable, *submit_args],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         if spy_dir:
             time.sleep(0.5)
             spies.append(py_spy(submit.pid, spy_dir / "submit.txt", 10))
-        backends = backend_pids(DB) if stack == "claw" else []
+        backends = backend_pids(DB) if on_postgres else []
         pg_cpu0 = {p: cpu_seconds(p) for p in backends}
         out, _ = submit.communicate(timeout=400)
         result = json.loads(out.strip().splitlines()[-1])
@@ -188,10 +211,14 @@ def run(stack: str, n: int, spy_dir: Path | None, setup_sql: str = "") -> dict:
             - worker_cpu0
         )
         # Backends that connected after the start are counted from zero.
-        pg_cpu = sum(cpu_seconds(p) - pg_cpu0.get(p, 0.0) for p in backend_pids(DB))
+        pg_cpu = sum(
+            cpu_seconds(p) - pg_cpu0.get(p, 0.0)
+            for p in (backend_pids(DB) if on_postgres else [])
+        )
         for spy in spies:
             spy.wait(timeout=120)
-    commits = xact_commit(DB) - commits0 if stack == "claw" else None
+    commits = xact_commit(DB) - commits0 if on_postgres else None
+    result.setdefault("submit_cpu", result.get("cpu", 0.0))
     submit_counts = [json.loads(p.read_text()) for p in count_dir.glob("submit-*")]
     worker_counts = [json.loads(p.read_text()) for p in count_dir.glob("worker-*")]
     report = {
@@ -218,7 +245,9 @@ def run(stack: str, n: int, spy_dir: Path | None, setup_sql: str = "") -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--stack", choices=("claw", "embedded"), default="claw")
+    parser.add_argument(
+        "--stack", choices=("claw", "embedded", "dcr", "bare"), default="claw"
+    )
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--py-spy", type=Path, dest="spy_dir")
     parser.add_argument("--setup-sql", default="", help="run on the fresh database")

@@ -133,3 +133,20 @@ def test_a_transition_reconnects_after_the_server_dropped_the_connection():
 
     started = TaskRecord.objects.get(celery_id=celery_id)
     assert started.state == State.STARTED and started.deliveries == 1
+
+
+@pytest.mark.django_db
+def test_a_search_stops_counting_at_its_own_limit(admin_client, monkeypatch):
+    from tasks_app import admin as task_admin
+
+    monkeypatch.setattr(task_admin, "SEARCH_COUNT_LIMIT", 5)
+    TaskRecord.objects.bulk_create(
+        TaskRecord(name="tests.add", celery_id=f"count-{i}") for i in range(8)
+    )
+    changelist = reverse("admin:tasks_app_taskrecord_changelist")
+
+    searched = admin_client.get(changelist + "?q=tests.add").context["cl"]
+    listed = admin_client.get(changelist).context["cl"]
+
+    assert searched.result_count == 6  # "more than 5"
+    assert listed.result_count == 8

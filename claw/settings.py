@@ -185,6 +185,55 @@ LLM_API_KEY = os.environ.get("LLM_API_KEY", "")
 LLM_MODEL = os.environ.get("LLM_MODEL", "gpt-4o-mini")
 LLM_TIMEOUT = float(os.environ.get("LLM_TIMEOUT", "60"))
 
+# --- Conversations (claw app: AI replies) -----------------------------------
+
+
+def parse_rate(name: str, value: str) -> tuple[int, float] | None:
+    """ "10/60" -> (10 starts, 60 seconds); empty -> None (no limit)."""
+    if not value:
+        return None
+    try:
+        count, seconds = value.split("/")
+        rate = int(count), float(seconds)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"{name} must look like 'starts/seconds', e.g. 10/60; got {value!r}"
+        ) from None
+    if rate[0] < 1 or rate[1] <= 0:
+        raise ImproperlyConfigured(f"{name}: both numbers must be positive")
+    return rate
+
+
+# Starts of claw.generate_ai_response across the whole cluster (Celery's own
+# rate_limit counts per worker). Over the limit a reply is deferred, not failed.
+AI_RATE_LIMIT = parse_rate("AI_RATE_LIMIT", os.environ.get("AI_RATE_LIMIT", "10/60"))
+# Where the shared counter lives: "redis" (the broker's Redis), "database" (a row
+# updated conditionally; works on SQLite), or "auto" (Redis if the broker is Redis).
+AI_RATE_LIMIT_BACKEND = os.environ.get("AI_RATE_LIMIT_BACKEND", "auto")
+if AI_RATE_LIMIT_BACKEND not in ("auto", "redis", "database"):
+    raise ImproperlyConfigured("AI_RATE_LIMIT_BACKEND must be auto, redis or database")
+# A reply deferred this many times fails; each deferral is one delivery, and the
+# ledger's poisoned-task guard counts deliveries against max_retries.
+AI_MAX_DEFERRALS = env_int("AI_MAX_DEFERRALS", 30)
+# Transient provider errors (timeouts, 429, 5xx): retries with exponential backoff
+# (AI_RETRY_BACKOFF * 2**n seconds, jittered, at most AI_RETRY_BACKOFF_MAX).
+AI_TRANSIENT_RETRIES = 3
+AI_RETRY_BACKOFF = float(os.environ.get("AI_RETRY_BACKOFF", "5"))
+AI_RETRY_BACKOFF_MAX = float(os.environ.get("AI_RETRY_BACKOFF_MAX", "120"))
+# At the soft limit a reply keeps what has streamed, marked truncated. The deadline
+# does the same from inside the stream, for pools without soft limits (threads);
+# keep it below the soft limit.
+AI_REPLY_SOFT_TIME_LIMIT = env_int("AI_REPLY_SOFT_TIME_LIMIT", 120)
+AI_REPLY_TIME_LIMIT = env_int("AI_REPLY_TIME_LIMIT", 180)
+AI_REPLY_DEADLINE = float(os.environ.get("AI_REPLY_DEADLINE", "110"))
+# Minimum seconds between two writes of the streamed text to the message.
+AI_STREAM_SAVE_INTERVAL = float(os.environ.get("AI_STREAM_SAVE_INTERVAL", "0.5"))
+# Passages retrieved per reply (best scores over all attached knowledge bases).
+AI_PASSAGES = env_int("AI_PASSAGES", 5)
+if not 1 <= AI_PASSAGES <= 100:  # knowledge.search.MAX_K
+    raise ImproperlyConfigured("AI_PASSAGES must be between 1 and 100")
+# --- end of Conversations ---------------------------------------------------
+
 # --- Knowledge (knowledge app: chunking, embeddings, search, uploads) --------
 # Characters per chunk and characters repeated between neighbouring chunks.
 KNOWLEDGE_CHUNK_SIZE = env_int("KNOWLEDGE_CHUNK_SIZE", 800)
@@ -240,6 +289,12 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Several models have a "status" with its own choices; name each set.
+    "ENUM_NAME_OVERRIDES": {
+        "MessageStatusEnum": "claw.models.Message.Status",
+        "NotificationStatusEnum": "claw.models.Notification.Status",
+        "DocumentStatusEnum": "knowledge.models.Document.Status",
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "tasks_app.api.schema.add_error_responses",

@@ -240,8 +240,9 @@ KNOWLEDGE_CHUNK_SIZE = env_int("KNOWLEDGE_CHUNK_SIZE", 800)
 KNOWLEDGE_CHUNK_OVERLAP = env_int("KNOWLEDGE_CHUNK_OVERLAP", 100)
 # Largest uploaded file or JSON document content, in bytes (larger: 413).
 KNOWLEDGE_MAX_UPLOAD_BYTES = env_int("KNOWLEDGE_MAX_UPLOAD_BYTES", 5 * 1024 * 1024)
-# Knowledge bases whose vector matrix each process keeps in memory for search.
-KNOWLEDGE_SEARCH_CACHE_SIZE = env_int("KNOWLEDGE_SEARCH_CACHE_SIZE", 8)
+# Memory each process may use for cached search matrices (100k chunks of
+# dimension 384 take about 150 MB); least recently searched knowledge bases go first.
+KNOWLEDGE_SEARCH_CACHE_MB = env_int("KNOWLEDGE_SEARCH_CACHE_MB", 256)
 # Celery's rate_limit holds per worker, not across the cluster (see README); empty
 # means no limit.
 KNOWLEDGE_VECTORIZE_RATE_LIMIT = os.environ.get("KNOWLEDGE_VECTORIZE_RATE_LIMIT", "5/m")

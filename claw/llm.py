@@ -125,11 +125,13 @@ class OpenAIProvider(Provider):
         api_key: str | None = None,
         model: str | None = None,
         timeout: float | None = None,
+        temperature: float | None = None,
     ):
         self.base_url = (base_url or settings.LLM_BASE_URL).rstrip("/")
         self.api_key = settings.LLM_API_KEY if api_key is None else api_key
         self.model = model or settings.LLM_MODEL
         self.timeout = float(timeout or settings.LLM_TIMEOUT)
+        self.temperature = temperature
 
     def _url(self) -> str:
         base = self.base_url
@@ -160,6 +162,8 @@ class OpenAIProvider(Provider):
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
         headers = {"Accept": "text/event-stream"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -237,9 +241,17 @@ def _http_error(resp: httpx.Response) -> LLMError:
 PROVIDERS = {"extractive": ExtractiveProvider, "openai": OpenAIProvider}
 
 
-def get_provider(name: str | None = None) -> Provider:
+def get_provider(
+    name: str | None = None,
+    *,
+    model: str | None = None,
+    temperature: float | None = None,
+) -> Provider:
+    """The provider by name (blank: LLM_PROVIDER); model and temperature apply to
+    providers that generate (the extractive one has neither)."""
     name = name or settings.LLM_PROVIDER
-    try:
-        return PROVIDERS[name]()
-    except KeyError:
-        raise LLMRejected(f"Unknown LLM provider {name!r}") from None
+    if name not in PROVIDERS:
+        raise LLMRejected(f"Unknown LLM provider {name!r}")
+    if name == OpenAIProvider.name:
+        return OpenAIProvider(model=model or None, temperature=temperature)
+    return PROVIDERS[name]()

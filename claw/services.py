@@ -11,7 +11,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from claw.models import Notification
+from claw.models import AlertClaim, Notification
 from claw.notifications import PermanentDeliveryError, TransientDeliveryError, deliver
 from tasks_app import services as ledger
 
@@ -93,28 +93,39 @@ def mark_read(notification: Notification) -> Notification:
     return notification
 
 
-def _dedupe_cache_key(dedupe_key: str) -> str:
-    return "claw:staff-alert:" + hashlib.sha256(dedupe_key.encode()).hexdigest()
+def _dedupe_digest(dedupe_key: str) -> str:
+    return hashlib.sha256(dedupe_key.encode()).hexdigest()
+
+
+def _claim_alert(digest: str, window: int) -> bool:
+    """Claim the right to send this alert now: the first claim of a window wins.
+
+    The row's unique key settles the first-ever race (the loser's get_or_create
+    finds the winner's row), and the conditional UPDATE the later ones.
+    """
+    now = timezone.now()
+    _, created = AlertClaim.objects.get_or_create(key=digest, defaults={"sent_at": now})
+    if created:
+        return True
+    since = now - timezone.timedelta(seconds=window)
+    return bool(
+        AlertClaim.objects.filter(key=digest, sent_at__lt=since).update(sent_at=now)
+    )
 
 
 def notify_staff(subject: str, body: str, *, dedupe_key: str) -> list[Notification]:
     """Alert every staff user once per dedupe key per STAFF_ALERT_WINDOW.
 
-    The first call of a burst wins ``cache.add`` (atomic in the shared cache) and
-    sends; the others within the window return [] without sending. A database
-    fallback (a recent system notification with the same subject) covers a
-    per-process cache.
+    1. ``cache.add`` turns away the rest of a burst cheaply, within one process
+       (or every process, with a shared CACHE_URL);
+    2. an AlertClaim row is the real guard: processes whose caches are separate
+       (locmem on the embedded stack, several workers) still send once.
     """
     window = settings.STAFF_ALERT_WINDOW
-    if not cache.add(_dedupe_cache_key(dedupe_key), 1, timeout=window):
+    digest = _dedupe_digest(dedupe_key)
+    if not cache.add("claw:staff-alert:" + digest, 1, timeout=window):
         return []
-    since = timezone.now() - timezone.timedelta(seconds=window)
-    if Notification.objects.filter(
-        channel=Notification.Channel.SYSTEM,
-        subject=subject[:200],
-        created_at__gte=since,
-        recipient__is_staff=True,
-    ).exists():
+    if not _claim_alert(digest, window):
         return []
     sent = []
     for user in get_user_model().objects.filter(is_staff=True, is_active=True):

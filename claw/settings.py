@@ -188,6 +188,83 @@ LLM_API_KEY = os.environ.get("LLM_API_KEY", "")
 LLM_MODEL = os.environ.get("LLM_MODEL", "gpt-4o-mini")
 LLM_TIMEOUT = float(os.environ.get("LLM_TIMEOUT", "60"))
 
+# --- Conversations (claw app: AI replies) -----------------------------------
+
+
+def parse_rate(name: str, value: str) -> tuple[int, float] | None:
+    """ "10/60" -> (10 starts, 60 seconds); empty -> None (no limit)."""
+    if not value:
+        return None
+    try:
+        count, seconds = value.split("/")
+        rate = int(count), float(seconds)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"{name} must look like 'starts/seconds', e.g. 10/60; got {value!r}"
+        ) from None
+    if rate[0] < 1 or rate[1] <= 0:
+        raise ImproperlyConfigured(f"{name}: both numbers must be positive")
+    return rate
+
+
+# Starts of claw.generate_ai_response across the whole cluster (Celery's own
+# rate_limit counts per worker). Over the limit a reply is deferred, not failed.
+AI_RATE_LIMIT = parse_rate("AI_RATE_LIMIT", os.environ.get("AI_RATE_LIMIT", "10/60"))
+# Where the shared counter lives: "redis" (the broker's Redis), "database" (a row
+# updated conditionally; works on SQLite), or "auto" (Redis if the broker is Redis).
+AI_RATE_LIMIT_BACKEND = os.environ.get("AI_RATE_LIMIT_BACKEND", "auto")
+if AI_RATE_LIMIT_BACKEND not in ("auto", "redis", "database"):
+    raise ImproperlyConfigured("AI_RATE_LIMIT_BACKEND must be auto, redis or database")
+# A reply deferred this many times fails; each deferral is one delivery, and the
+# ledger's poisoned-task guard counts deliveries against max_retries.
+AI_MAX_DEFERRALS = env_int("AI_MAX_DEFERRALS", 30)
+# Transient provider errors (timeouts, 429, 5xx): retries with exponential backoff
+# (AI_RETRY_BACKOFF * 2**n seconds, jittered, at most AI_RETRY_BACKOFF_MAX).
+AI_TRANSIENT_RETRIES = 3
+AI_RETRY_BACKOFF = float(os.environ.get("AI_RETRY_BACKOFF", "5"))
+AI_RETRY_BACKOFF_MAX = float(os.environ.get("AI_RETRY_BACKOFF_MAX", "120"))
+# At the soft limit a reply keeps what has streamed, marked truncated. The deadline
+# does the same from inside the stream, for pools without soft limits (threads);
+# keep it below the soft limit.
+AI_REPLY_SOFT_TIME_LIMIT = env_int("AI_REPLY_SOFT_TIME_LIMIT", 120)
+AI_REPLY_TIME_LIMIT = env_int("AI_REPLY_TIME_LIMIT", 180)
+AI_REPLY_DEADLINE = float(os.environ.get("AI_REPLY_DEADLINE", "110"))
+# Minimum seconds between two writes of the streamed text to the message.
+AI_STREAM_SAVE_INTERVAL = float(os.environ.get("AI_STREAM_SAVE_INTERVAL", "0.5"))
+# Passages retrieved per reply (best scores over all attached knowledge bases).
+AI_PASSAGES = env_int("AI_PASSAGES", 5)
+if not 1 <= AI_PASSAGES <= 100:  # knowledge.search.MAX_K
+    raise ImproperlyConfigured("AI_PASSAGES must be between 1 and 100")
+# --- end of Conversations ---------------------------------------------------
+
+# --- Knowledge (knowledge app: chunking, embeddings, search, uploads) --------
+# Characters per chunk and characters repeated between neighbouring chunks.
+KNOWLEDGE_CHUNK_SIZE = env_int("KNOWLEDGE_CHUNK_SIZE", 800)
+KNOWLEDGE_CHUNK_OVERLAP = env_int("KNOWLEDGE_CHUNK_OVERLAP", 100)
+# Largest uploaded file or JSON document content, in bytes (larger: 413).
+KNOWLEDGE_MAX_UPLOAD_BYTES = env_int("KNOWLEDGE_MAX_UPLOAD_BYTES", 5 * 1024 * 1024)
+# Memory each process may use for cached search matrices (100k chunks of
+# dimension 384 take about 150 MB); least recently searched knowledge bases go first.
+KNOWLEDGE_SEARCH_CACHE_MB = env_int("KNOWLEDGE_SEARCH_CACHE_MB", 256)
+# Celery's rate_limit holds per worker, not across the cluster (see README); empty
+# means no limit.
+KNOWLEDGE_VECTORIZE_RATE_LIMIT = os.environ.get("KNOWLEDGE_VECTORIZE_RATE_LIMIT", "5/m")
+# Seconds of the first automatic retry of a transient embedding error (doubles).
+KNOWLEDGE_RETRY_BACKOFF = env_int("KNOWLEDGE_RETRY_BACKOFF", 10)
+# Texts per embedding call; progress is reported after each batch.
+EMBEDDING_BATCH_SIZE = env_int("EMBEDDING_BATCH_SIZE", 64)
+# The openai provider: any OpenAI-compatible /v1/embeddings endpoint.
+EMBEDDING_BASE_URL = os.environ.get("EMBEDDING_BASE_URL", "https://api.openai.com/v1")
+EMBEDDING_API_KEY = os.environ.get("EMBEDDING_API_KEY", "")
+EMBEDDING_TIMEOUT = float(os.environ.get("EMBEDDING_TIMEOUT", "30"))
+EMBEDDING_OPENAI_MODEL = os.environ.get(
+    "EMBEDDING_OPENAI_MODEL", "text-embedding-3-small"
+)
+# The sentence-transformers provider: a model name in the local Hugging Face cache
+# or a path; it is never downloaded.
+EMBEDDING_ST_MODEL = os.environ.get("EMBEDDING_ST_MODEL", "all-MiniLM-L6-v2")
+# --- end of Knowledge ---------------------------------------------------------
+
 # --- Cache (the cluster-wide rate limit and locks need a shared one) ---------
 CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
 
@@ -215,6 +292,12 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Several models have a "status" with its own choices; name each set.
+    "ENUM_NAME_OVERRIDES": {
+        "MessageStatusEnum": "claw.models.Message.Status",
+        "NotificationStatusEnum": "claw.models.Notification.Status",
+        "DocumentStatusEnum": "knowledge.models.Document.Status",
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "tasks_app.api.schema.add_error_responses",

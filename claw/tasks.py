@@ -1,10 +1,19 @@
-"""Thin task wrappers around claw.services."""
+"""Thin task wrappers around claw.services, claw.replies and claw.conversations."""
 
 from __future__ import annotations
 
-from claw import services
+import random
+import time
+
+from django.conf import settings
+
+from claw import conversations, replies, services
 from claw.celery import app
+from claw.llm import LLMUnavailable
 from claw.notifications import TransientDeliveryError
+from claw.ratelimit import RateLimited
+from knowledge.embeddings import EmbeddingUnavailable
+from tasks_app.base import LedgerTask
 
 
 @app.task(
@@ -19,3 +28,81 @@ from claw.notifications import TransientDeliveryError
 def send_notification(self, notification_id: int) -> str:
     final = self.request.retries >= self.max_retries
     return services.send(notification_id, final_attempt=final)
+
+
+def backoff(failures: int) -> float:
+    """Exponential backoff with jitter: between half and all of base * 2**n."""
+    ceiling = min(
+        settings.AI_RETRY_BACKOFF_MAX, settings.AI_RETRY_BACKOFF * 2**failures
+    )
+    return random.uniform(ceiling / 2, ceiling)
+
+
+class ReplyTask(LedgerTask):
+    """Keeps the assistant message in step with runs that end outside the body."""
+
+    def before_start(self, task_id, args, kwargs):
+        # The ledger refused this delivery: cancelled while queued, or stopped
+        # after its worker process died too often. Either way nobody will write
+        # the reply now.
+        refusal = getattr(self.request, "claw_refusal", None)
+        if refusal in ("cancelled", "poisoned"):
+            conversations.fail_reply(args[0], error=f"Not generated: task {refusal}.")
+        super().before_start(task_id, args, kwargs)
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        # LLMRejected carries the provider's own message ("answered 400: ...").
+        conversations.fail_reply(args[0], error=f"{type(exc).__name__}: {exc}")
+
+
+@app.task(
+    name="claw.generate_ai_response",
+    bind=True,
+    base=ReplyTask,
+    # Celery counts deferrals as retries, and the ledger stops an attempt after
+    # max_retries + CLAW_MAX_REDELIVERIES + 1 deliveries: room for both. Transient
+    # errors get their own budget of AI_TRANSIENT_RETRIES (the failures argument).
+    max_retries=settings.AI_TRANSIENT_RETRIES + settings.AI_MAX_DEFERRALS,
+    soft_time_limit=settings.AI_REPLY_SOFT_TIME_LIMIT,
+    time_limit=settings.AI_REPLY_TIME_LIMIT,
+)
+def generate_ai_response(self, message_id: int, failures: int = 0) -> dict:
+    """Write the reply in assistant message message_id (see claw.replies.generate).
+
+    1. A reply already done (a redelivery) or deleted is skipped.
+    2. Over the cluster-wide rate limit the run is deferred to a later window: a
+       Celery retry that does not count as a failure (deferrals = retries -
+       failures), up to AI_MAX_DEFERRALS.
+    3. Transient provider errors, and transient errors embedding the question for
+       search, retry with backoff, at most AI_TRANSIENT_RETRIES times; anything
+       else fails the reply at once (ReplyTask.on_failure).
+
+    Both budgets are counted here, so each retry passes Celery a max_retries it
+    cannot exceed.
+    """
+    if not conversations.needs_reply(message_id):
+        return {"message_id": message_id, "status": "skipped"}
+    deadline = time.monotonic() + settings.AI_REPLY_DEADLINE
+    deferrals = self.request.retries - failures
+    try:
+        slot = replies.take_start_slot()
+    except RateLimited as exc:
+        if deferrals >= settings.AI_MAX_DEFERRALS:
+            raise
+        raise self.retry(
+            countdown=exc.retry_in, max_retries=self.request.retries + 1, exc=exc
+        ) from None
+    started_at = slot.at if slot else time.time()
+    try:
+        return replies.generate(message_id, started_at=started_at, deadline=deadline)
+    except (LLMUnavailable, EmbeddingUnavailable) as exc:
+        if failures >= settings.AI_TRANSIENT_RETRIES:
+            raise
+        conversations.wait_for_retry(message_id, error=str(exc))
+        raise self.retry(
+            args=[message_id],
+            kwargs={"failures": failures + 1},
+            countdown=backoff(failures),
+            max_retries=self.request.retries + 1,
+            exc=exc,
+        ) from None

@@ -151,6 +151,16 @@ def find_lost(alive: set[str], now=None) -> list[TaskRecord]:
         ).iterator()
         if record.started_at < now - timedelta(seconds=hard_time_limit(record.name))
     ]
+    # A task that replaced itself with a canvas (Task.replace: its id passes to the
+    # canvas's last task) stays STARTED while its children run; it is waiting, not
+    # lost, as long as one of them is still active.
+    waiting = set(
+        TaskRecord.objects.filter(
+            parent_id__in=[record.pk for record in candidates],
+            state__in=TaskRecord.ACTIVE_STATES,
+        ).values_list("parent_id", flat=True)
+    )
+    candidates = [record for record in candidates if record.pk not in waiting]
     if any(record.worker in alive for record in candidates):
         # A live worker past the hard limit is not running it either when it lost
         # its broker connection meanwhile (Celery cancels such tasks and their

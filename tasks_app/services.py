@@ -39,6 +39,7 @@ SECRET_KEY_RE = re.compile(
     re.IGNORECASE,
 )
 REDACTED = "[redacted]"
+TARGET_HEADER = "claw_target"
 # Publishing waits this long for a broker that is down before leaving the record to
 # the health check, so a request never hangs on a dead Redis.
 PUBLISH_RETRY_POLICY = {
@@ -61,17 +62,28 @@ class UnknownTask(ValueError):
 
 
 def redact(value: Any) -> Any:
-    """Copy of value with every item under a secret-looking key replaced."""
+    """Copy of value with every item under a secret-looking key replaced.
+
+    Strings with NUL characters are replaced too, and NULs in keys shown as
+    U+FFFD: PostgreSQL's jsonb cannot store U+0000. Like secrets, such values
+    travel in the message only, and a retry needs them given again.
+    """
     if isinstance(value, dict):
         return {
-            key: REDACTED
-            if isinstance(key, str) and SECRET_KEY_RE.search(key)
+            _storable_key(key): REDACTED
+            if isinstance(key, str) and (SECRET_KEY_RE.search(key) or "\x00" in key)
             else redact(item)
             for key, item in value.items()
         }
     if isinstance(value, list | tuple):
         return [redact(item) for item in value]
+    if isinstance(value, str) and "\x00" in value:
+        return REDACTED
     return value
+
+
+def _storable_key(key: Any) -> Any:
+    return key.replace("\x00", "\ufffd") if isinstance(key, str) else key
 
 
 def has_redactions(value: Any) -> bool:
@@ -268,11 +280,41 @@ def record_published(
         root_id=root_id,
         group_id=headers.get("group") or "",
     )
+    target = _target_from_header(headers.get(TARGET_HEADER))
+    if target is not None:
+        record.content_type_id, record.object_id = target
     try:
         with transaction.atomic():
             ledger_writes.insert_record(record, Kind.QUEUED, {"queue": record.queue})
     except IntegrityError:
         pass  # published twice with one id (a republish); the record exists
+
+
+def target_header(target: Model) -> dict[str, str]:
+    """Message headers that link a canvas-published task's record to target.
+
+    Canvas members (group, chord) are published by Celery, not by submit(), so
+    they cannot pass target=; `sig.set(headers=target_header(obj))` does it.
+    """
+    return {TARGET_HEADER: f"{target._meta.label_lower}:{target.pk}"}
+
+
+def _target_from_header(value: Any) -> tuple[int, int] | None:
+    """(content type id, object id) from "app_label.model:pk", or None."""
+    try:
+        label, pk = str(value).rsplit(":", 1)
+        app_label, model = label.split(".")
+        object_id = int(pk)
+    except ValueError:
+        return None
+    # Not the ContentType cache: a stale cached id (content types re-created, as a
+    # test flush does) would make the INSERT fail and the record be skipped.
+    type_id = (
+        ContentType.objects.filter(app_label=app_label, model=model)
+        .values_list("id", flat=True)
+        .first()
+    )
+    return None if type_id is None else (type_id, object_id)
 
 
 def _record_retry_publish(headers: dict) -> None:

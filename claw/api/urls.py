@@ -1,5 +1,16 @@
+from django.urls import path
 from rest_framework.routers import DefaultRouter
 
-router = DefaultRouter(trailing_slash=True)
+from claw.api import views
 
-urlpatterns = router.urls
+router = DefaultRouter(trailing_slash=True)
+router.register("conversations", views.ConversationViewSet, basename="conversation")
+router.register("messages", views.MessageViewSet, basename="message")
+router.register("notifications", views.NotificationViewSet, basename="notification")
+
+urlpatterns = [
+    # Under tasks/ for clients of the old API; tasks_app's router has no route of
+    # this shape (tasks/{id}/ and its named actions only), so it resolves here.
+    path("tasks/ai/generate/", views.GenerateView.as_view(), name="tasks-ai-generate"),
+    *router.urls,
+]

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from django.db import close_old_connections
+
+# the users of the task API's tests: alice, bob and a staff user
+from tasks_app.tests.test_api import alice, bob, staff  # noqa: F401
 
 
 class ScriptedServer:
     """Answers each POST with the next scripted response; records the requests.
 
     A response is a dict: status, json (a body), sse (a list of event dicts, sent
-    as `data:` lines with a pause between them, then [DONE]), or sleep (seconds
-    before answering).
+    as `data:` lines with a pause between them, then [DONE]), sleep (seconds
+    before answering), or stall ({"after": n, "seconds": s}: the stream goes
+    quiet for s seconds after its nth event).
     """
 
     def __init__(self):
@@ -40,16 +46,9 @@ class ScriptedServer:
                 )
                 time.sleep(step.get("sleep", 0))
                 if "sse" in step:
-                    self.send_response(step.get("status", 200))
-                    self.send_header("Content-Type", "text/event-stream")
-                    self.send_header("Connection", "close")
-                    self.end_headers()
-                    for event in step["sse"]:
-                        self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
-                        self.wfile.flush()
-                        time.sleep(step.get("pause", 0))
-                    self.wfile.write(b"data: [DONE]\n\n")
-                    self.wfile.flush()
+                    # the client may go away (a killed worker, a deadline)
+                    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                        self.stream(step)
                     self.close_connection = True
                     return
                 data = json.dumps(step.get("json", {})).encode()
@@ -58,6 +57,21 @@ class ScriptedServer:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            def stream(self, step):
+                self.send_response(step.get("status", 200))
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                stall = step.get("stall") or {}
+                for n, event in enumerate(step["sse"], 1):
+                    self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                    self.wfile.flush()
+                    time.sleep(step.get("pause", 0))
+                    if n == stall.get("after"):
+                        time.sleep(stall["seconds"])
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -81,3 +95,46 @@ def http_server():
 
 def chunk(text: str, model: str = "test-model") -> dict:
     return {"model": model, "choices": [{"index": 0, "delta": {"content": text}}]}
+
+
+def sse(*pieces: str, usage: dict | None = None, **step) -> dict:
+    """A scripted streamed answer made of these text pieces."""
+    events = [chunk(piece) for piece in pieces]
+    if usage:
+        events.append({"model": "test-model", "choices": [], "usage": usage})
+    return {"sse": events, **step}
+
+
+def in_threads(target, count: int) -> list:
+    """Run target in count threads released at once; return what each returned.
+
+    Each thread has its own database connection (closed at the end), so this
+    races real transactions against each other.
+    """
+    barrier, results = threading.Barrier(count), []
+
+    def run():
+        try:
+            barrier.wait(timeout=10)
+            results.append(target())
+        finally:
+            close_old_connections()
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return results
+
+
+@pytest.fixture
+def no_publish(monkeypatch):
+    """Submissions are recorded but never reach the broker (our seam)."""
+    from tasks_app import services
+
+    published = []
+    monkeypatch.setattr(
+        services, "publish", lambda record, payload=None: published.append(record)
+    )
+    return published

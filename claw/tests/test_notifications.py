@@ -6,10 +6,13 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core import mail
 from django.core.cache import cache
+from django.utils import timezone
 
 from claw import services
 from claw.models import Notification
 from claw.notifications import PermanentDeliveryError, TransientDeliveryError
+from claw.tests.conftest import in_threads
+from tasks_app import services as ledger
 from tasks_app.models import TaskRecord
 from tests.harness import wait_for
 
@@ -155,3 +158,52 @@ def test_a_worker_sends_a_system_notification_and_the_ledger_shows_success(
     wait_for(
         lambda: TaskRecord.objects.get(pk=record.pk).state == "SUCCESS", timeout=10
     )
+
+
+def test_a_burst_seen_by_processes_with_separate_caches_still_alerts_once(
+    django_capture_on_commit_callbacks,
+):
+    get_user_model().objects.create_user("boss", is_staff=True)
+    for _ in range(3):
+        # each call as if from another worker process: its own empty locmem cache
+        cache.clear()
+        services.notify_staff("Disk full", "details", dedupe_key="disk")
+    assert Notification.objects.filter(subject="Disk full").count() == 1
+
+
+def test_concurrent_claims_of_one_alert_key_let_exactly_one_send(transactional_db):
+    won = in_threads(lambda: services._claim_alert("same-key", 900), 6)
+    assert sorted(won) == [False] * 5 + [True]
+
+
+def test_an_alert_key_sends_again_after_its_window(settings):
+    settings.STAFF_ALERT_WINDOW = 60
+    assert services._claim_alert("k", 60) is True
+    assert services._claim_alert("k", 60) is False
+    from claw.models import AlertClaim
+
+    AlertClaim.objects.update(sent_at=timezone.now() - timezone.timedelta(seconds=61))
+    assert services._claim_alert("k", 60) is True
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_burst_of_one_failure_in_a_real_worker_sends_staff_one_alert(celery_worker):
+    # Eight failures of one task, spread over the worker's pool processes (each
+    # with its own locmem cache), make one alert per staff user.
+    staff = get_user_model().objects.create_user("oncall", is_staff=True)
+    records = [ledger.submit("tests.fail", args=["disk on fire"]) for _ in range(8)]
+    wait_for(
+        lambda: (
+            TaskRecord.objects.filter(
+                pk__in=[r.pk for r in records], state="FAILURE"
+            ).count()
+            == 8
+        ),
+        timeout=30,
+        message="every task to fail",
+    )
+    alerts = Notification.objects.filter(
+        recipient=staff, subject="Task tests.fail failed: ValueError"
+    )
+    wait_for(alerts.exists, timeout=10, message="the alert")
+    assert alerts.count() == 1

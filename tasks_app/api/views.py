@@ -140,7 +140,11 @@ class TaskRecordViewSet(
     @extend_schema(
         responses=TaskEventSerializer(many=True),
         parameters=[
-            OpenApiParameter("after", int, description="Only events after this id")
+            OpenApiParameter(
+                "after",
+                {"type": "integer", "minimum": 0},
+                description="Only events after this id",
+            )
         ],
     )
     @action(detail=True, methods=["get"])
@@ -172,6 +176,13 @@ class TaskRecordViewSet(
     @action(detail=True, methods=["post"])
     def retry(self, request, pk=None):
         record = self.get_object()
+        if record.state not in TaskRecord.RETRYABLE_STATES:
+            # Before the body: a record that cannot be retried is a 409 whatever
+            # arguments come with it.
+            return Response(
+                {"detail": f"Task #{record.pk} is {record.state}, not retryable"},
+                status=status.HTTP_409_CONFLICT,
+            )
         body = RetrySerializer(data=request.data)
         body.is_valid(raise_exception=True)
         try:

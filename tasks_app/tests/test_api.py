@@ -157,6 +157,28 @@ def test_retry_with_badly_typed_arguments_names_the_field(alice):
     assert record.state == State.FAILURE  # nothing half-written
 
 
+def test_retry_of_a_running_task_is_409_whatever_its_body(alice):
+    record = record_of(alice, State.PENDING)
+    response = client_for(alice).post(
+        f"/api/v1/tasks/{record.pk}/retry/", {"args": "not a list"}, format="json"
+    )
+    assert response.status_code == 409
+
+
+def test_retry_arguments_with_nul_characters_are_stored_redacted(alice):
+    # jsonb cannot store U+0000: the stored copy is redacted, the message has it
+    record = record_of(alice, State.FAILURE)
+    with patch("tasks_app.services.app.send_task"):
+        response = client_for(alice).post(
+            f"/api/v1/tasks/{record.pk}/retry/",
+            {"kwargs": {"a": ["ok", "n\x00l"], "k\x00": 1}},
+            format="json",
+        )
+    assert response.status_code == 202
+    record.refresh_from_db()
+    assert record.kwargs == {"a": ["ok", "[redacted]"], "k\ufffd": "[redacted]"}
+
+
 def test_cancel_answers_202_then_409(alice):
     record = record_of(alice, State.PENDING)
     api = client_for(alice)

@@ -204,6 +204,29 @@ def test_a_task_its_live_worker_no_longer_runs_is_lost_after_the_time_limit(
     assert report["lost"] == [record.pk]
 
 
+@pytest.mark.django_db
+def test_a_task_replaced_by_a_canvas_is_not_lost_while_its_children_run(
+    quiet_cluster,
+):
+    # Task.replace(chord(...)): the parent's record stays STARTED on a worker that
+    # no longer runs it until the chord's callback runs under the parent's id.
+    started = timezone.now() - timedelta(seconds=400)
+    waiting = make_record(
+        state=State.STARTED, started_at=started, worker="w1@host", finished_at=None
+    )
+    done = make_record(
+        state=State.STARTED, started_at=started, worker="w1@host", finished_at=None
+    )
+    make_record(state=State.PENDING, parent=waiting, finished_at=None)
+    make_record(state=State.SUCCESS, parent=done)
+    w1 = WorkerInfo("w1@host", alive=True, active=[])
+
+    with patch("tasks_app.workers.cluster", return_value=[w1]):
+        report = maintenance.check_health(alerts_enabled=False)
+
+    assert report["lost"] == [done.pk]
+
+
 # --- vanished messages ------------------------------------------------------------
 
 

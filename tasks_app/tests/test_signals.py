@@ -52,6 +52,18 @@ def test_a_message_published_outside_submit_gets_a_redacted_linked_record():
     assert list(record.events.values_list("kind", flat=True)) == ["queued"]
 
 
+def test_a_target_header_links_a_canvas_published_record_to_its_object():
+    owner_record = services.submit("tests.add", args=[1, 2])
+    linked = publish_headers(**services.target_header(owner_record))
+    garbled = publish_headers(claw_target="no-such.model:x")
+
+    services.record_published(linked, ([], {}, {}), "default", {})
+    services.record_published(garbled, ([], {}, {}), "default", {})
+
+    assert TaskRecord.objects.get(celery_id=linked["id"]).target == owner_record
+    assert TaskRecord.objects.get(celery_id=garbled["id"]).target is None
+
+
 def test_a_message_published_by_submit_or_twice_gets_no_second_record():
     headers = publish_headers()
     services.record_published(headers, ([], {}, {}), "default", {})

@@ -130,3 +130,38 @@ def test_staff_operate_tasks_from_the_admin_in_a_real_browser(
     page.wait_for_selector("svg.claw-chart")
     assert celery_worker.hostname in page.inner_text("#live-workers")
     shot(page, "06-dashboard")
+
+
+@pytest.mark.browser
+def test_staff_search_a_knowledge_base_from_its_admin_page(
+    transactional_db, live_server, browser_page, django_user_model
+):
+    from knowledge import services as knowledge
+
+    staff = django_user_model.objects.create_superuser("kb", password="kb-pass-12345")
+    kb = knowledge.create_knowledge_base(staff, name="Travel")
+    for title, text in [
+        ("Great Wall", "长城是中国古代的军事防御工程。The Great Wall is very long."),
+        ("Fjords", "Fjords are narrow sea inlets carved by glaciers in Norway."),
+    ]:
+        document = knowledge.add_document(
+            kb, title=title, content=text, vectorize=False
+        )
+        knowledge.vectorize_document(document.pk)
+    page = browser_page
+    base = live_server.url
+    page.goto(
+        f"{base}/admin/login/?next=/admin/knowledge/knowledgebase/{kb.pk}/change/"
+    )
+    page.fill("#id_username", "kb")
+    page.fill("#id_password", "kb-pass-12345")
+    page.click("input[type=submit]")
+
+    page.fill("#kb-search input[name=q]", "glaciers carved the inlets")
+    page.click("#kb-search input[type=submit]")
+    page.wait_for_selector("#search-results")
+
+    rows = page.locator("#search-results tbody tr")
+    assert rows.count() == 2
+    assert "Fjords" in rows.nth(0).inner_text()
+    shot(page, "07-knowledge-search")

@@ -1,0 +1,244 @@
+"""The only writers of Conversation and Message: API, admin and the reply task all
+come through here.
+
+A reply's life: post_message stores the user message and a pending assistant
+message and submits claw.generate_ai_response for it; the task moves the assistant
+message pending -> generating -> done (or failed), rewriting the same row on every
+run, so a redelivered or retried run never adds a second reply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from claw.models import Conversation, Message
+from tasks_app import services as ledger
+from tasks_app.models import TaskRecord
+
+TASK_NAME = "claw.generate_ai_response"
+Status = Message.Status
+Role = Message.Role
+
+
+class DifferentRequest(Exception):
+    """An idempotency key was first used for another conversation or content."""
+
+
+@dataclass(frozen=True)
+class Submission:
+    user_message: Message
+    assistant_message: Message
+    task: TaskRecord
+
+
+# --- conversations ------------------------------------------------------------
+
+
+def create_conversation(owner, *, knowledge_bases=(), **fields) -> Conversation:
+    with transaction.atomic():
+        conversation = Conversation.objects.create(owner=owner, **fields)
+        conversation.knowledge_bases.set(knowledge_bases)
+    return conversation
+
+
+def update_conversation(
+    conversation: Conversation, *, knowledge_bases=None, **fields
+) -> Conversation:
+    with transaction.atomic():
+        for name, value in fields.items():
+            setattr(conversation, name, value)
+        conversation.save(update_fields=[*fields, "updated_at"])
+        if knowledge_bases is not None:
+            conversation.knowledge_bases.set(knowledge_bases)
+    return conversation
+
+
+def delete_conversation(conversation: Conversation) -> None:
+    """Delete it with its messages, cancelling replies still being written.
+
+    The tasks would find their message gone and stop anyway; cancelling frees the
+    worker now and shows REVOKED in the ledger instead of a pointless run.
+    """
+    active = TaskRecord.objects.filter(
+        pk__in=conversation.messages.exclude(task=None).values("task"),
+        state__in=TaskRecord.ACTIVE_STATES,
+    )
+    with transaction.atomic():
+        for record in active:
+            # one that finished meanwhile needs no cancel
+            with contextlib.suppress(ledger.InvalidTransition):
+                ledger.cancel(record)
+        conversation.delete()
+
+
+# --- submitting a message ---------------------------------------------------------
+
+
+def post_message(
+    conversation: Conversation,
+    content: str,
+    *,
+    idempotency_key: str | None = None,
+    queue: str | None = None,
+) -> Submission:
+    """Store the user message and a pending assistant reply; submit the reply task.
+
+    One transaction: a failure leaves neither message nor task behind, and the task
+    is published only after commit (services.submit). The task belongs to the
+    conversation's owner (who can then follow it in the task API, whoever posted),
+    and so does the idempotency key.
+    """
+    with transaction.atomic():
+        question = Message.objects.create(
+            conversation=conversation, role=Role.USER, content=content
+        )
+        reply = Message.objects.create(
+            conversation=conversation,
+            role=Role.ASSISTANT,
+            status=Status.PENDING,
+            reply_to=question,
+        )
+        record = ledger.submit(
+            TASK_NAME,
+            args=[reply.pk],
+            owner=conversation.owner,
+            target=reply,
+            idempotency_key=idempotency_key,
+            queue=queue,
+        )
+        reply.task = record
+        reply.save(update_fields=["task"])
+        Conversation.objects.filter(pk=conversation.pk).update(
+            updated_at=timezone.now()
+        )
+    return Submission(question, reply, record)
+
+
+def replay(record: TaskRecord, conversation: Conversation, content: str) -> Submission:
+    """The submission an idempotency key already made; DifferentRequest if that
+    was for another conversation or another message."""
+    reply = (
+        Message.objects.select_related("reply_to")
+        .filter(pk=record.object_id, role=Role.ASSISTANT)
+        .first()
+    )
+    if (
+        reply is None
+        or reply.conversation_id != conversation.pk
+        or reply.reply_to is None
+        or reply.reply_to.content != content
+    ):
+        raise DifferentRequest(
+            "This Idempotency-Key was used for a different conversation or message."
+        )
+    return Submission(reply.reply_to, reply, record)
+
+
+# --- the reply task's writes ------------------------------------------------------
+
+
+def begin_reply(message_id: int, *, started_at: datetime) -> Message | None:
+    """Start (or restart) writing a reply: generating, with its text emptied.
+
+    A redelivered run after a worker died, or a retry, starts again from nothing
+    on the same row. None if the message is gone or already done.
+    """
+    updated = (
+        Message.objects.filter(pk=message_id, role=Role.ASSISTANT)
+        .exclude(status=Status.DONE)
+        .update(
+            status=Status.GENERATING,
+            content="",
+            truncated=False,
+            error="",
+            passages=[],
+            started_at=started_at,
+            finished_at=None,
+            latency_ms=None,
+        )
+    )
+    if not updated:
+        return None
+    return Message.objects.select_related("conversation", "reply_to").get(pk=message_id)
+
+
+def needs_reply(message_id: int) -> bool:
+    return (
+        Message.objects.filter(pk=message_id, role=Role.ASSISTANT)
+        .exclude(status=Status.DONE)
+        .exists()
+    )
+
+
+def save_passages(message_id: int, passages: list[dict]) -> None:
+    Message.objects.filter(pk=message_id).update(passages=passages)
+
+
+def save_partial(message_id: int, text: str) -> bool:
+    """Store the text streamed so far; False if the reply is no longer being
+    written (deleted, or stopped by a cancel)."""
+    return bool(
+        Message.objects.filter(pk=message_id, status=Status.GENERATING).update(
+            content=text
+        )
+    )
+
+
+def finish_reply(
+    message_id: int,
+    *,
+    text: str,
+    truncated: bool,
+    provider: str,
+    model: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    tokens_estimated: bool,
+    latency_ms: int,
+) -> bool:
+    return bool(
+        Message.objects.filter(pk=message_id, status=Status.GENERATING).update(
+            status=Status.DONE,
+            content=text,
+            truncated=truncated,
+            provider=provider,
+            model=model,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            tokens_estimated=tokens_estimated,
+            latency_ms=latency_ms,
+            error="",
+            finished_at=timezone.now(),
+        )
+    )
+
+
+def wait_for_retry(message_id: int, *, error: str) -> None:
+    """A transient provider error: pending again until the retry, saying why."""
+    Message.objects.filter(pk=message_id, status__in=Message.ACTIVE_STATUSES).update(
+        status=Status.PENDING, error=error[:2000]
+    )
+
+
+def fail_reply(message_id: int, *, error: str, text: str | None = None) -> bool:
+    """Mark a reply that is still pending or generating as failed.
+
+    What had streamed stays (marked truncated); a reply that already ended keeps
+    its outcome, so a late cancel or a second failure report changes nothing.
+    """
+    updates = {"status": Status.FAILED, "error": error[:2000]}
+    updates["finished_at"] = timezone.now()
+    if text is not None:
+        updates["content"] = text
+    rows = Message.objects.filter(pk=message_id, status__in=Message.ACTIVE_STATUSES)
+    if not rows.update(**updates):
+        return False
+    rows = Message.objects.filter(pk=message_id).filter(~Q(content=""))
+    rows.update(truncated=True)
+    return True

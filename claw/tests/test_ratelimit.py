@@ -1,0 +1,121 @@
+"""The cluster-wide rate limit: its two counters against real PostgreSQL, Redis and
+SQLite, with concurrent callers."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from claw import ratelimit
+from claw.tests.conftest import in_threads
+from tests.test_smoke_embedded import embedded_env, manage
+
+BACKENDS = ["database", "redis"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, settings, redis_broker):
+    settings.AI_RATE_LIMIT_BACKEND = request.param
+    return request.param
+
+
+def key() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.mark.django_db
+def test_auto_uses_redis_with_a_redis_broker_and_the_database_without(settings):
+    settings.AI_RATE_LIMIT_BACKEND = "auto"
+    settings.IS_REDIS_BROKER = True
+    assert ratelimit.backend() == "redis"
+    settings.IS_REDIS_BROKER = False
+    assert ratelimit.backend() == "database"
+
+
+@pytest.mark.django_db
+def test_a_full_window_defers_callers_to_later_windows_by_their_place_in_line(
+    backend,
+):
+    name, now = key(), 1000.5  # window 100 of 10 s: it ends at 1010
+    slots = [ratelimit.take(name, limit=3, period=10, now=now) for _ in range(3)]
+    waits = []
+    for _ in range(4):
+        with pytest.raises(ratelimit.RateLimited) as caught:
+            ratelimit.take(name, limit=3, period=10, now=now)
+        waits.append(caught.value.retry_in)
+
+    assert [slot.count for slot in slots] == [1, 2, 3]
+    assert {slot.window for slot in slots} == {100}
+    # the 4th-6th callers come back in the next window, the 7th in the one after;
+    # jitter adds at most 2 s
+    assert all(9.5 <= wait <= 11.5 for wait in waits[:3]), waits
+    assert 19.5 <= waits[3] <= 21.5, waits
+    assert "3 starts per 10 s" in str(caught.value)
+
+
+@pytest.mark.django_db
+def test_a_new_window_starts_counting_from_zero(backend):
+    name = key()
+    for _ in range(2):
+        ratelimit.take(name, limit=2, period=10, now=1000.0)
+    with pytest.raises(ratelimit.RateLimited):
+        ratelimit.take(name, limit=2, period=10, now=1009.9)
+
+    slot = ratelimit.take(name, limit=2, period=10, now=1010.0)
+
+    assert (slot.window, slot.count) == (101, 1)
+
+
+def test_concurrent_callers_never_take_more_than_the_limit(transactional_db, backend):
+    name, limit = key(), 12
+
+    def caller() -> int:
+        allowed = 0
+        for _ in range(5):
+            try:
+                ratelimit.take(name, limit=limit, period=3600)
+                allowed += 1
+            except ratelimit.RateLimited:
+                pass
+        return allowed
+
+    # 40 attempts in one window (an hour long, so no boundary falls inside)
+    assert sum(in_threads(caller, 8)) == limit
+
+
+CONCURRENT_ON_SQLITE = """
+import json, threading
+from django.db import close_old_connections
+from claw import ratelimit
+from claw.tests.conftest import in_threads
+allowed, barrier = [], threading.Barrier(6)
+def caller():
+    try:
+        barrier.wait(timeout=10)
+        for _ in range(5):
+            try:
+                ratelimit.take("sqlite-test", limit=7, period=3600)
+                allowed.append(1)
+            except ratelimit.RateLimited:
+                pass
+    finally:
+        close_old_connections()
+threads = [threading.Thread(target=caller) for _ in range(6)]
+[t.start() for t in threads]
+[t.join(timeout=60) for t in threads]
+print(json.dumps({"backend": ratelimit.backend(), "allowed": len(allowed)}))
+"""
+
+
+def test_the_database_counter_holds_on_sqlite_with_concurrent_connections(tmp_path):
+    # The embedded stack: SQLite and the filesystem broker, so the database
+    # counter; each thread has its own connection to the file.
+    env = embedded_env(tmp_path)
+    manage(env, "migrate", "--noinput")
+
+    out = manage(env, "shell", "-c", CONCURRENT_ON_SQLITE)
+
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report == {"backend": "database", "allowed": 7}

@@ -1,0 +1,118 @@
+"""The cluster-wide rate limit of claw.generate_ai_response with real workers.
+
+Small windows (a few starts per second or two) keep each test to seconds; the
+production default is 10 starts per 60 s (AI_RATE_LIMIT).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pytest
+
+from claw import conversations
+from claw.models import Message
+from claw.tests.conftest import ScriptedServer, sse
+from tasks_app.models import TaskEvent, TaskRecord
+from tests.harness import wait_for
+
+pytestmark = pytest.mark.worker
+QUEUE = "conv_rate"
+
+
+def ask_many(user, count: int) -> list[Message]:
+    conversation = conversations.create_conversation(user)
+    return [
+        conversations.post_message(
+            conversation, f"question {n}", queue=QUEUE
+        ).assistant_message
+        for n in range(count)
+    ]
+
+
+def wait_all_done(messages: list[Message], timeout: float) -> list[Message]:
+    ids = [m.pk for m in messages]
+
+    def done():
+        rows = list(Message.objects.filter(pk__in=ids).select_related("task"))
+        finished = all(m.status in ("done", "failed") for m in rows)
+        return rows if finished else None
+
+    return wait_for(done, timeout, interval=0.2, message="every reply to finish")
+
+
+def deferrals(record_ids) -> int:
+    # a deferral is a retry event whose error is the RateLimited one (icontains:
+    # on a JSON key, contains would mean JSON containment)
+    return TaskEvent.objects.filter(
+        record_id__in=record_ids, kind="retry", data__error__icontains="rate limit"
+    ).count()
+
+
+@pytest.mark.parametrize("backend", ["redis", "database"])
+def test_two_workers_together_start_no_more_than_the_limit_per_window(
+    transactional_db, start_worker, alice, backend
+):
+    limit, period = 3, 2.0
+    env = {
+        "LLM_PROVIDER": "extractive",
+        "AI_RATE_LIMIT": f"{limit}/{period:g}",
+        "AI_RATE_LIMIT_BACKEND": backend,
+    }
+    workers = [
+        start_worker("-Q", QUEUE, "-c", "2", env=env, wait=False) for _ in range(2)
+    ]
+    from claw.celery import app
+
+    for worker in workers:
+        worker.wait_ready(app)
+    messages = ask_many(alice, 9)
+
+    rows = wait_all_done(messages, timeout=45)
+
+    # Every start is a reply's started_at: the moment its slot was taken, on
+    # the same clock that chose the window.
+    per_window = Counter(math.floor(m.started_at.timestamp() / period) for m in rows)
+    ran_on = {m.task.worker for m in rows}
+    print(f"\n[rate limit {backend}] starts per window: {sorted(per_window.items())}")
+    assert {m.status for m in rows} == {"done"}
+    assert max(per_window.values()) <= limit
+    assert len(per_window) >= math.ceil(9 / limit)
+    assert len(ran_on) == 2  # the limit held across both workers
+    assert deferrals([m.task_id for m in rows]) >= 9 - limit
+    assert set(TaskRecord.objects.values_list("state", flat=True)) == {"SUCCESS"}
+
+
+def test_deferrals_do_not_use_up_the_transient_error_retries(
+    transactional_db, start_worker, alice
+):
+    # One start per 1.5 s window: the four runs of this reply (three 503s, then a
+    # 200) cannot fit in fewer than four windows, so at least one run is deferred
+    # on top of the three retries. If deferrals counted as retries the reply
+    # would fail.
+    with ScriptedServer() as server:
+        server.script += [{"status": 503, "json": {"error": "busy"}}] * 3
+        server.script.append(sse("Made it."))
+        start_worker(
+            "-Q",
+            QUEUE,
+            "-c",
+            "1",
+            env={
+                "LLM_PROVIDER": "openai",
+                "LLM_BASE_URL": server.url + "/v1",
+                "AI_RATE_LIMIT": "1/1.5",
+                "AI_RETRY_BACKOFF": "0.2",
+            },
+        )
+        (message,) = ask_many(alice, 1)
+
+        (message,) = wait_all_done([message], timeout=40)
+
+        record = message.task
+        retries = record.events.filter(kind="retry")
+        assert (message.status, message.content) == ("done", "Made it.")
+        assert len(server.requests) == 4
+        assert retries.filter(data__error__icontains="503").count() == 3
+        assert deferrals([record.pk]) >= 1

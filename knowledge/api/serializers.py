@@ -1,0 +1,219 @@
+from __future__ import annotations
+
+from django.core.validators import ProhibitNullCharactersValidator, RegexValidator
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+from rest_framework.exceptions import NotFound
+from rest_framework.fields import empty
+
+from knowledge import embeddings, search, services
+from knowledge.models import Document, KnowledgeBase
+
+INT64_MAX = 2**63 - 1
+
+
+class VisibleText(RegexValidator):
+    """Has a character other than space, tab, CR, LF (or NUL, which is dropped).
+
+    The pattern is what the OpenAPI schema publishes (JSON Schema patterns match
+    anywhere); the check itself is plain Python.
+    """
+
+    def __init__(self):
+        super().__init__(r"[^\x00 \t\n\r]")
+
+    def __call__(self, value):
+        if not str(value).strip("\x00" + services.BLANK):
+            raise serializers.ValidationError("Must not be blank.")
+
+
+class TextField(serializers.CharField):
+    """Text validated exactly as its schema says: not trimmed (trimming would let a
+    value through maxLength, or make it blank, unlike the schema), strings only
+    (DRF would accept a number), and NUL
+    characters, which PostgreSQL cannot store, dropped after validation instead of
+    refused. visible: it must have a character other than blanks."""
+
+    def __init__(self, *, visible: bool = True, **kwargs):
+        kwargs.setdefault("trim_whitespace", False)
+        kwargs.setdefault("allow_blank", not visible)
+        super().__init__(**kwargs)
+        self.validators = [
+            v
+            for v in self.validators
+            if not isinstance(v, ProhibitNullCharactersValidator)
+        ]
+        if visible:
+            self.validators.append(VisibleText())
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):  # DRF would turn 42 into "42"
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+    def run_validation(self, data=empty):
+        value = super().run_validation(data)
+        return value.replace("\x00", "") if isinstance(value, str) else value
+
+
+@extend_schema_field(OpenApiTypes.INT)
+class OwnKnowledgeBaseField(serializers.PrimaryKeyRelatedField):
+    """A knowledge base id. One that does not exist or is someone else's is a 404
+    naming the field, as the knowledge base's own URL would be."""
+
+    def get_queryset(self):
+        request = self.context.get("request")
+        queryset = KnowledgeBase.objects.all()
+        if request is None or request.user.is_staff:
+            return queryset
+        return queryset.filter(owner=request.user)
+
+    def to_internal_value(self, data):
+        try:
+            return super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            if exc.get_codes() == ["does_not_exist"]:
+                raise NotFound({self.field_name: "No such knowledge base."}) from None
+            raise
+
+
+class KnowledgeBaseSerializer(serializers.ModelSerializer):
+    """The embedding provider, model and dimension are fixed at creation."""
+
+    name = TextField(max_length=200)
+    description = TextField(visible=False, required=False)
+    embedding_model = TextField(
+        visible=False,
+        required=False,
+        max_length=200,
+        help_text="Blank: the provider's default. The hashing provider has one "
+        "model (v1) and ignores this.",
+    )
+    document_count = serializers.IntegerField(read_only=True)
+    chunk_count = serializers.IntegerField(read_only=True)
+    embedding_dimension = serializers.IntegerField(
+        min_value=1, max_value=embeddings.MAX_DIMENSION, default=384
+    )
+
+    class Meta:
+        model = KnowledgeBase
+        fields = [
+            "id",
+            "name",
+            "description",
+            "embedding_provider",
+            "embedding_model",
+            "embedding_dimension",
+            "version",
+            "document_count",
+            "chunk_count",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["version", "created_at", "updated_at"]
+
+
+class KnowledgeBaseEditSerializer(KnowledgeBaseSerializer):
+    """Name and description only: the embedding settings never change."""
+
+    embedding_model = serializers.CharField(read_only=True)
+    embedding_dimension = serializers.IntegerField(read_only=True)
+
+    class Meta(KnowledgeBaseSerializer.Meta):
+        read_only_fields = [
+            *KnowledgeBaseSerializer.Meta.read_only_fields,
+            "embedding_provider",
+        ]
+
+
+WRITABLE_DOCUMENT_FIELDS = ("knowledge_base", "title", "source", "content", "vectorize")
+
+
+class DocumentSerializer(serializers.ModelSerializer):
+    knowledge_base = OwnKnowledgeBaseField()
+    title = TextField(max_length=300)
+    source = TextField(visible=False, required=False, max_length=500)
+    content = TextField()
+    vectorize = serializers.BooleanField(
+        default=True,
+        write_only=True,
+        help_text="Queue knowledge.vectorize_document for a new or changed text.",
+    )
+
+    class Meta:
+        model = Document
+        fields = [
+            "id",
+            "knowledge_base",
+            "title",
+            "source",
+            "content",
+            "content_hash",
+            "status",
+            "chunk_count",
+            "error",
+            "last_vectorized_at",
+            "created_at",
+            "updated_at",
+            "vectorize",
+        ]
+        read_only_fields = [f for f in fields if f not in WRITABLE_DOCUMENT_FIELDS]
+
+
+class DocumentEditSerializer(DocumentSerializer):
+    knowledge_base = serializers.PrimaryKeyRelatedField(read_only=True)  # stays
+
+
+class DocumentListSerializer(DocumentSerializer):
+    """Lists leave the content out: one page could otherwise be 250 MB."""
+
+    class Meta(DocumentSerializer.Meta):
+        fields = [f for f in DocumentSerializer.Meta.fields if f != "content"]
+
+
+class DocumentUploadSerializer(serializers.Serializer):
+    knowledge_base = OwnKnowledgeBaseField()
+    file = serializers.FileField(
+        help_text="A .txt, .md or .html file (UTF-8, UTF-16 with BOM or GB18030)."
+    )
+    title = TextField(
+        max_length=300,
+        required=False,
+        help_text="Defaults to the HTML title or the file name.",
+    )
+    source = TextField(visible=False, required=False, max_length=500)
+    vectorize = serializers.BooleanField(default=True)
+
+
+class UpdateRequestSerializer(serializers.Serializer):
+    mode = serializers.ChoiceField(
+        choices=services.MODES,
+        default=services.INCREMENTAL,
+        help_text="incremental: changed or new documents; full: every document; "
+        "rebuild: drop every vector, then every document.",
+    )
+
+
+class SearchRequestSerializer(serializers.Serializer):
+    query = TextField(max_length=2000)
+    k = serializers.IntegerField(min_value=1, max_value=search.MAX_K, default=5)
+    document_ids = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=INT64_MAX),
+        required=False,
+        max_length=1000,
+        help_text="Only search these documents.",
+    )
+
+
+class SearchHitSerializer(serializers.Serializer):
+    chunk_id = serializers.IntegerField()
+    document_id = serializers.IntegerField()
+    document_title = serializers.CharField()
+    position = serializers.IntegerField()
+    text = serializers.CharField()
+    score = serializers.FloatField()
+
+
+class SearchResultSerializer(serializers.Serializer):
+    results = SearchHitSerializer(many=True)

@@ -1,0 +1,319 @@
+"""Knowledge bases, documents (JSON text or uploaded files), vector tasks, search."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, Sum
+from django.db.models.functions import Coalesce
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import APIException, ValidationError
+from rest_framework.parsers import MultiPartParser
+from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle, UserRateThrottle
+
+from knowledge import embeddings, extract, search, services
+from knowledge.api.serializers import (
+    INT64_MAX,
+    DocumentEditSerializer,
+    DocumentListSerializer,
+    DocumentSerializer,
+    DocumentUploadSerializer,
+    KnowledgeBaseEditSerializer,
+    KnowledgeBaseSerializer,
+    SearchRequestSerializer,
+    SearchResultSerializer,
+    UpdateRequestSerializer,
+)
+from knowledge.models import Document, KnowledgeBase
+from tasks_app.api import idempotency
+from tasks_app.api.permissions import OwnedQuerysetMixin
+from tasks_app.api.serializers import TaskRecordSerializer
+from tasks_app.models import TaskRecord
+
+SUBMITTED = {
+    202: TaskRecordSerializer,
+    409: {"description": "The Idempotency-Key was used for a different request."},
+}
+TOO_LARGE = {413: {"description": "Larger than KNOWLEDGE_MAX_UPLOAD_BYTES."}}
+CREATED = {201: DocumentSerializer, **TOO_LARGE}
+# Submissions also count against API_THROTTLE_SUBMIT (the viewsets' throttle_scope).
+SUBMIT = {"throttle_classes": [UserRateThrottle, ScopedRateThrottle]}
+
+
+class PayloadTooLarge(APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "Request body too large."
+    default_code = "too_large"
+
+
+class EmbeddingFailed(APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "embedding_unavailable"
+
+
+def check_size(field: str, size: int) -> None:
+    limit = settings.KNOWLEDGE_MAX_UPLOAD_BYTES
+    if size > limit:
+        raise PayloadTooLarge({field: f"Larger than the limit of {limit} bytes."})
+
+
+def check_body_size(request, field: str) -> None:
+    """Refuse a body far over the limit before parsing it (JSON escapes can take
+    six bytes a character, multipart adds headers)."""
+    length = request.META.get("CONTENT_LENGTH") or "0"
+    if length.isdigit():
+        check_size(field, int(length) // 6 - 64 * 1024)
+
+
+def submitted(request, task_name: str, submit: Callable[[str | None], TaskRecord]):
+    """202 with the task submit(key) queues; a repeated Idempotency-Key answers
+    with the first request's task instead (tasks_app.api.idempotency)."""
+    key = idempotency.key_from(request)
+    with transaction.atomic():
+        record = idempotency.claim(request.user, key, task_name) or submit(key)
+    return Response(TaskRecordSerializer(record).data, status=status.HTTP_202_ACCEPTED)
+
+
+def invalid(exc: services.InvalidInput) -> ValidationError:
+    field, _, message = str(exc).partition(": ")
+    return ValidationError({field: message} if message else str(exc))
+
+
+class KnowledgeBaseViewSet(OwnedQuerysetMixin, viewsets.ModelViewSet):
+    queryset = KnowledgeBase.objects.annotate(
+        document_count=Count("documents"),
+        chunk_count=Coalesce(Sum("documents__chunk_count"), 0),
+    ).order_by("-id")
+    serializer_class = KnowledgeBaseSerializer
+    http_method_names = ["get", "post", "patch", "delete"]
+    throttle_scope = "submit"  # used by the submission actions only (SUBMIT)
+
+    def get_serializer_class(self):
+        if self.action == "partial_update":
+            return KnowledgeBaseEditSerializer
+        return super().get_serializer_class()
+
+    def perform_create(self, serializer):
+        try:
+            created = services.create_knowledge_base(
+                self.request.user, **serializer.validated_data
+            )
+        except services.InvalidInput as exc:
+            raise invalid(exc) from None
+        serializer.instance = self.get_queryset().get(pk=created.pk)
+
+    def perform_update(self, serializer):
+        try:
+            services.edit_knowledge_base(
+                serializer.instance, **serializer.validated_data
+            )
+        except services.InvalidInput as exc:
+            raise invalid(exc) from None
+        serializer.instance = self.get_queryset().get(pk=serializer.instance.pk)
+
+    def perform_destroy(self, instance):
+        services.delete_knowledge_base(instance)
+
+    @extend_schema(
+        request=UpdateRequestSerializer,
+        parameters=[idempotency.PARAMETER],
+        responses=SUBMITTED,
+    )
+    @action(detail=True, methods=["post"], url_path="update", **SUBMIT)
+    def start_update(self, request, pk=None):
+        kb = self.get_object()
+        body = UpdateRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        return submitted(
+            request,
+            services.UPDATE,
+            lambda key: services.submit_update(
+                kb, body.validated_data["mode"], owner=request.user, idempotency_key=key
+            ),
+        )
+
+    @extend_schema(
+        request=None, parameters=[idempotency.PARAMETER], responses=SUBMITTED
+    )
+    @action(detail=True, methods=["delete"], url_path="vectors", **SUBMIT)
+    def delete_vectors(self, request, pk=None):
+        kb = self.get_object()
+        return submitted(
+            request,
+            services.DELETE_VECTORS,
+            lambda key: services.submit_delete_vectors(
+                kb=kb, owner=request.user, idempotency_key=key
+            ),
+        )
+
+    @extend_schema(
+        request=SearchRequestSerializer,
+        responses={
+            200: SearchResultSerializer,
+            502: {"description": "The embedding provider refused the query."},
+            503: {"description": "The embedding provider is unavailable."},
+        },
+    )
+    @action(detail=True, methods=["post"])
+    def search(self, request, pk=None):
+        kb = self.get_object()
+        body = SearchRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        filters = (
+            {"document_ids": data["document_ids"]} if "document_ids" in data else None
+        )
+        try:
+            hits = search.search(kb, data["query"], k=data["k"], filters=filters)
+        except embeddings.EmbeddingUnavailable as exc:
+            raise EmbeddingFailed({"query": str(exc)}) from None
+        except embeddings.EmbeddingRejected as exc:
+            failed = EmbeddingFailed({"query": str(exc)})
+            failed.status_code = status.HTTP_502_BAD_GATEWAY
+            raise failed from None
+        return Response(SearchResultSerializer({"results": hits}).data)
+
+
+STATUS = OpenApiParameter("status", str, enum=list(Document.Status.values))
+KB = OpenApiParameter(
+    "knowledge_base",
+    {"type": "integer", "minimum": 0, "maximum": INT64_MAX},
+    description="Only this knowledge base",
+)
+
+
+class DocumentViewSet(
+    OwnedQuerysetMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.UpdateModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    queryset = Document.objects.all()
+    serializer_class = DocumentSerializer
+    owner_field = "knowledge_base__owner"
+    http_method_names = ["get", "post", "patch", "delete"]
+    throttle_scope = "submit"  # used by the submission actions only (SUBMIT)
+
+    def get_serializer_class(self):
+        if self.action == "list":
+            return DocumentListSerializer
+        if self.action == "partial_update":
+            return DocumentEditSerializer
+        return super().get_serializer_class()
+
+    @extend_schema(parameters=[KB, STATUS])
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    def filter_queryset(self, queryset):
+        params = self.request.query_params
+        if "knowledge_base" in params:
+            value = params["knowledge_base"]
+            if not re.fullmatch(r"\d{1,19}", value) or int(value) > INT64_MAX:
+                raise ValidationError({"knowledge_base": "Must be an id (an integer)."})
+            queryset = queryset.filter(knowledge_base_id=int(value))
+        if "status" in params:
+            if params["status"] not in Document.Status.values:
+                raise ValidationError(
+                    {"status": f"Must be one of {Document.Status.values}."}
+                )
+            queryset = queryset.filter(status=params["status"])
+        return queryset.order_by("-id")
+
+    @extend_schema(responses=CREATED)
+    def create(self, request, *args, **kwargs):
+        check_body_size(request, "content")
+        return super().create(request, *args, **kwargs)
+
+    def perform_create(self, serializer):
+        data = serializer.validated_data
+        check_size("content", len(data["content"].encode()))
+        serializer.instance = services.add_document(
+            data["knowledge_base"],
+            title=data["title"],
+            content=data["content"],
+            source=data.get("source", ""),
+            vectorize=data["vectorize"],
+        )
+
+    @extend_schema(responses={200: DocumentSerializer, **TOO_LARGE})
+    def partial_update(self, request, *args, **kwargs):
+        check_body_size(request, "content")
+        return super().partial_update(request, *args, **kwargs)
+
+    def perform_update(self, serializer):
+        data = serializer.validated_data
+        if "content" in data:
+            check_size("content", len(data["content"].encode()))
+        services.update_document(
+            serializer.instance,
+            title=data.get("title"),
+            content=data.get("content"),
+            source=data.get("source"),
+            vectorize=data.get("vectorize", True),
+        )
+
+    def perform_destroy(self, instance):
+        services.delete_document(instance)
+
+    @extend_schema(
+        request={"multipart/form-data": DocumentUploadSerializer}, responses=CREATED
+    )
+    @action(detail=False, methods=["post"], parser_classes=[MultiPartParser])
+    def upload(self, request):
+        check_body_size(request, "file")
+        body = DocumentUploadSerializer(data=request.data, context={"request": request})
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        check_size("file", data["file"].size)
+        try:
+            title, text = extract.text_from_upload(
+                data["file"].name, data["file"].read()
+            )
+        except extract.UnreadableFile as exc:
+            raise ValidationError({"file": str(exc)}) from None
+        document = services.add_document(
+            data["knowledge_base"],
+            title=(data.get("title") or title)[:300],
+            content=text,
+            source=data.get("source") or data["file"].name[:500],
+            vectorize=data["vectorize"],
+        )
+        return Response(DocumentSerializer(document).data, status=201)
+
+    @extend_schema(
+        request=None, parameters=[idempotency.PARAMETER], responses=SUBMITTED
+    )
+    @action(detail=True, methods=["post"], **SUBMIT)
+    def vectorize(self, request, pk=None):
+        document = self.get_object()
+        return submitted(
+            request,
+            services.VECTORIZE,
+            lambda key: services.submit_vectorize(
+                document, owner=request.user, idempotency_key=key
+            ),
+        )
+
+    @extend_schema(
+        request=None, parameters=[idempotency.PARAMETER], responses=SUBMITTED
+    )
+    @action(detail=True, methods=["delete"], url_path="vectors", **SUBMIT)
+    def delete_vectors(self, request, pk=None):
+        document = self.get_object()
+        return submitted(
+            request,
+            services.DELETE_VECTORS,
+            lambda key: services.submit_delete_vectors(
+                document=document, owner=request.user, idempotency_key=key
+            ),
+        )

@@ -1,0 +1,138 @@
+"""Thin task wrappers around knowledge.services (queue knowledge_default)."""
+
+from __future__ import annotations
+
+from celery import chord
+from celery.exceptions import ChordError
+from django.conf import settings
+from django.db import InterfaceError, OperationalError
+
+from claw.celery import app
+from knowledge import services
+from knowledge.embeddings import EmbeddingUnavailable
+from knowledge.models import Document
+from tasks_app import services as ledger
+from tasks_app.progress import report_progress
+
+DATABASE_ERRORS = (OperationalError, InterfaceError)
+
+
+@app.task(
+    name=services.VECTORIZE,
+    bind=True,
+    autoretry_for=(EmbeddingUnavailable,),
+    max_retries=3,
+    retry_backoff=settings.KNOWLEDGE_RETRY_BACKOFF,
+    retry_backoff_max=300,
+    retry_jitter=True,
+    soft_time_limit=300,
+    time_limit=settings.LONGEST_TIME_LIMIT,
+    # Per worker, not cluster-wide: Celery's rate_limit (see README).
+    rate_limit=settings.KNOWLEDGE_VECTORIZE_RATE_LIMIT or None,
+)
+def vectorize_document_task(
+    self,
+    document_id: int,
+    *,
+    reuse: bool = True,
+    raise_on_failure: bool = True,
+    update: str | None = None,
+) -> dict:
+    """Vectorize one document; see services.vectorize_document.
+
+    A document that fails for good raises VectorizeFailed (the record ends
+    FAILURE), unless raise_on_failure is False: chord members of
+    update_knowledge_base return the failure as their outcome instead, because a
+    raising member fails the whole chord before its callback can say which
+    documents failed. update is the Celery id of that update: its record gets the
+    overall progress, and a cancelled update skips the documents not started yet.
+    """
+    if update and ledger.is_cancel_requested(update):
+        return {"document_id": document_id, "status": "skipped"}
+    final = self.request.retries >= self.max_retries
+    try:
+        outcome = services.vectorize_document(
+            document_id, reuse=reuse, final_attempt=final
+        )
+    except services.VectorizeFailed as exc:
+        if raise_on_failure:
+            raise
+        outcome = exc.outcome
+    if update:
+        services.report_update_progress(update)
+    return outcome
+
+
+@app.task(
+    name=services.UPDATE,
+    bind=True,
+    autoretry_for=DATABASE_ERRORS,
+    max_retries=2,
+    retry_backoff=settings.KNOWLEDGE_RETRY_BACKOFF,
+    soft_time_limit=180,
+    time_limit=300,
+)
+def update_knowledge_base_task(
+    self, kb_id: int, mode: str = services.INCREMENTAL
+) -> dict:
+    """Re-vectorize a knowledge base's documents: one vectorize per document as
+    a chord whose callback summarises them.
+
+    The task replaces itself with the chord (Task.replace): the callback runs
+    under this task's id, so this record stays STARTED with the overall progress
+    while the documents are vectorized and ends with the callback's outcome,
+    FAILURE naming the failed documents if any failed. Members never raise for a
+    failed document; if one fails outright anyway (killed at its hard time limit)
+    Celery fails the chord, and the errback ends this record FAILURE instead of
+    leaving it waiting. Nothing to do (an empty knowledge base) finishes at once.
+    """
+    document_ids = services.plan_update(kb_id, mode)
+    if document_ids is None:
+        return {"knowledge_base": kb_id, "mode": mode, "status": "missing"}
+    if not document_ids:
+        return services.finish_update([], kb_id=kb_id, mode=mode)
+    report_progress(0, len(document_ids), f"vectorizing {len(document_ids)} documents")
+    members = [
+        vectorize_document_task.si(
+            document_id,
+            reuse=mode != services.REBUILD,
+            raise_on_failure=False,
+            update=self.request.id,
+        ).set(headers=ledger.target_header(Document(pk=document_id)))
+        for document_id in document_ids
+    ]
+    return self.replace(chord(members, update_callback(kb_id, mode)))
+
+
+def update_callback(kb_id: int, mode: str):
+    """The chord callback of an update, with the errback for a broken chord."""
+    callback = finish_update_task.s(kb_id=kb_id, mode=mode)
+    callback.link_error(update_broken_task.s())
+    return callback
+
+
+@app.task(name="knowledge.finish_knowledge_base_update")
+def finish_update_task(outcomes: list[dict], *, kb_id: int, mode: str) -> dict:
+    return services.finish_update(outcomes, kb_id=kb_id, mode=mode)
+
+
+@app.task(name="knowledge.knowledge_base_update_broken")
+def update_broken_task(request, exc, traceback) -> None:
+    # Called in the process that found the chord broken, with the callback's
+    # request (three arguments: Celery calls such errbacks directly). A callback
+    # that ran and raised UpdateFailed is recorded by the worker signals already.
+    if isinstance(exc, ChordError):
+        kb_id = (getattr(request, "kwargs", None) or {}).get("kb_id")
+        services.fail_update(request.id, kb_id=kb_id, error=str(exc))
+
+
+@app.task(
+    name=services.DELETE_VECTORS,
+    autoretry_for=DATABASE_ERRORS,
+    max_retries=2,
+    retry_backoff=settings.KNOWLEDGE_RETRY_BACKOFF,
+)
+def delete_knowledge_vectors_task(
+    kb_id: int | None = None, document_id: int | None = None
+) -> dict:
+    return services.delete_vectors(kb_id=kb_id, document_id=document_id)

@@ -12,14 +12,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PG = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-q"]
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/7")
+# Appended to every claw_bench_* database name: with its own BENCH_REDIS_URL, a run
+# that must not meet another one (tests/test_bench_smoke.py in someone's suite
+# uses the defaults) gets databases of its own.
+DB_SUFFIX = os.environ.get("BENCH_DB_SUFFIX", "")
 ARTIFACTS = Path(os.environ.get("BENCH_ARTIFACTS", "/tmp/artifacts-bench"))
 
 
+def bench_db(name: str) -> str:
+    return name + DB_SUFFIX if name.startswith("claw_bench_") else name
+
+
 def pg_url(db: str) -> str:
-    return f"postgres://postgres@127.0.0.1:5432/{db}"
+    return f"postgres://postgres@127.0.0.1:5432/{bench_db(db)}"
 
 
 def psql(sql: str, db: str = "postgres") -> str:
+    db = bench_db(db)
     out = subprocess.run(
         [*PG, "-At", "-d", db, "-c", sql], capture_output=True, text=True, check=True
     )
@@ -28,8 +37,8 @@ def psql(sql: str, db: str = "postgres") -> str:
 
 def fresh_db(name: str) -> str:
     assert name.startswith("claw_bench_"), name
-    psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    psql(f"CREATE DATABASE {name}")
+    psql(f"DROP DATABASE IF EXISTS {bench_db(name)} WITH (FORCE)")
+    psql(f"CREATE DATABASE {bench_db(name)}")
     return pg_url(name)
 
 
@@ -66,7 +75,14 @@ def run_py(args: list[str], env: dict, timeout: float = 300) -> str:
 class Worker:
     """A `celery worker` subprocess in its own process group, logged to ARTIFACTS."""
 
-    def __init__(self, app: str, env: dict, name: str, concurrency: int = 2):
+    def __init__(
+        self,
+        app: str,
+        env: dict,
+        name: str,
+        concurrency: int = 2,
+        extra: tuple[str, ...] = (),
+    ):
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         self.log_path = ARTIFACTS / f"{name}.log"
         self.log = open(self.log_path, "w")  # noqa: SIM115
@@ -87,6 +103,7 @@ class Worker:
                 "--without-gossip",
                 "--without-mingle",
                 "--without-heartbeat",
+                *extra,
             ],  # fmt: skip
             cwd=ROOT,
             env=env,

@@ -19,6 +19,18 @@ DB_SUFFIX = os.environ.get("BENCH_DB_SUFFIX", "")
 ARTIFACTS = Path(os.environ.get("BENCH_ARTIFACTS", "/tmp/artifacts-bench"))
 
 
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM when the process that started it dies.
+
+    Workers lead their own process group (so stop() reaches their pool children),
+    which also means nothing else stops them if the runner is killed outright.
+    """
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def bench_db(name: str) -> str:
     return name + DB_SUFFIX if name.startswith("claw_bench_") else name
 
@@ -110,6 +122,7 @@ class Worker:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
 
     def wait_ready(self, timeout: float = 60) -> None:

@@ -116,7 +116,7 @@ print(json.dumps(out))
 
 def run(quick: bool = False) -> list[dict]:
     env = claw_env(DB)
-    env["KNOWLEDGE_SEARCH_CACHE_SIZE"] = "2"
+    env["KNOWLEDGE_SEARCH_CACHE_MB"] = "512"
     raw = run_py(["-c", CHILD, "quick" if quick else "full"], env, timeout=300)
     out = json.loads(raw.strip().splitlines()[-1])
     s = "knowledge"

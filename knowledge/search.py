@@ -1,7 +1,7 @@
 """Exact cosine top-k over a knowledge base's chunk vectors, in numpy.
 
-Each process keeps the vector matrix of recently searched knowledge bases in
-memory, keyed by the knowledge base's version: every change of vectors bumps the
+Each process keeps the vector matrices of recently searched knowledge bases in
+memory (up to KNOWLEDGE_SEARCH_CACHE_MB), keyed by the knowledge base's version: every change of vectors bumps the
 version in the same transaction, so a cached matrix is never served stale.
 """
 
@@ -87,7 +87,10 @@ def cached_matrix(kb: KnowledgeBase) -> VectorMatrix:
     with _cache_lock:
         _cache[kb.pk] = matrix
         _cache.move_to_end(kb.pk)
-        while len(_cache) > max(settings.KNOWLEDGE_SEARCH_CACHE_SIZE, 1):
+        # Least recently searched out first, down to the budget; the matrix just
+        # loaded stays even if it alone is larger.
+        budget = settings.KNOWLEDGE_SEARCH_CACHE_MB * 2**20
+        while len(_cache) > 1 and sum(m.nbytes for m in _cache.values()) > budget:
             _cache.popitem(last=False)
     return matrix
 

@@ -96,3 +96,19 @@ def test_top_k_orders_best_first_and_breaks_ties_by_row():
     assert list(top_k(scores, 3)) == [1, 3, 2]
     assert list(top_k(scores, 10)) == [1, 3, 2, 4, 0]
     assert list(top_k(scores[:0], 3)) == []
+
+
+def test_the_cache_keeps_to_its_memory_budget_dropping_the_oldest(
+    kb, library, bob, settings
+):
+    other = services.create_knowledge_base(bob, name="Other")
+    add_ready(other, "dogs", "Dogs bark at the postman and fetch sticks.")
+    settings.KNOWLEDGE_SEARCH_CACHE_MB = 0  # only the latest matrix stays
+
+    search.search(kb, "cats")
+    search.search(other, "dogs")
+
+    assert list(search._cache) == [other.pk]
+    settings.KNOWLEDGE_SEARCH_CACHE_MB = 1
+    search.search(kb, "cats")
+    assert list(search._cache) == [other.pk, kb.pk]

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from bench.bench_throughput import claw_env
-from bench.common import ARTIFACTS, ROOT, Worker, run_py
+from bench.common import ARTIFACTS, ROOT, Worker, die_with_parent, run_py
 
 REDIS_URL = os.environ.get("BENCH_POOL_REDIS_URL", "redis://127.0.0.1:6379/8")
 USERNAME = "bench-client"
@@ -51,6 +51,7 @@ class Child(Worker):
             stdout=subprocess.PIPE if pipe else self.log,  # pipe: read its port
             stderr=self.log,
             start_new_session=True,
+            preexec_fn=die_with_parent,
             text=True,
         )
 

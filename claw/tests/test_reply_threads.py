@@ -222,6 +222,7 @@ def test_a_hundred_concurrent_replies_leave_no_leaked_database_connections(
         10,
         message="connections back to at most one per thread",
     )
+    print(f"\n[connections] peak {peak}, after {worker_connections()}")
     assert len(server.requests) == count
 
 

@@ -43,7 +43,17 @@ def llm_server():
 
 def worker_process(kind: str, env: dict, artifacts_dir) -> CeleryProcess:
     concurrency = "1" if kind == "prefork" else str(THREADS)
-    args = ["-P", kind, "-c", concurrency, "-Q", QUEUES[kind]]
+    # one reserved message per pool slot, as worker-ai and runstack run it
+    args = [
+        "-P",
+        kind,
+        "-c",
+        concurrency,
+        "-Q",
+        QUEUES[kind],
+        "--prefetch-multiplier",
+        "1",
+    ]
     return CeleryProcess("worker", env, args, artifacts_dir / f"worker-{kind}.log")
 
 
@@ -238,6 +248,8 @@ def test_the_cluster_wide_rate_limit_holds_across_threads(
         "8",
         "-Q",
         "conv_threads_rate",
+        "--prefetch-multiplier",
+        "1",
         env={
             "LLM_PROVIDER": "extractive",
             "AI_RATE_LIMIT": f"{limit}/{period:g}",

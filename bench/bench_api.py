@@ -102,13 +102,13 @@ async def load(base: str, setup: dict, seconds: float, paced: bool) -> Load:
 
 
 def run(quick: bool = False) -> list[dict]:
+    idle = stack.background_load()  # before any process of ours starts
     model, model_url = stack.fake_model()
     with model:
         env = stack.stack_env(DB, model_url)
         setup = stack.prepare(env, CLIENTS)
         web, base = stack.gunicorn(env)
         with web:
-            idle = stack.background_load()
             extra = ("-P", "threads", "-Q", "ai_high_priority")
             with Worker("claw", env, "pool-api-worker", 32, extra=extra) as worker:
                 worker.wait_ready()

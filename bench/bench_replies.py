@@ -130,6 +130,7 @@ DB = "claw_bench_pool_replies"
 
 
 def run(quick: bool = False) -> list[dict]:
+    idle = stack.background_load()  # before any process of ours starts
     flush_redis_pool()
     model, model_url = stack.fake_model(delay=DELAY)
     with model:
@@ -140,7 +141,6 @@ def run(quick: bool = False) -> list[dict]:
             parts.update(
                 base=base, model_url=model_url, web=web.proc.pid, model=model.proc.pid
             )
-            idle = stack.background_load()
             results = {
                 pool: measure(pool, sizes[quick], env, parts)
                 for pool, sizes in SIZES.items()

@@ -2,8 +2,9 @@
 
 The local model server (bench/fake_llm.py) streams every answer over
 BENCH_MODEL_DELAY seconds (0.5). Replies are submitted through the API of a real
-gunicorn by concurrent clients (POST /api/v1/conversations/{id}/messages/), and
-each is done when its assistant message is. Per pool, in one run:
+gunicorn (BENCH_WEB_WORKERS processes, 2) by 16 concurrent clients
+(POST /api/v1/conversations/{id}/messages/), and each is done when its assistant
+message is. Per pool, in one run:
 
 - replies/s: replies done / (last done - first submitted);
 - peak in flight: most replies generating at once (from each message's
@@ -33,6 +34,10 @@ DELAY = float(os.environ.get("BENCH_MODEL_DELAY", "0.5"))
 THREADS = int(os.environ.get("BENCH_AI_CONCURRENCY", "64"))
 SIZES = {"threads": (1000, 100), "prefork": (200, 40)}  # full, quick
 CLIENTS = 16  # concurrent submitting clients
+# gunicorn processes: one per core. The submissions are CPU-bound and share the
+# two cores with the worker; more processes only add switching (2, 3 and 4
+# measured 48-52, 44 and 40-42 replies/s here).
+WEB_WORKERS = int(os.environ.get("BENCH_WEB_WORKERS", "2"))
 CONVERSATIONS = 100
 TIMEOUT = 100.0  # seconds for one pool's replies to finish
 
@@ -57,8 +62,10 @@ async def submit(base: str, token: str, conversations: list[int], n: int) -> dic
             else:
                 errors.append(status)
 
+    started = time.monotonic()
     await asyncio.gather(*(client() for _ in range(CLIENTS)))
-    return {"submitted": submitted, "errors": errors}
+    took = time.monotonic() - started
+    return {"submitted": submitted, "errors": errors, "took": took}
 
 
 def finished_rows(ids: list[int]) -> list[tuple[int, str, float, float]]:
@@ -123,6 +130,7 @@ def summarise(n: int, sent: dict, rows: list) -> dict:
         "peak": peak_in_flight(rows),
         "p50": stack.percentile(latencies, 50),
         "p95": stack.percentile(latencies, 95),
+        "submitting": sent["took"],
     }
 
 
@@ -136,7 +144,7 @@ def run(quick: bool = False) -> list[dict]:
     with model:
         env = stack.stack_env(DB, model_url)
         parts = stack.prepare(env, CONVERSATIONS)
-        web, base = stack.gunicorn(env)
+        web, base = stack.gunicorn(env, WEB_WORKERS)
         with web:
             parts.update(
                 base=base, model_url=model_url, web=web.proc.pid, model=model.proc.pid
@@ -173,8 +181,9 @@ def rows_for(results: dict, idle: float) -> list[dict]:
     for pool, r in results.items():
         label = f"threads -c {THREADS}" if pool == "threads" else "prefork -c 4"
         note = (
-            f"{r['done']} of {r['n']} done in {r['span']:.1f} s; failed {r['failed']},"
-            f" API errors {r['errors']}; model server peak {r['model_peak']} streams"
+            f"{r['done']} of {r['n']} done in {r['span']:.1f} s (all submitted after"
+            f" {r['submitting']:.1f} s); failed {r['failed']}, API errors"
+            f" {r['errors']}; model server peak {r['model_peak']} streams"
         )
         rows += [
             row(S, f"{label} replies/s", round(r["rate"], 1), "replies/s",

@@ -270,6 +270,9 @@ JOBS_ALLOW_MISSING_SECTIONS = env_bool("JOBS_ALLOW_MISSING_SECTIONS", False)
 JOBS_OUTLINE_PASSAGES = env_int("JOBS_OUTLINE_PASSAGES", 12)
 if not 1 <= JOBS_OUTLINE_PASSAGES <= 100:  # knowledge.search.MAX_K
     raise ImproperlyConfigured("JOBS_OUTLINE_PASSAGES must be between 1 and 100")
+# Passages scoring below this share of the best one are left out of an outline
+# (search always returns its k best, however unrelated); 0 keeps them all.
+JOBS_MIN_RELATIVE_SCORE = float(os.environ.get("JOBS_MIN_RELATIVE_SCORE", "0.25"))
 # Most sections of an outline, generated or posted.
 JOBS_MAX_SECTIONS = env_int("JOBS_MAX_SECTIONS", 20)
 if not 1 <= JOBS_MAX_SECTIONS <= 100:

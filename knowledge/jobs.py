@@ -384,8 +384,9 @@ def _cancel_open_sections(job_pk: int) -> None:
 
 
 def retrieve(job: WritingJob) -> list[dict]:
-    """The best JOBS_OUTLINE_PASSAGES passages for the job's prompt: whole
-    knowledge bases, plus the context documents within theirs."""
+    """The best JOBS_OUTLINE_PASSAGES passages for the job's prompt (whole
+    knowledge bases, plus the context documents within theirs), less those far
+    below the best (JOBS_MIN_RELATIVE_SCORE)."""
     bases = list(job.knowledge_bases.all())
     scopes: list[tuple[KnowledgeBase, dict | None]] = [(kb, None) for kb in bases]
     documents: dict[int, list[int]] = {}
@@ -394,7 +395,7 @@ def retrieve(job: WritingJob) -> list[dict]:
     for kb in KnowledgeBase.objects.filter(pk__in=list(documents)):
         scopes.append((kb, {"document_ids": documents[kb.pk]}))
     hits = search.search_many(scopes, job.task_prompt, k=settings.JOBS_OUTLINE_PASSAGES)
-    return [
+    passages = [
         {
             "chunk_id": hit.chunk_id,
             "document_id": hit.document_id,
@@ -406,6 +407,7 @@ def retrieve(job: WritingJob) -> list[dict]:
         }
         for kb_id, hit in hits
     ]
+    return writing.relevant(passages, ratio=settings.JOBS_MIN_RELATIVE_SCORE)
 
 
 def llm_passages(passages: list[dict]) -> list[llm.Passage]:

@@ -73,6 +73,15 @@ def first_sentences(text: str, count: int) -> list[str]:
     ]
 
 
+def relevant(passages: list[dict], *, ratio: float) -> list[dict]:
+    """The passages (best first) scoring above zero and at least ratio times
+    the best score: search returns k passages however unrelated the rest are."""
+    if not passages:
+        return []
+    floor = max(passages[0]["score"] * ratio, 0.0)
+    return [p for p in passages if p["score"] > floor or p["score"] == floor > 0]
+
+
 def extractive_outline(
     task_prompt: str, passages: list[dict], *, max_sections: int
 ) -> dict:

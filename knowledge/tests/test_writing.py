@@ -137,3 +137,13 @@ def test_merge_renumbers_citations_over_the_document_and_lists_cited_passages():
     assert merged.missing == [1]
     assert merged.content.startswith("# Drinks\n\n## Tea\n\n")
     assert "[1] Tea, passage 1 (document 1, chunk 12)" in merged.content
+
+
+def test_passages_far_below_the_best_are_not_relevant():
+    scored = [passage(n, n, "T", "x", score) for n, score in enumerate([0.5, 0.2, 0.1])]
+
+    assert [p["score"] for p in writing.relevant(scored, ratio=0.25)] == [0.5, 0.2]
+    assert len(writing.relevant(scored, ratio=0)) == 3
+    negative = [passage(1, 1, "T", "x", -0.1)]
+    assert writing.relevant(negative, ratio=0) == []
+    assert writing.relevant([], ratio=0.25) == []

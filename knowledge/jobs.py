@@ -316,7 +316,8 @@ def resolve_passages(owner, outline: dict) -> dict:
     """The outline with each passage ({"chunk_id": ...}) filled in from the
     owner's chunks as they are now; NotOwned naming outline if a chunk is not
     the owner's or does not exist (the passages would show its text)."""
-    wanted = {p["chunk_id"] for s in outline["sections"] for p in s["passages"]}
+    sections = outline["sections"]
+    wanted = {p["chunk_id"] for s in sections for p in s.get("passages", [])}
     chunks = {
         chunk.pk: chunk
         for chunk in Chunk.objects.filter(pk__in=wanted, knowledge_base__owner=owner)
@@ -329,19 +330,22 @@ def resolve_passages(owner, outline: dict) -> dict:
     unknown = sorted(wanted - set(chunks))
     if unknown:
         raise NotOwned(f"outline: no such chunk: {', '.join(map(str, unknown[:20]))}")
-    sections = [
-        {
-            **section,
-            "passages": [
-                passage_of(chunks[chunk_id])
-                for chunk_id in dict.fromkeys(
-                    p["chunk_id"] for p in section["passages"]
-                )
-            ],
-        }
-        for section in outline["sections"]
-    ]
-    return {**outline, "sections": sections}
+
+    def passages(section: dict) -> list[dict]:
+        ids = dict.fromkeys(p["chunk_id"] for p in section.get("passages", []))
+        return [passage_of(chunks[chunk_id]) for chunk_id in ids]
+
+    return {
+        "title": outline["title"],
+        "sections": [
+            {
+                "heading": section["heading"],
+                "key_points": list(section.get("key_points", [])),
+                "passages": passages(section),
+            }
+            for section in sections
+        ],
+    }
 
 
 # --- the tasks' writes ---------------------------------------------------------
@@ -639,8 +643,14 @@ def section_stopped(
     if section is None:
         return
     end_section(section, status, error=error[:5000])
-    if not alone:
-        return
+    if alone:
+        finish_alone(job_pk)
+
+
+def finish_alone(job_pk: int) -> None:
+    """After a section's run outside the chord (the health check re-queued its
+    LOST record; the ledger publishes the new attempt alone, so no callback
+    counts it): finish the job if every section has ended."""
     celery_id = (
         WritingJob.objects.filter(pk=job_pk, state=State.RUNNING)
         .values_list("task__celery_id", flat=True)

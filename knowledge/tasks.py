@@ -277,12 +277,15 @@ def generate_document_from_outline_task(
 def write_section_task(self, job_pk: int, position: int) -> dict:
     """Write one section (jobs.write_section); a transient provider error
     retries with backoff (the retry stays in the chord), the last one fails the
-    section."""
+    section. A run outside the chord finishes the job when it is the last."""
     final = self.request.retries >= self.max_retries
     try:
-        return jobs.write_section(job_pk, position, final_attempt=final)
+        outcome = jobs.write_section(job_pk, position, final_attempt=final)
     except LLMUnavailable as exc:
         raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from None
+    if not self.request.chord:
+        jobs.finish_alone(job_pk)
+    return outcome
 
 
 @app.task(name="knowledge.finish_document", bind=True, base=JobTask)

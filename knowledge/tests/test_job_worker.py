@@ -3,11 +3,18 @@ provider: an outline from a query, then a document from that outline."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+from unittest.mock import patch
+
 import pytest
+from django.conf import settings
+from django.utils import timezone
 
 from knowledge import jobs, services
 from knowledge.models import Chunk, Document, WritingJob
 from knowledge.tests.conftest import add_ready
+from tasks_app import maintenance
+from tasks_app import services as ledger
 from tasks_app.models import TaskRecord
 from tasks_app.tests.test_api import client_for
 from tests.harness import wait_for
@@ -129,3 +136,79 @@ def test_an_outline_then_a_document_cite_real_chunks(
     assert progress[-1] == total and len(progress) >= total
     sections = {e["section"] for e in body["events"] if e["task"] != job.task_id}
     assert sections == set(range(total))
+
+
+# --- the health check: chords that will never call back -------------------------
+
+
+def unpublished_job(alice) -> WritingJob:
+    """A one-section document job whose task never reached the broker: each test
+    plays the part of the dead worker that took it."""
+    kb = services.create_knowledge_base(alice, name="Teas")
+    chunk = add_ready(kb, "Green tea", LIBRARY["Green tea"]).chunks.get()
+    outline = {
+        "title": "Teas",
+        "sections": [{"heading": "Green", "passages": [{"chunk_id": chunk.pk}]}],
+    }
+    with patch.object(ledger, "publish", return_value=True):
+        job = jobs.start_document_job(alice, outline=outline).job
+    ledger.mark_started(job.task.celery_id, name=jobs.DOCUMENT_TASK, worker="gone@h")
+    jobs.plan_sections(job.pk)
+    return job
+
+
+def started_long_ago(record: TaskRecord, seconds: float) -> None:
+    TaskRecord.objects.filter(pk=record.pk).update(
+        started_at=timezone.now() - timedelta(seconds=seconds)
+    )
+
+
+def test_a_section_requeued_by_the_health_check_finishes_the_job_itself(
+    transactional_db, celery_worker, alice
+):
+    # given the job's one section task STARTED on a worker that died with it:
+    # the chord will never call back
+    job = unpublished_job(alice)
+    with patch.object(ledger, "publish", return_value=True):
+        member = ledger.submit(
+            jobs.SECTION_TASK, args=[job.pk, 0], target=job, parent=job.task
+        )
+    ledger.mark_started(member.celery_id, name=jobs.SECTION_TASK, worker="gone@h")
+    started_long_ago(member, settings.JOBS_SECTION_TIME_LIMIT + 5)
+
+    # when the health check finds it lost, it re-queues it (alone, outside the chord)
+    report = maintenance.check_health(alerts_enabled=False)
+
+    # then that run writes the section and finishes the job and its waiting record
+    assert report["requeued"] == [member.pk]
+    wait_job(alice, job.job_id)
+    job.refresh_from_db()
+    assert job.state == "succeeded", job.error
+    assert "## Green" in job.content and job.references
+    wait_for(
+        lambda: TaskRecord.objects.get(pk=job.task_id).state == "SUCCESS",
+        10,
+        message="the job's task to end",
+    )
+    member.refresh_from_db()
+    assert (member.state, member.attempts) == ("SUCCESS", 2)
+
+
+def test_a_job_task_whose_chord_never_called_back_is_merged_when_requeued(
+    transactional_db, celery_worker, alice
+):
+    # given every section written, but the callback lost with its worker
+    job = unpublished_job(alice)
+    jobs.write_section(job.pk, 0, final_attempt=True)
+    started_long_ago(job.task, 300 + 5)  # the task's hard time limit
+
+    # when the health check re-queues the job's task (no section is active)
+    report = maintenance.check_health(alerts_enabled=False)
+
+    # then the re-run merges the sections it finds written, without rewriting them
+    assert report["requeued"] == [job.task_id]
+    wait_job(alice, job.job_id)
+    job.refresh_from_db()
+    assert job.state == "succeeded", job.error
+    assert job.content.startswith("# Teas\n\n## Green\n")
+    assert not TaskRecord.objects.filter(name=jobs.SECTION_TASK).exists()

@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 OUTLINE_TASK = "knowledge.generate_outline_from_query"
 DOCUMENT_TASK = "knowledge.generate_document_from_outline"
 SECTION_TASK = "knowledge.write_section"
+FINISH_TASK = "knowledge.finish_document"
 TASK_NAMES = {
     WritingJob.Kind.OUTLINE: OUTLINE_TASK,
     WritingJob.Kind.DOCUMENT: DOCUMENT_TASK,
@@ -645,6 +646,23 @@ def section_stopped(
     end_section(section, status, error=error[:5000])
     if alone:
         finish_alone(job_pk)
+
+
+def task_revoked(name: str, args: list, kwargs: dict, *, in_chord: bool) -> None:
+    """A task of a job was revoked (terminated while it ran, or discarded as
+    revoked): its section is cancelled, or its job, if not ended already."""
+    if name == SECTION_TASK and len(args) >= 2:
+        section_stopped(
+            args[0],
+            args[1],
+            status=Status.CANCELLED,
+            error="Cancelled.",
+            alone=not in_chord,
+        )
+    elif name in (OUTLINE_TASK, DOCUMENT_TASK, FINISH_TASK):
+        job_pk = kwargs.get("job_pk", args[0] if args else None)
+        if job_pk is not None:
+            cancelled_by_task(job_pk)
 
 
 def finish_alone(job_pk: int) -> None:

@@ -288,7 +288,7 @@ def write_section_task(self, job_pk: int, position: int) -> dict:
     return outcome
 
 
-@app.task(name="knowledge.finish_document", bind=True, base=JobTask)
+@app.task(name=jobs.FINISH_TASK, bind=True, base=JobTask)
 def finish_document_task(self, outcomes: list[dict], *, job_pk: int) -> dict:
     return jobs.finish_document(job_pk, celery_id=self.request.id)
 

@@ -24,6 +24,7 @@ from claw.tests.conftest import ScriptedServer, sse
 from knowledge import jobs, services
 from knowledge.models import WritingJob, WritingSection
 from knowledge.tests.conftest import add_ready
+from tasks_app import services as ledger
 from tasks_app.models import TaskRecord
 from tests.harness import CeleryProcess, wait_for
 from tests.reliability.conftest import FAULT_ENV, report
@@ -267,3 +268,22 @@ def test_killing_the_whole_worker_mid_section_still_ends_the_job(
     assert job.state == "succeeded", job.error
     assert job.sections.get().content == "Green, again [1]."
     assert section_record(job, 0).deliveries == 2
+
+
+def test_cancelling_a_running_job_task_through_the_task_api_cancels_the_job(
+    server, llm_worker, alice, chunks
+):
+    # prefork terminates the process running it: no code of the task runs again,
+    # so the job hears of it from the task_revoked signal
+    server.script += [slow("thinking", pieces=100)]
+    kb = chunks[0].knowledge_base
+    job = jobs.start_outline_job(
+        alice, task_prompt="green tea", knowledge_bases=[kb], queue=QUEUE
+    ).job
+    wait_requests(server, 1)  # the model is writing the outline
+
+    ledger.cancel(job.task)
+
+    wait_ended(job, timeout=15)
+    assert (job.state, job.outline) == ("cancelled", None)
+    wait_for(lambda: TaskRecord.objects.get(pk=job.task_id).state == "REVOKED", 10)

@@ -19,6 +19,15 @@ from tasks_app.progress import TaskCancelled, report_progress
 
 DATABASE_ERRORS = (OperationalError, InterfaceError)
 Status = WritingSection.Status
+# Tasks that replace themselves with a chord and wait for it under their own id
+# (update_knowledge_base, generate_document_from_outline).
+FAN_OUT = {
+    "autoretry_for": DATABASE_ERRORS,
+    "max_retries": 2,
+    "retry_backoff": settings.KNOWLEDGE_RETRY_BACKOFF,
+    "soft_time_limit": 180,
+    "time_limit": 300,
+}
 
 
 @app.task(
@@ -67,15 +76,7 @@ def vectorize_document_task(
     return outcome
 
 
-@app.task(
-    name=services.UPDATE,
-    bind=True,
-    autoretry_for=DATABASE_ERRORS,
-    max_retries=2,
-    retry_backoff=settings.KNOWLEDGE_RETRY_BACKOFF,
-    soft_time_limit=180,
-    time_limit=300,
-)
+@app.task(name=services.UPDATE, bind=True, **FAN_OUT)
 def update_knowledge_base_task(
     self, kb_id: int, mode: str = services.INCREMENTAL
 ) -> dict:
@@ -218,16 +219,7 @@ def generate_outline_from_query_task(
     return jobs.generate_outline(job_pk)
 
 
-@app.task(
-    name=jobs.DOCUMENT_TASK,
-    bind=True,
-    base=JobTask,
-    autoretry_for=DATABASE_ERRORS,
-    max_retries=2,
-    retry_backoff=settings.KNOWLEDGE_RETRY_BACKOFF,
-    soft_time_limit=180,
-    time_limit=300,
-)
+@app.task(name=jobs.DOCUMENT_TASK, bind=True, base=JobTask, **FAN_OUT)
 def generate_document_from_outline_task(
     self, job_pk: int, queue: str | None = None
 ) -> dict:

@@ -60,12 +60,9 @@ def llm_worker(worker_env, artifacts_dir, llm_server):
         llm_env(worker_env, llm_server),
         ["-Q", QUEUE, "-c", "1"],
         artifacts_dir / "worker-jobs.log",
-    ).start()
-    try:
-        worker.wait_ready(app)
+    )
+    with worker.running(app):
         yield worker
-    finally:
-        worker.stop()
 
 
 @pytest.fixture

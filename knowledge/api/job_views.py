@@ -17,6 +17,7 @@ from knowledge.api.job_serializers import (
     JobSerializer,
     OutlineRequestSerializer,
 )
+from knowledge.api.serializers import INT64_MAX
 from knowledge.api.views import SUBMIT, invalid
 from knowledge.models import WritingJob
 from tasks_app.api import idempotency
@@ -37,7 +38,7 @@ JOB_ID = OpenApiParameter(
 )
 OWNER = OpenApiParameter(
     "owner",
-    {"type": "integer", "minimum": 1},
+    {"type": "integer", "minimum": 1, "maximum": INT64_MAX},
     description="Staff: the owner's user id, when several users have a job with "
     "this job_id (your own comes first).",
 )
@@ -58,7 +59,7 @@ def _owner(request) -> int | None:
     value = request.query_params.get("owner")
     if value is None:
         return None
-    if not value.isdigit() or not 1 <= int(value) < 2**63:
+    if not value.isdigit() or not 1 <= int(value) <= INT64_MAX:
         raise ValidationError({"owner": "Must be a user id (a positive integer)."})
     return int(value)
 

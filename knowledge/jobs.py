@@ -33,7 +33,7 @@ from knowledge import search, services, writing
 from knowledge.embeddings import EmbeddingError, EmbeddingUnavailable
 from knowledge.models import Chunk, KnowledgeBase, WritingJob, WritingSection
 from tasks_app import services as ledger
-from tasks_app.models import TaskRecord
+from tasks_app.models import TaskEvent, TaskRecord
 from tasks_app.progress import TaskCancelled, report_progress
 
 logger = logging.getLogger(__name__)
@@ -154,10 +154,12 @@ def _start(owner, *, kind, job_id, request_hash, fields, fill, idempotency_key, 
         except IntegrityError:
             return Started(existing_job(owner, job_id, request_hash), created=False)
         fill(job)
+        # a document job's sections and merge follow its task to its queue
+        fan_out = queue and kind == WritingJob.Kind.DOCUMENT
         job.task = ledger.submit(
             TASK_NAMES[kind],
             args=[job.pk],
-            kwargs={"queue": queue} if queue else {},
+            kwargs={"queue": queue} if fan_out else {},
             owner=owner,
             target=job,
             queue=queue,
@@ -261,13 +263,18 @@ def start_document_job(
         raise InvalidInput("outline: give an outline or the job_id of an outline job")
     if allow_missing_sections is None:
         allow_missing_sections = settings.JOBS_ALLOW_MISSING_SECTIONS
+    request = document_request(
+        outline, outline_job, knowledge_base, allow_missing_sections
+    )
+    if job_id is not None:
+        # A repeat finds its job even if a cited chunk is gone since.
+        found = existing_job(owner, check_job_id(job_id), fingerprint(request))
+        if found is not None:
+            return Started(found, created=False)
     if outline_job is not None:
         source = outline_job.outline
     else:
         source = resolve_passages(owner, outline)
-    request = document_request(
-        outline, outline_job, knowledge_base, allow_missing_sections
-    )
 
     def fill(job: WritingJob) -> None:
         WritingSection.objects.bulk_create(
@@ -464,8 +471,10 @@ def generate_outline(job_pk: int) -> dict:
     except TaskCancelled:
         cancelled_by_task(job_pk)
         raise
-    except (writing.OutlineInvalid, llm.LLMRejected) as exc:
+    except writing.OutlineInvalid as exc:
         raise JobFailed(f"The model did not give a valid outline: {exc}") from exc
+    except llm.LLMRejected as exc:
+        raise JobFailed(f"LLMRejected: {exc}") from exc
     except EmbeddingError as exc:
         if isinstance(exc, EmbeddingUnavailable):
             raise
@@ -620,6 +629,7 @@ def compose_section(section: WritingSection) -> str:
         return writing.extractive_section(outline)
     messages = writing.section_messages(section.job.title, outline)
     text = complete(provider, messages, section.passages, step=0, total=1)
+    text = text.replace("\x00", "")  # PostgreSQL cannot store it
     if not text.strip():
         raise llm.LLMRejected("the provider wrote nothing")
     return text
@@ -683,7 +693,8 @@ def finish_alone(job_pk: int) -> None:
 
 def section_errors(sections: list[WritingSection], limit: int = 20) -> str:
     named = [
-        f"section {s.position + 1} {s.heading!r}: {writing.shorten(s.error or s.status, 300)}"
+        f"section {s.position + 1} {s.heading!r}: "
+        + writing.shorten(s.error or s.status, 300)
         for s in sections[:limit]
     ]
     more = len(sections) - limit
@@ -722,7 +733,12 @@ def finish_document(job_pk: int, *, celery_id: str) -> dict:
     merged = writing.merge(
         job.title,
         [
-            writing.WrittenSection(s.heading, s.passages, s.content, s.error)
+            writing.WrittenSection(
+                s.heading,
+                s.passages,
+                s.content,
+                "" if s.status == Status.DONE else (s.error or s.status),
+            )
             for s in sections
         ],
     )
@@ -864,8 +880,6 @@ def cancel_job(job: WritingJob) -> WritingJob:
 def job_events(job: WritingJob, limit: int = 500):
     """The job's timeline: its task's events, and the sections' tasks' events
     other than their progress reports (these stay in the task API)."""
-    from tasks_app.models import TaskEvent
-
     records = job_records(job)
     events = TaskEvent.objects.filter(record__in=records).filter(
         Q(record_id=job.task_id) | ~Q(kind=TaskEvent.Kind.PROGRESS)

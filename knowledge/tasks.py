@@ -208,9 +208,7 @@ class SectionTask(LedgerTask):
     soft_time_limit=120,
     time_limit=180,
 )
-def generate_outline_from_query_task(
-    self, job_pk: int, queue: str | None = None
-) -> dict:
+def generate_outline_from_query_task(self, job_pk: int) -> dict:
     """Search the job's knowledge bases and store an outline (jobs.generate_outline).
 
     Transient provider and database errors retry with backoff; anything else,

@@ -131,6 +131,9 @@ def outline_messages(task_prompt: str, *, max_sections: int) -> list[dict]:
 
 
 def _text(value, name: str, limit: int) -> str:
+    # U+0000 (JSON "\u0000") is dropped: PostgreSQL's jsonb cannot hold it
+    if isinstance(value, str):
+        value = value.replace("\x00", "")
     if not isinstance(value, str) or not value.strip():
         raise OutlineInvalid(f"{name} must be a non-empty string")
     return shorten(value, limit)

@@ -147,3 +147,13 @@ def test_passages_far_below_the_best_are_not_relevant():
     negative = [passage(1, 1, "T", "x", -0.1)]
     assert writing.relevant(negative, ratio=0) == []
     assert writing.relevant([], ratio=0.25) == []
+
+
+def test_nul_characters_of_a_models_outline_are_dropped():
+    answer = '{"title": "T\\u0000ea", "sections": [{"heading": "\\u0000H"}]}'
+
+    outline = writing.parse_model_outline(answer, PASSAGES, max_sections=5)
+
+    assert (outline["title"], outline["sections"][0]["heading"]) == ("Tea", "H")
+    with pytest.raises(writing.OutlineInvalid, match="title"):
+        writing.parse_model_outline('{"title": "\\u0000"}', PASSAGES, max_sections=5)

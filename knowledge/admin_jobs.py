@@ -32,7 +32,7 @@ def passages_html(passages: list[dict]) -> str:
         return "–"
     return format_html_join(
         "",
-        "<li>{} (chunk {}): {}</li>",
+        "<div>{} (chunk {}): {}</div>",
         (
             (
                 document_link(p["document_id"], p["document_title"]),
@@ -133,6 +133,13 @@ class WritingJobAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None) -> bool:
         return False  # written by knowledge.jobs only; the detail page is a view
 
+    def delete_model(self, request, obj: WritingJob) -> None:
+        jobs.delete_job(obj)
+
+    def delete_queryset(self, request, queryset) -> None:
+        for job in queryset:
+            jobs.delete_job(job)
+
     @admin.display(description="State", ordering="state")
     def state_(self, job: WritingJob) -> str:
         return state_badge(BADGES[job.state], job.get_state_display())
@@ -146,24 +153,27 @@ class WritingJobAdmin(admin.ModelAdmin):
     def outline_(self, job: WritingJob) -> str:
         if not job.outline:
             return "–"
-        sections = format_html_join(
+        rows = format_html_join(
             "",
-            "<li><strong>{}</strong><ul>{}</ul><small>Passages:</small><ul>{}</ul></li>",
+            "<tr><td>{}</td><td><strong>{}</strong></td><td>{}</td><td>{}</td></tr>",
             (
                 (
+                    position,
                     section["heading"],
                     format_html_join(
-                        "", "<li>{}</li>", ((p,) for p in section["key_points"])
+                        "", "<div>{}</div>", ((p,) for p in section["key_points"])
                     ),
                     passages_html(section["passages"]),
                 )
-                for section in job.outline["sections"]
+                for position, section in enumerate(job.outline["sections"], 1)
             ),
         )
         return format_html(
-            '<div class="claw-outline"><h3>{}</h3><ol>{}</ol></div>',
+            '<div class="claw-outline"><h3>{}</h3><table><tr><th>#</th>'
+            "<th>heading</th><th>key points</th><th>supporting passages</th></tr>"
+            "{}</table></div>",
             job.outline["title"],
-            sections,
+            rows,
         )
 
     @admin.display(description="Sections")
@@ -261,4 +271,4 @@ class WritingSectionAdmin(admin.ModelAdmin):
 
     @admin.display(description="Supporting passages")
     def passages_(self, section: WritingSection) -> str:
-        return format_html("<ul>{}</ul>", passages_html(section.passages))
+        return passages_html(section.passages)

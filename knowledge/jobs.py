@@ -877,6 +877,16 @@ def cancel_job(job: WritingJob) -> WritingJob:
     return job
 
 
+def delete_job(job: WritingJob) -> None:
+    """Delete a job with its sections, cancelling its tasks first if it is still
+    active (its task records stay, as the ledger's history)."""
+    with transaction.atomic():
+        if not job.is_final:
+            with contextlib.suppress(JobFinished):  # it ended meanwhile
+                cancel_job(job)
+        job.delete()
+
+
 def job_events(job: WritingJob, limit: int = 500):
     """The job's timeline: its task's events, and the sections' tasks' events
     other than their progress reports (these stay in the task API)."""

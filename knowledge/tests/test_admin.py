@@ -254,3 +254,19 @@ def test_cancel_selected_jobs_reports_cancelled_and_skipped(
     running.refresh_from_db()
     assert running.state == "cancelled"
     assert TaskRecord.objects.get(pk=running.task_id).state == "REVOKED"
+
+
+def test_deleting_a_job_in_the_admin_cancels_its_tasks_first(admin_client, alice, kb):
+    from knowledge import jobs
+    from knowledge.models import WritingJob
+
+    job = jobs.start_outline_job(
+        alice, task_prompt="cats", knowledge_bases=[kb], job_id="plan"
+    ).job
+    url = reverse("admin:knowledge_writingjob_delete", args=[job.pk])
+
+    response = admin_client.post(url, {"post": "yes"})
+
+    assert response.status_code == 302
+    assert not WritingJob.objects.exists()
+    assert TaskRecord.objects.get(pk=job.task_id).state == "REVOKED"

@@ -57,6 +57,13 @@ def browser_page(artifacts_dir):
     assert errors == [], f"server errors: {errors}"
 
 
+def log_in(page, base: str, username: str, password: str, then: str = "") -> None:
+    page.goto(f"{base}/admin/login/" + (f"?next={then}" if then else ""))
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("input[type=submit]")
+
+
 def shot(page, name: str) -> None:
     page.screenshot(path=str(page.shots / f"{name}.png"), full_page=True)
 
@@ -81,11 +88,7 @@ def test_staff_operate_tasks_from_the_admin_in_a_real_browser(
     page = browser_page
     base = live_server.url
 
-    # log in
-    page.goto(f"{base}/admin/login/")
-    page.fill("#id_username", "ops")
-    page.fill("#id_password", "ops-browser-pass-1")
-    page.click("input[type=submit]")
+    log_in(page, base, "ops", "ops-browser-pass-1")
     page.wait_for_selector("#claw-links")
     shot(page, "01-index")
 
@@ -150,12 +153,13 @@ def test_staff_search_a_knowledge_base_from_its_admin_page(
         knowledge.vectorize_document(document.pk)
     page = browser_page
     base = live_server.url
-    page.goto(
-        f"{base}/admin/login/?next=/admin/knowledge/knowledgebase/{kb.pk}/change/"
+    log_in(
+        page,
+        base,
+        "kb",
+        "kb-pass-12345",
+        f"/admin/knowledge/knowledgebase/{kb.pk}/change/",
     )
-    page.fill("#id_username", "kb")
-    page.fill("#id_password", "kb-pass-12345")
-    page.click("input[type=submit]")
 
     page.fill("#kb-search input[name=q]", "glaciers carved the inlets")
     page.click("#kb-search input[type=submit]")
@@ -207,10 +211,7 @@ def test_staff_read_a_writing_job_and_cancel_another_in_a_real_browser(
     jobs.finish_document(written.pk, celery_id=written.task.celery_id)
     page = browser_page
     base = live_server.url
-    page.goto(f"{base}/admin/login/?next=/admin/knowledge/writingjob/")
-    page.fill("#id_username", "jobs")
-    page.fill("#id_password", "jobs-pass-123")
-    page.click("input[type=submit]")
+    log_in(page, base, "jobs", "jobs-pass-123", "/admin/knowledge/writingjob/")
 
     # the list, then the written job: outline, sections, document, references, tasks
     page.wait_for_selector("#result_list")

@@ -16,6 +16,11 @@ from bench.gen import fill
 
 DB = "claw_bench_admin"
 SIZES_FULL, SIZES_QUICK = (10_000, 100_000, 1_000_000), (10_000,)
+# The stats pages once more with their cache off, for what a cold request costs.
+UNCACHED = {
+    "dashboard (cache off)": "/admin/tasks_app/taskrecord/dashboard/",
+    "API stats (cache off)": "/api/v1/tasks/stats/",
+}
 PAGES = {
     "changelist": "/admin/tasks_app/taskrecord/",
     "changelist state filter": "/admin/tasks_app/taskrecord/?state__exact=FAILURE",
@@ -64,11 +69,16 @@ def run(quick: bool = False) -> list[dict]:
         n = 5 if size >= 1_000_000 else 10
         out = run_py(["-c", CHILD, json.dumps(PAGES), str(n)], env, timeout=300)
         results[size] = json.loads(out.strip().splitlines()[-1])
+        cold = {**env, "CLAW_STATS_CACHE_SECONDS": "0"}
+        out = run_py(["-c", CHILD, json.dumps(UNCACHED), str(n)], cold, timeout=300)
+        results[size].update(json.loads(out.strip().splitlines()[-1]))
     rows = []
     base = results[sizes[0]]
-    for label in PAGES:
-        scen = "4 stats" if label in ("dashboard", "API stats") else "3 admin list"
+    for label in [*PAGES, *UNCACHED]:
+        scen = "3 admin list" if label.startswith("changelist") else "4 stats"
         target = "< 200 at 1M" if scen == "4 stats" else "< 150 at 1M, <= 1.5x 10k"
+        if label in UNCACHED:
+            target = ""  # informational: the pages above are what users get
         for size in sizes:
             r = results[size][label]
             metric = f"{label} p50 @ {size:,}"
@@ -77,7 +87,7 @@ def run(quick: bool = False) -> list[dict]:
                 rows.append(row(scen, metric, "", "ms", target, note))
                 continue
             note = f"max {r['max']:.0f} ms"
-            if size == 1_000_000:
+            if size == 1_000_000 and target:
                 ok = r["p50"] < (200 if scen == "4 stats" else 150)
                 if scen == "3 admin list" and base[label].get("p50"):
                     ratio = r["p50"] / base[label]["p50"]

@@ -44,6 +44,7 @@ def _poll(done_count, n: int, started: float) -> tuple[float, int]:
 
 def child(mode: str, n: int) -> dict:
     """Runs in a subprocess with the stack's own settings; returns the timings."""
+    cpu = time.process_time()
     if mode == "bare":
         import redis
 
@@ -88,11 +89,17 @@ def child(mode: str, n: int) -> dict:
         submit = time.monotonic() - started
         done_q = TaskRecord.objects.filter(state=TaskRecord.State.SUCCESS)
         elapsed, done = _poll(done_q.count, n, started)
-    return {"n": n, "done": done, "submit": submit, "elapsed": elapsed}
+    cpu = time.process_time() - cpu  # submitting and polling
+    return {"n": n, "done": done, "submit": submit, "elapsed": elapsed, "cpu": cpu}
 
 
-def measure(mode: str, n: int, env: dict, app: str) -> dict:
-    with Worker(app, env, f"throughput-{mode}") as worker:
+# CLAW's worker runs as docker-compose's worker-default does: on the short-task
+# queues, where each pool process prefetches CLAW_SHORT_QUEUE_PREFETCH (4) messages.
+CLAW_WORKER = ("--queues", "default,notification_default")
+
+
+def measure(mode: str, n: int, env: dict, app: str, extra: tuple = ()) -> dict:
+    with Worker(app, env, f"throughput-{mode}", extra=extra) as worker:
         worker.wait_ready()
         out = run_py(["-m", "bench.bench_throughput", mode, str(n)], env, timeout=240)
     return json.loads(out.strip().splitlines()[-1])
@@ -136,7 +143,9 @@ def run(quick: bool = False) -> list[dict]:
     run_py(["-m", "django", "migrate", "--noinput", "-v", "0"], dcr_env)
     dcr = measure("dcr", n, dcr_env, "bench.dcr_app")
     flush_redis()
-    claw = measure("claw", n, claw_env("claw_bench_throughput"), "claw")
+    claw = measure(
+        "claw", n, claw_env("claw_bench_throughput"), "claw", extra=CLAW_WORKER
+    )
     flush_redis()
     rows = rate_rows(s, "(a) bare Celery", bare)
     rows += rate_rows(s, "(b) Celery + django-celery-results", dcr)

@@ -12,14 +12,35 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PG = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-q"]
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/7")
+# Appended to every claw_bench_* database name: with its own BENCH_REDIS_URL, a run
+# that must not meet another one (tests/test_bench_smoke.py in someone's suite
+# uses the defaults) gets databases of its own.
+DB_SUFFIX = os.environ.get("BENCH_DB_SUFFIX", "")
 ARTIFACTS = Path(os.environ.get("BENCH_ARTIFACTS", "/tmp/artifacts-bench"))
 
 
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM when the process that started it dies.
+
+    Workers lead their own process group (so stop() reaches their pool children),
+    which also means nothing else stops them if the runner is killed outright.
+    """
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def bench_db(name: str) -> str:
+    return name + DB_SUFFIX if name.startswith("claw_bench_") else name
+
+
 def pg_url(db: str) -> str:
-    return f"postgres://postgres@127.0.0.1:5432/{db}"
+    return f"postgres://postgres@127.0.0.1:5432/{bench_db(db)}"
 
 
 def psql(sql: str, db: str = "postgres") -> str:
+    db = bench_db(db)
     out = subprocess.run(
         [*PG, "-At", "-d", db, "-c", sql], capture_output=True, text=True, check=True
     )
@@ -28,8 +49,8 @@ def psql(sql: str, db: str = "postgres") -> str:
 
 def fresh_db(name: str) -> str:
     assert name.startswith("claw_bench_"), name
-    psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    psql(f"CREATE DATABASE {name}")
+    psql(f"DROP DATABASE IF EXISTS {bench_db(name)} WITH (FORCE)")
+    psql(f"CREATE DATABASE {bench_db(name)}")
     return pg_url(name)
 
 
@@ -66,7 +87,14 @@ def run_py(args: list[str], env: dict, timeout: float = 300) -> str:
 class Worker:
     """A `celery worker` subprocess in its own process group, logged to ARTIFACTS."""
 
-    def __init__(self, app: str, env: dict, name: str, concurrency: int = 2):
+    def __init__(
+        self,
+        app: str,
+        env: dict,
+        name: str,
+        concurrency: int = 2,
+        extra: tuple[str, ...] = (),
+    ):
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         self.log_path = ARTIFACTS / f"{name}.log"
         self.log = open(self.log_path, "w")  # noqa: SIM115
@@ -87,12 +115,14 @@ class Worker:
                 "--without-gossip",
                 "--without-mingle",
                 "--without-heartbeat",
+                *extra,
             ],  # fmt: skip
             cwd=ROOT,
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
 
     def wait_ready(self, timeout: float = 60) -> None:

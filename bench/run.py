@@ -12,6 +12,7 @@ import argparse
 import importlib
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -120,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="do not write RESULTS")
     parser.add_argument("--output", default=str(BENCH_DIR / "RESULTS.md"))
     args = parser.parse_args(argv)
+    # SIGTERM (a timeout, Ctrl-C from a supervisor) unwinds like an exception, so
+    # every scenario's `with Worker(...)` stops its worker instead of leaving it
+    # consuming the bench Redis database.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     names = discover()
     if args.only:
         unknown = set(args.only) - set(names)

@@ -121,6 +121,9 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 30,
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
+    # A local file: nothing to reconnect to, so keep connections (workers reuse
+    # theirs between tasks, tasks_app.connections).
+    _db["CONN_MAX_AGE"] = None
 else:
     _db["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 60)
     # A restarted PostgreSQL leaves dead persistent connections; check before reuse.
@@ -389,20 +392,41 @@ CELERY_RESULT_EXTENDED = True  # store task name, args and worker on TaskResult
 CELERY_RESULT_BACKEND_ALWAYS_RETRY = True
 CELERY_RESULT_BACKEND_MAX_RETRIES = 12
 CELERY_RESULT_EXPIRES = env_int("CELERY_RESULT_EXPIRES_DAYS", 7) * 24 * 3600
-CELERY_TASK_TRACK_STARTED = True
+# The ledger records STARTED (task_prerun); LedgerBackend stores no STARTED
+# TaskResult either way and answers AsyncResult.state STARTED from the ledger.
+CELERY_TASK_TRACK_STARTED = False
 CELERY_TASK_ACKS_LATE = (
     True  # redeliver if a worker dies mid-task; tasks are idempotent
 )
 CELERY_TASK_REJECT_ON_WORKER_LOST = True  # ...including when a child process is killed
-CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # LLM calls are slow: don't hoard messages
+# LLM calls are slow: a worker on a slow queue must not hoard messages another
+# worker could start. A worker that consumes only short-task queues takes
+# CLAW_SHORT_QUEUE_PREFETCH per process instead (workers.prefetch_multiplier_for).
+# The filesystem broker is polled: once a worker holds its prefetch limit it
+# sleeps a polling interval before it looks again, so the embedded stack (one
+# worker) prefetches 8 per process; with no acknowledgements there, a killed
+# worker's prefetched messages come back through check_task_health (README).
+CELERY_WORKER_PREFETCH_MULTIPLIER = env_int(
+    "CELERY_WORKER_PREFETCH_MULTIPLIER", 8 if IS_FILESYSTEM_BROKER else 1
+)
+CLAW_SLOW_QUEUES = ("ai_high_priority", "knowledge_default")
+CLAW_SHORT_QUEUE_PREFETCH = env_int("CLAW_SHORT_QUEUE_PREFETCH", 4)
 CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 2)
 CELERY_WORKER_MAX_TASKS_PER_CHILD = env_int("CELERY_WORKER_MAX_TASKS_PER_CHILD", 1000)
 # With acks_late, a broker connection loss would otherwise leave running tasks to be
 # redelivered while they still run: cancel them so the redelivery is the only run.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_WORKER_POOL_RESTARTS = True  # admin "pool restart" needs it
-CELERY_WORKER_SEND_TASK_EVENTS = True
-CELERY_TASK_SEND_SENT_EVENT = True
+# Task events (for Flower or `celery events`) cost 3-4 broker publishes per task;
+# nothing in CLAW reads them (the ledger is the history), so they are opt-in.
+# Worker heartbeats are sent either way.
+CELERY_WORKER_SEND_TASK_EVENTS = env_bool("CELERY_WORKER_SEND_TASK_EVENTS", False)
+CELERY_TASK_SEND_SENT_EVENT = CELERY_WORKER_SEND_TASK_EVENTS
+# Celery's Django fixup closes every database connection before and after every
+# task unless this is set (a new PostgreSQL connection per task); with it, a
+# worker keeps its connections and tasks_app.connections.recycle closes broken or
+# CONN_MAX_AGE-old ones after each task, as Django does after each request.
+CELERY_DB_REUSE_MAX = 1_000_000_000
 CELERY_TASK_TIME_LIMIT = 300
 CELERY_TASK_SOFT_TIME_LIMIT = 240
 CELERY_TIMEZONE = TIME_ZONE
@@ -436,6 +460,9 @@ CELERY_TASK_DEFAULT_PRIORITY = 5
 CLAW_PROGRESS_INTERVAL = float(os.environ.get("CLAW_PROGRESS_INTERVAL", "0.5"))
 # Redeliveries of one attempt after its worker died, before the ledger stops it.
 CLAW_MAX_REDELIVERIES = env_int("CLAW_MAX_REDELIVERIES", 3)
+# Seconds the dashboard's and the stats API's aggregates (and the dashboard's
+# worker ping) are kept in the cache; 0 computes them on every request.
+CLAW_STATS_CACHE_SECONDS = env_int("CLAW_STATS_CACHE_SECONDS", 15)
 # Seconds without a heartbeat after which beat counts as down.
 CLAW_BEAT_STALE_AFTER = env_int("CLAW_BEAT_STALE_AFTER", 120)
 

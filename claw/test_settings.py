@@ -17,6 +17,8 @@ DATABASES["default"]["TEST"] = {"NAME": os.environ.get("CLAW_TEST_DB", "test_cla
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 CELERY_IMPORTS = ["tests.tasks"]  # tasks that only tests use (sleep, fail, kill...)
 CLAW_PROGRESS_INTERVAL = 0.2
+# Tests assert counts right after writing rows; the stats cache has its own test.
+CLAW_STATS_CACHE_SECONDS = 0
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # noqa: F405 - whitenoise warns otherwise
 # The manifest storage needs collectstatic; tests render admin pages without it.
 STORAGES = {

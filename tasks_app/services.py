@@ -3,7 +3,8 @@ through here; nothing else writes TaskRecord or TaskEvent.
 
 Every transition is one conditional UPDATE from its allowed source states, so a late
 or duplicated signal cannot move a finished record backwards, plus one INSERT of its
-timeline event, in one transaction.
+timeline event, atomically: one statement on PostgreSQL, one transaction on SQLite
+(tasks_app.ledger_writes has the SQL).
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
-from django.db import IntegrityError, connection, transaction
-from django.db.models import Case, F, Model, Value, When
+from django.db import IntegrityError, transaction
+from django.db.models import Model
 from django.utils import timezone
 
 from claw.celery import app, broker_priority, platform_priority, registered_tasks
+from tasks_app import ledger_writes
+from tasks_app.ledger_writes import Sql
 from tasks_app.models import TaskEvent, TaskRecord, TaskState
 
 logger = logging.getLogger(__name__)
@@ -100,20 +103,8 @@ def _worker_max_deliveries(task_name: str) -> int:
     return retries + 1 + settings.CLAW_MAX_REDELIVERIES
 
 
-def _add_event(celery_id: str, kind: str, data: dict | None = None) -> None:
-    """Append an event to the record whose current attempt is celery_id.
-
-    One INSERT ... SELECT, so the hot path never reads the record into Python.
-    """
-    event = TaskEvent._meta
-    record = TaskRecord._meta
-    sql = (
-        f"INSERT INTO {event.db_table} (record_id, kind, at, attempt, celery_id,"
-        f" worker, data) SELECT id, %s, %s, attempts, celery_id, worker, %s"
-        f" FROM {record.db_table} WHERE celery_id = %s"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [kind, timezone.now(), json.dumps(data or {}), celery_id])
+# Tests and fixtures add events to records they create themselves.
+_add_event = ledger_writes.add_event
 
 
 def _transition(
@@ -123,19 +114,25 @@ def _transition(
     *,
     data: dict | None = None,
     extra_filter: dict | None = None,
+    also: ledger_writes.Statement | None = None,
     **updates: Any,
 ) -> bool:
-    """Apply one conditional UPDATE and its event; return whether it applied."""
-    with transaction.atomic():
-        applied = (
-            TaskRecord.objects.filter(
-                celery_id=celery_id, state__in=list(from_states), **(extra_filter or {})
-            ).update(**updates)
-            == 1
-        )
-        if applied:
-            _add_event(celery_id, kind, data)
-    return applied
+    """Apply one conditional UPDATE and its event; return whether it applied.
+
+    One statement on PostgreSQL, one transaction elsewhere (ledger_writes). `also`
+    commits with it either way. Outside a transaction a lost connection is
+    reconnected and the write tried again.
+    """
+    return ledger_writes.reconnecting(
+        ledger_writes.transition,
+        celery_id,
+        tuple(from_states),
+        extra_filter or {},
+        updates,
+        kind=kind,
+        data=data,
+        also=also,
+    )
 
 
 # --- submitting ------------------------------------------------------------
@@ -192,15 +189,18 @@ def submit(
     if target is not None:
         record.content_type = ContentType.objects.get_for_model(target)
         record.object_id = target.pk
-    try:
-        with transaction.atomic():
-            record.save()
-            _add_event(record.celery_id, Kind.QUEUED, {"queue": record.queue})
-    except IntegrityError:
-        if not idempotency_key:
-            raise
-        # Another request with the same key committed between our check and insert.
-        return TaskRecord.objects.get(owner=owner, idempotency_key=idempotency_key)
+    event = {"queue": record.queue}
+    if idempotency_key:
+        try:
+            # A savepoint: a duplicate key must not abort the caller's transaction.
+            with transaction.atomic():
+                ledger_writes.insert_record(record, Kind.QUEUED, event)
+        except IntegrityError:
+            # Another request with the same key committed between our check and
+            # insert.
+            return TaskRecord.objects.get(owner=owner, idempotency_key=idempotency_key)
+    else:
+        ledger_writes.insert_record(record, Kind.QUEUED, event)
     # The real (unredacted) arguments travel in the message only.
     payload = (list(args), dict(kwargs or {}))
     transaction.on_commit(lambda: publish(record, payload=payload))
@@ -261,8 +261,9 @@ def record_published(
     if not celery_id or not name:
         return
     args, kwargs = _body_arguments(body)
-    parent_id = _record_id_for(headers.get("parent_id"))
-    root_id = _record_id_for(headers.get("root_id")) or parent_id
+    parent_id, root_id = _record_ids_for(
+        headers.get("parent_id"), headers.get("root_id")
+    )
     options = {}
     if headers.get("periodic_task_name"):
         options["periodic_task_name"] = headers["periodic_task_name"]
@@ -284,8 +285,7 @@ def record_published(
         record.content_type_id, record.object_id = target
     try:
         with transaction.atomic():
-            record.save()
-            _add_event(celery_id, Kind.QUEUED, {"queue": record.queue})
+            ledger_writes.insert_record(record, Kind.QUEUED, {"queue": record.queue})
     except IntegrityError:
         pass  # published twice with one id (a republish); the record exists
 
@@ -341,14 +341,15 @@ def _body_arguments(body: Any) -> tuple[list, dict]:
     return [], {}
 
 
-def _record_id_for(celery_id: str | None) -> int | None:
-    if not celery_id:
-        return None
-    return (
-        TaskRecord.objects.filter(celery_id=celery_id)
-        .values_list("id", flat=True)
-        .first()
+def _record_ids_for(parent: str | None, root: str | None) -> tuple[int | None, ...]:
+    """Record ids of a message's parent and root (the root defaults to the
+    parent), in one query."""
+    wanted = {parent, root} - {None, ""}
+    rows = TaskRecord.objects.filter(celery_id__in=wanted).values_list(
+        "celery_id", "id"
     )
+    found = dict(rows) if wanted else {}
+    return found.get(parent), found.get(root) or found.get(parent)
 
 
 def _parse_eta(value: str | None) -> datetime | None:
@@ -384,8 +385,8 @@ def mark_started(celery_id: str, *, name: str, worker: str) -> str | None:
         state=State.STARTED,
         started_at=timezone.now(),
         worker=worker,
-        attempts=F("attempts") + 1,
-        deliveries=F("deliveries") + 1,
+        attempts=Sql("attempts + 1"),
+        deliveries=Sql("deliveries + 1"),
     ):
         return None
     row = (
@@ -427,17 +428,25 @@ def mark_retry(celery_id: str, *, error: str, eta: datetime | None = None) -> bo
     return _revoke_if_cancelled(celery_id, reason="retried after cancel was requested")
 
 
-def mark_succeeded(celery_id: str) -> bool:
-    """STARTED -> SUCCESS, or REVOKED if a cancel arrived while it ran."""
+def mark_succeeded(
+    celery_id: str, *, also: ledger_writes.Statement | None = None
+) -> bool:
+    """STARTED -> SUCCESS, or REVOKED if a cancel arrived while it ran.
+
+    `also` is the result backend's TaskResult upsert (LedgerBackend): the result
+    and the SUCCESS commit together, in one statement on PostgreSQL, and the
+    result is stored even when the transition does not apply.
+    """
     now = timezone.now()
     if _transition(
         celery_id,
         [State.STARTED],
         Kind.SUCCEEDED,
         extra_filter={"cancel_requested": False},
+        also=also,
         state=State.SUCCESS,
         finished_at=now,
-        progress_current=F("progress_total"),
+        progress_current=Sql("progress_total"),
     ):
         return True
     # A late success must not overwrite a cancel: the caller was told it stopped.
@@ -469,9 +478,9 @@ def mark_failed(
     from_states: Iterable[str] = (State.PENDING, State.STARTED, State.RETRY),
 ) -> bool:
     """Record a final failure; a cancelled record ends REVOKED instead."""
-    final_state = Case(
-        When(cancel_requested=True, then=Value(State.REVOKED)),
-        default=Value(State.FAILURE),
+    final_state = Sql(
+        "CASE WHEN cancel_requested THEN %s ELSE %s END",
+        (State.REVOKED, State.FAILURE),
     )
     return _transition(
         celery_id,
@@ -614,7 +623,7 @@ def retry(
             raise InvalidTransition(
                 f"Task #{record.pk} is {record.state}, not retryable"
             )
-        _add_event(new_id, Kind.QUEUED, {"retry_of": previous})
+        ledger_writes.add_event(new_id, Kind.QUEUED, {"retry_of": previous})
     record.refresh_from_db()
     # As in submit(): edited secrets are stored redacted and travel in the message.
     payload = (list(new_args), dict(new_kwargs))

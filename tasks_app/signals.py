@@ -1,4 +1,5 @@
-"""Celery signal receivers. Each one hands off to tasks_app.services and nothing else.
+"""Celery signal receivers. Each one hands off to tasks_app.services (or to workers
+and connections, for worker settings) and holds no logic of its own.
 
 Receivers run in the publishing process (before_task_publish) or the worker. Celery
 logs an exception raised by a receiver instead of failing the task, so a broken
@@ -9,7 +10,15 @@ from __future__ import annotations
 
 from celery import signals
 
-from tasks_app import services
+from tasks_app import connections, services, workers
+
+
+@signals.worker_init.connect
+def on_worker_init(sender, **_):
+    # After -Q is applied and before the consumer reads the multiplier.
+    sender.prefetch_multiplier = workers.prefetch_multiplier_for(
+        set(sender.app.amqp.queues.consume_from or ()), sender.prefetch_multiplier
+    )
 
 
 @signals.before_task_publish.connect
@@ -30,7 +39,15 @@ def on_task_prerun(task_id, task, **_):
 
 @signals.task_success.connect
 def on_task_success(sender, **_):
-    services.mark_succeeded(sender.request.id)
+    # LedgerBackend already wrote SUCCESS together with the stored result; this is
+    # for tasks whose result is not stored (ignore_result) and other backends.
+    if not getattr(sender.request, "claw_succeeded", False):
+        services.mark_succeeded(sender.request.id)
+
+
+@signals.task_postrun.connect
+def on_task_postrun(**_):
+    connections.recycle()
 
 
 @signals.task_failure.connect

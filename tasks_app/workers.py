@@ -28,6 +28,26 @@ class WorkerInfo:
     queues: list[str] = field(default_factory=list)
 
 
+def prefetch_multiplier_for(queues: set[str], configured: int) -> int:
+    """Messages each pool process of a worker on these queues may reserve.
+
+    With acks_late a reserved message is not acknowledged until it has run, so
+    prefetching is safe against kill -9 (the broker hands the reserved messages
+    out again: at once on a clean shutdown, after the visibility timeout on
+    Redis if the worker was killed); its cost is that a slow task can hold
+    messages that an idle worker elsewhere could have started. So a worker on a
+    slow queue (CLAW_SLOW_QUEUES, e.g. LLM calls) keeps the configured multiplier
+    (1), and one that consumes only short-task queues takes
+    CLAW_SHORT_QUEUE_PREFETCH, saving a broker round trip between short tasks.
+    An explicit --prefetch-multiplier (not the configured value) is kept.
+    """
+    if configured != settings.CELERY_WORKER_PREFETCH_MULTIPLIER:
+        return configured
+    if not queues or queues & set(settings.CLAW_SLOW_QUEUES):
+        return configured
+    return max(configured, settings.CLAW_SHORT_QUEUE_PREFETCH)
+
+
 def ping(timeout: float = REPLY_TIMEOUT) -> list[str]:
     """Names of the workers that answered."""
     replies = app.control.ping(timeout=timeout) or []

@@ -354,26 +354,61 @@ def test_republishing_from_the_stored_copy_never_sends_redacted_secrets(
     assert send_task.call_args.kwargs["args"] == [1, 2]
 
 
-def test_each_worker_transition_is_one_update_and_one_insert(
+def statements(context) -> list[str]:
+    return [q["sql"] for q in context.captured_queries]
+
+
+def test_each_worker_transition_is_one_statement_with_its_update_and_event_insert(
     send_task, django_capture_on_commit_callbacks, django_assert_num_queries
 ):
+    # On PostgreSQL a transition is one data-modifying CTE: the conditional UPDATE
+    # ... RETURNING feeds the event INSERT, so it is atomic without a transaction
+    # of its own, and one round trip and one commit in a worker (autocommit).
     record = submitted(send_task, django_capture_on_commit_callbacks)
     celery_id = record.celery_id
     services.registered_tasks()  # imported once per process, not per transition
 
-    def writes(context) -> list[str]:
-        return [
-            q["sql"].split()[0]
-            for q in context.captured_queries
-            if "SAVEPOINT" not in q["sql"]
-        ]
-
-    with django_assert_num_queries(4) as started_queries:  # with SAVEPOINT/RELEASE
+    with django_assert_num_queries(1) as started_queries:
         services.mark_started(celery_id, name="tests.add", worker="w1")
-    with django_assert_num_queries(4) as progress_queries:
+    with django_assert_num_queries(1) as progress_queries:
         services.record_progress(celery_id, 1, 2, "half")
-    with django_assert_num_queries(4) as success_queries:
+    with django_assert_num_queries(1) as success_queries:
         services.mark_succeeded(celery_id)
 
     for context in (started_queries, progress_queries, success_queries):
-        assert writes(context) == ["UPDATE", "INSERT"]
+        (sql,) = statements(context)
+        assert sql.startswith('WITH moved AS (UPDATE "tasks_app_taskrecord"')
+        assert 'INSERT INTO "tasks_app_taskevent"' in sql
+    record.refresh_from_db()
+    assert record.state == State.SUCCESS
+    assert kinds(record) == ["queued", "started", "progress", "succeeded"]
+
+
+def test_a_transition_that_does_not_apply_writes_no_event(
+    send_task, django_capture_on_commit_callbacks
+):
+    record = submitted(send_task, django_capture_on_commit_callbacks)
+
+    assert services.mark_succeeded(record.celery_id) is False  # never started
+
+    record.refresh_from_db()
+    assert record.state == State.PENDING
+    assert kinds(record) == ["queued"]
+
+
+def test_submit_is_one_statement_in_the_callers_transaction(
+    send_task, django_capture_on_commit_callbacks, django_assert_num_queries
+):
+    services.registered_tasks()
+    with (
+        django_capture_on_commit_callbacks(execute=True),
+        transaction.atomic(),
+        django_assert_num_queries(1) as queries,
+    ):
+        record = services.submit("tests.add", args=[1, 2])
+
+    (sql,) = statements(queries)
+    assert sql.startswith('WITH added AS (INSERT INTO "tasks_app_taskrecord"')
+    assert TaskRecord.objects.get(pk=record.pk).celery_id == record.celery_id
+    assert kinds(record) == ["queued"]
+    assert send_task.call_args.kwargs["headers"] == {"claw_record": record.pk}

@@ -162,3 +162,80 @@ def test_a_poisoned_delivery_stores_failure_over_the_stale_started_result():
     stored = TaskResult.objects.get(task_id=task_id)
     assert stored.status == "FAILURE"
     assert "PoisonedTask" in stored.result
+
+
+def started_record(task_id: str) -> TaskRecord:
+    services.record_published(
+        {"id": task_id, "task": "tests.add"}, ([1, 2], {}, {}), "default", {}
+    )
+    services.mark_started(task_id, name="tests.add", worker="w1")
+    return TaskRecord.objects.get(celery_id=task_id)
+
+
+def test_storing_success_moves_the_ledger_and_the_result_in_one_statement(
+    django_assert_num_queries,
+):
+    task_id = str(uuid.uuid4())
+    record = started_record(task_id)
+    request = Context(id=task_id, task="tests.add", args=[1, 2], kwargs={})
+
+    with django_assert_num_queries(1) as queries:
+        app.backend.store_result(task_id, 3, "SUCCESS", request=request)
+
+    (sql,) = [q["sql"] for q in queries.captured_queries]
+    assert sql.startswith('WITH moved AS (UPDATE "tasks_app_taskrecord"')
+    assert 'INSERT INTO "tasks_app_taskevent"' in sql
+    assert 'INSERT INTO "django_celery_results_taskresult"' in sql
+    record.refresh_from_db()
+    assert record.state == State.SUCCESS
+    assert list(record.events.values_list("kind", flat=True)) == [
+        "queued",
+        "started",
+        "succeeded",
+    ]
+    stored = TaskResult.objects.get(task_id=task_id)
+    assert (stored.status, stored.result, stored.task_name) == (
+        "SUCCESS",
+        "3",
+        "tests.add",
+    )
+    assert stored.date_started == record.started_at
+    assert request.claw_succeeded  # the task_success receiver has nothing to do
+
+
+def test_started_is_not_stored_but_async_result_reads_it_from_the_ledger(
+    django_assert_num_queries,
+):
+    task_id = str(uuid.uuid4())
+    started_record(task_id)
+
+    with django_assert_num_queries(0):
+        app.backend.store_result(task_id, {"pid": 1}, "STARTED", request=None)
+
+    assert not TaskResult.objects.filter(task_id=task_id).exists()
+    assert app.AsyncResult(task_id).state == "STARTED"
+    assert app.AsyncResult(str(uuid.uuid4())).state == "PENDING"
+
+
+def test_a_late_success_of_a_cancelled_task_stores_the_result_but_keeps_revoked():
+    task_id = str(uuid.uuid4())
+    record = started_record(task_id)
+    services.cancel(record)  # running: flagged, revoke broadcast after commit
+
+    app.backend.store_result(task_id, 3, "SUCCESS", request=Context(id=task_id))
+
+    record.refresh_from_db()
+    assert record.state == State.REVOKED
+    assert TaskResult.objects.get(task_id=task_id).status == "SUCCESS"
+
+
+def test_storing_a_result_twice_updates_the_row_and_keeps_its_creation_time():
+    task_id = str(uuid.uuid4())
+    app.backend.store_result(task_id, "first", "RETRY", request=Context(id=task_id))
+    created = TaskResult.objects.get(task_id=task_id).date_created
+
+    app.backend.store_result(task_id, "second", "FAILURE", request=Context(id=task_id))
+
+    stored = TaskResult.objects.get(task_id=task_id)
+    assert (stored.status, stored.result) == ("FAILURE", '"second"')
+    assert stored.date_created == created

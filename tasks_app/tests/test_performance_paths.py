@@ -1,0 +1,159 @@
+"""The fast paths of issue 9 keep their behaviour: the admin search and its
+trigram index, the cached stats, per-queue prefetch, worker connections kept
+between tasks and reconnected after the server dropped them."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import psycopg
+import pytest
+from django.core.cache import cache
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from tasks_app import connections, dashboard, services, workers
+from tasks_app.admin import search_records
+from tasks_app.models import TaskRecord
+
+State = TaskRecord.State
+
+
+def record(name: str, state: str = State.SUCCESS, **fields) -> TaskRecord:
+    now = timezone.now()
+    times = {"started_at": now - timedelta(seconds=2), "finished_at": now}
+    return TaskRecord.objects.create(
+        name=name,
+        state=state,
+        celery_id=f"{name}-{TaskRecord.objects.count()}",
+        **{**times, **fields},
+    )
+
+
+@pytest.mark.django_db
+def test_search_finds_a_name_part_in_any_case_and_an_exact_celery_id(admin_client):
+    vectorize = record("knowledge.vectorize_document")
+    ping = record("tasks_app.ping")
+
+    assert list(search_records(TaskRecord.objects, "VECTORIZE")) == [vectorize]
+    assert list(search_records(TaskRecord.objects, ping.celery_id)) == [ping]
+    assert not search_records(TaskRecord.objects, "no-such-task").exists()
+    url = reverse("admin:tasks_app_taskrecord_changelist") + "?q=vectorize"
+    html = admin_client.get(url).content.decode()
+    change = "admin:tasks_app_taskrecord_change"
+    assert reverse(change, args=[vectorize.pk]) in html
+    assert reverse(change, args=[ping.pk]) not in html
+
+
+@pytest.mark.django_db
+def test_the_name_search_has_a_trigram_index_on_postgresql():
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'taskrecord_name_trgm'"
+        )
+        (definition,) = cursor.fetchone()
+    assert "gin" in definition and "gin_trgm_ops" in definition
+    assert "upper((name)::text)" in definition  # what icontains compares
+
+
+@pytest.mark.django_db
+def test_summary_matches_the_single_queries_and_is_served_from_the_cache(settings):
+    record("tests.add", started_at=None)
+    record("tests.add", State.FAILURE)
+    record("tests.sleep", started_at=timezone.now() - timedelta(seconds=9))
+    start = dashboard.since(24)
+    settings.CLAW_STATS_CACHE_SECONDS = 30
+    cache.delete("claw:stats:24:1")
+
+    first = dashboard.summary(24, slowest=True)
+    assert first["by_state"] == dashboard.counts_by_state(start)
+    assert first["by_name"] == dashboard.counts_by_name(start)
+    assert first["hourly"] == dashboard.hourly(start)
+    assert [(r["name"], r["runs"]) for r in first["slowest"]] == [
+        (r["name"], r["runs"]) for r in dashboard.slowest(start)
+    ]
+    assert first["slowest"][0]["name"] == "tests.sleep"
+    assert dashboard.summary(24)["hourly"] == first["hourly"]  # the API's
+    with CaptureQueriesContext(connection) as queries:
+        again = dashboard.summary(24, slowest=True)
+    record("tests.add")  # not seen until the cache entry expires
+
+    assert len(queries) == 0 and again == first
+    assert dashboard.summary(24, slowest=True)["by_state"] == {
+        "SUCCESS": 2,
+        "FAILURE": 1,
+    }
+    cache.delete("claw:stats:24:1")
+    assert dashboard.summary(24, slowest=True)["by_state"] == {
+        "SUCCESS": 3,
+        "FAILURE": 1,
+    }
+
+
+def test_only_a_worker_on_short_task_queues_prefetches_more(settings):
+    settings.CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+    settings.CLAW_SHORT_QUEUE_PREFETCH = 4
+
+    assert workers.prefetch_multiplier_for({"default", "notification_default"}, 1) == 4
+    assert workers.prefetch_multiplier_for({"default", "ai_high_priority"}, 1) == 1
+    assert workers.prefetch_multiplier_for(set(), 1) == 1  # every queue
+    assert workers.prefetch_multiplier_for({"default"}, 2) == 2  # given on the CLI
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_keeps_its_connection_and_drops_one_left_in_a_transaction():
+    TaskRecord.objects.exists()
+    kept = connection.connection
+    connections.recycle()
+    assert connection.connection is kept  # no reconnect, and no SELECT 1 either
+    with CaptureQueriesContext(connection) as queries:
+        TaskRecord.objects.exists()
+    assert len(queries) == 1
+
+    connection.set_autocommit(False)  # what a careless task body might leave
+    connections.recycle()
+    assert connection.connection is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_transition_reconnects_after_the_server_dropped_the_connection():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+    settings = connection.settings_dict
+    admin = psycopg.connect(
+        host=settings["HOST"], port=settings["PORT"] or 5432,
+        user=settings["USER"], dbname=settings["NAME"], autocommit=True,
+    )  # fmt: skip
+    # A record without a message: the session's worker must not run it meanwhile.
+    celery_id = "reconnect-1"
+    services.record_published(
+        {"id": celery_id, "task": "tests.add"}, ([1, 2], {}, {}), "default", {}
+    )
+    with admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+    # The worker's STARTED write meets a dead connection, reconnects and applies.
+    assert services.mark_started(celery_id, name="tests.add", worker="w1") is None
+
+    started = TaskRecord.objects.get(celery_id=celery_id)
+    assert started.state == State.STARTED and started.deliveries == 1
+
+
+@pytest.mark.django_db
+def test_a_search_stops_counting_at_its_own_limit(admin_client, monkeypatch):
+    from tasks_app import admin as task_admin
+
+    monkeypatch.setattr(task_admin, "SEARCH_COUNT_LIMIT", 5)
+    TaskRecord.objects.bulk_create(
+        TaskRecord(name="tests.add", celery_id=f"count-{i}") for i in range(8)
+    )
+    changelist = reverse("admin:tasks_app_taskrecord_changelist")
+
+    searched = admin_client.get(changelist + "?q=tests.add").context["cl"]
+    listed = admin_client.get(changelist).context["cl"]
+
+    assert searched.result_count == 6  # "more than 5"
+    assert listed.result_count == 8

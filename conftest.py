@@ -75,12 +75,9 @@ def celery_worker(worker_env, artifacts_dir):
 
     worker = CeleryProcess(
         "worker", worker_env, ["-c", "2"], artifacts_dir / "worker.log"
-    ).start()
-    try:
-        worker.wait_ready(app)
+    )
+    with worker.running(app):
         yield worker
-    finally:
-        worker.stop()
 
 
 @pytest.fixture

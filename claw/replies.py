@@ -15,7 +15,7 @@ from django.db.models import Q
 
 from claw import conversations, llm, ratelimit
 from claw.models import Conversation, Message
-from knowledge.search import SearchHit, search
+from knowledge.search import SearchHit, search_many
 from tasks_app.progress import TaskCancelled, report_progress
 
 RATE_LIMIT_KEY = "claw.generate_ai_response"
@@ -155,15 +155,11 @@ def build_prompt(message: Message) -> list[dict[str, str]]:
 
 def retrieve(conversation: Conversation, query: str) -> list[tuple[int, SearchHit]]:
     """The best AI_PASSAGES hits over every attached knowledge base, by score, as
-    (knowledge base id, hit) pairs. Scores are cosines, comparable across
-    knowledge bases of one embedding model; across models they are merged as is."""
+    (knowledge base id, hit) pairs (knowledge.search.search_many)."""
     bases = list(conversation.knowledge_bases.all())
     if not bases or not query.strip():
         return []
-    k = settings.AI_PASSAGES
-    hits = [(kb.pk, hit) for kb in bases for hit in search(kb, query, k=k)]
-    hits.sort(key=lambda pair: pair[1].score, reverse=True)
-    return hits[:k]
+    return search_many([(kb, None) for kb in bases], query, k=settings.AI_PASSAGES)
 
 
 def passage(hit: SearchHit) -> llm.Passage:

@@ -290,6 +290,26 @@ EMBEDDING_OPENAI_MODEL = os.environ.get(
 EMBEDDING_ST_MODEL = os.environ.get("EMBEDDING_ST_MODEL", "all-MiniLM-L6-v2")
 # --- end of Knowledge ---------------------------------------------------------
 
+# --- Writing jobs (knowledge app: outlines and documents) --------------------
+# A section that fails is left out of the document, marked missing, instead of
+# failing the whole job (the default of each job; a request may say otherwise).
+JOBS_ALLOW_MISSING_SECTIONS = env_bool("JOBS_ALLOW_MISSING_SECTIONS", False)
+# Passages an outline job retrieves (best scores over its knowledge bases; 1-100).
+JOBS_OUTLINE_PASSAGES = env_int("JOBS_OUTLINE_PASSAGES", 12)
+if not 1 <= JOBS_OUTLINE_PASSAGES <= 100:  # knowledge.search.MAX_K
+    raise ImproperlyConfigured("JOBS_OUTLINE_PASSAGES must be between 1 and 100")
+# Passages scoring below this share of the best one are left out of an outline
+# (search always returns its k best, however unrelated); 0 keeps them all.
+JOBS_MIN_RELATIVE_SCORE = float(os.environ.get("JOBS_MIN_RELATIVE_SCORE", "0.25"))
+# Most sections of an outline, generated or posted.
+JOBS_MAX_SECTIONS = env_int("JOBS_MAX_SECTIONS", 20)
+if not 1 <= JOBS_MAX_SECTIONS <= 100:
+    raise ImproperlyConfigured("JOBS_MAX_SECTIONS must be between 1 and 100")
+# Time limits of one section's task (knowledge.write_section), in seconds.
+JOBS_SECTION_SOFT_TIME_LIMIT = env_int("JOBS_SECTION_SOFT_TIME_LIMIT", 120)
+JOBS_SECTION_TIME_LIMIT = env_int("JOBS_SECTION_TIME_LIMIT", 180)
+# --- end of Writing jobs --------------------------------------------------------
+
 # --- Cache (the cluster-wide rate limit and locks need a shared one) ---------
 CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
 
@@ -322,6 +342,12 @@ SPECTACULAR_SETTINGS = {
         "MessageStatusEnum": "claw.models.Message.Status",
         "NotificationStatusEnum": "claw.models.Notification.Status",
         "DocumentStatusEnum": "knowledge.models.Document.Status",
+        "WritingSectionStatusEnum": "knowledge.models.WritingSection.Status",
+        "WritingJobKindEnum": "knowledge.models.WritingJob.Kind",
+        "WritingJobStateEnum": "knowledge.models.WritingJob.State",
+        # the task API's names, as they were before writing jobs had their own
+        "StateEnum": "tasks_app.models.TaskState",
+        "KindEnum": "tasks_app.models.TaskEvent.Kind",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",

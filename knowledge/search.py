@@ -176,3 +176,21 @@ def _hits(matrix: VectorMatrix, scores: np.ndarray, rows: list[int]) -> list[Sea
             )
         )
     return hits
+
+
+def search_many(
+    scopes: list[tuple[KnowledgeBase, dict | None]], query: str, *, k: int = 5
+) -> list[tuple[int, SearchHit]]:
+    """The k best hits over several knowledge bases, each with its own filters,
+    as (knowledge base id, hit) pairs, best first.
+
+    Scores are cosines, comparable across knowledge bases of one embedding model;
+    across models they are merged as they are.
+    """
+    hits = [
+        (kb.pk, hit)
+        for kb, filters in scopes
+        for hit in search(kb, query, k=k, filters=filters)
+    ]
+    hits.sort(key=lambda pair: pair[1].score, reverse=True)
+    return hits[:k]

@@ -75,6 +75,16 @@ class CeleryProcess:
 
         wait_for(answered, timeout, interval=0.2, message=f"{self.hostname} to answer")
 
+    @contextlib.contextmanager
+    def running(self, app):
+        """Started and answering for the with-block, stopped after it."""
+        self.start()
+        try:
+            self.wait_ready(app)
+            yield self
+        finally:
+            self.stop()
+
     def tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(

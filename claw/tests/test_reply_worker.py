@@ -59,12 +59,9 @@ def llm_worker(worker_env, artifacts_dir, llm_server):
     }
     worker = CeleryProcess(
         "worker", env, ["-Q", QUEUE, "-c", "1"], artifacts_dir / "worker-llm.log"
-    ).start()
-    try:
-        worker.wait_ready(app)
+    )
+    with worker.running(app):
         yield worker
-    finally:
-        worker.stop()
 
 
 @pytest.fixture

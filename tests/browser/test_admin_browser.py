@@ -57,6 +57,13 @@ def browser_page(artifacts_dir):
     assert errors == [], f"server errors: {errors}"
 
 
+def log_in(page, base: str, username: str, password: str, then: str = "") -> None:
+    page.goto(f"{base}/admin/login/" + (f"?next={then}" if then else ""))
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("input[type=submit]")
+
+
 def shot(page, name: str) -> None:
     page.screenshot(path=str(page.shots / f"{name}.png"), full_page=True)
 
@@ -81,11 +88,7 @@ def test_staff_operate_tasks_from_the_admin_in_a_real_browser(
     page = browser_page
     base = live_server.url
 
-    # log in
-    page.goto(f"{base}/admin/login/")
-    page.fill("#id_username", "ops")
-    page.fill("#id_password", "ops-browser-pass-1")
-    page.click("input[type=submit]")
+    log_in(page, base, "ops", "ops-browser-pass-1")
     page.wait_for_selector("#claw-links")
     shot(page, "01-index")
 
@@ -150,12 +153,13 @@ def test_staff_search_a_knowledge_base_from_its_admin_page(
         knowledge.vectorize_document(document.pk)
     page = browser_page
     base = live_server.url
-    page.goto(
-        f"{base}/admin/login/?next=/admin/knowledge/knowledgebase/{kb.pk}/change/"
+    log_in(
+        page,
+        base,
+        "kb",
+        "kb-pass-12345",
+        f"/admin/knowledge/knowledgebase/{kb.pk}/change/",
     )
-    page.fill("#id_username", "kb")
-    page.fill("#id_password", "kb-pass-12345")
-    page.click("input[type=submit]")
 
     page.fill("#kb-search input[name=q]", "glaciers carved the inlets")
     page.click("#kb-search input[type=submit]")
@@ -165,3 +169,67 @@ def test_staff_search_a_knowledge_base_from_its_admin_page(
     assert rows.count() == 2
     assert "Fjords" in rows.nth(0).inner_text()
     shot(page, "07-knowledge-search")
+
+
+@pytest.mark.browser
+def test_staff_read_a_writing_job_and_cancel_another_in_a_real_browser(
+    transactional_db, live_server, browser_page, django_user_model
+):
+    from unittest.mock import patch
+
+    from knowledge import jobs
+    from knowledge import services as knowledge
+
+    staff = django_user_model.objects.create_superuser("jobs", password="jobs-pass-123")
+    kb = knowledge.create_knowledge_base(staff, name="Teas")
+    chunks = []
+    for title, text in [
+        ("Green tea", "Green tea is steamed. Steaming keeps it green."),
+        ("Black tea", "Black tea is oxidised. It brews a strong cup."),
+    ]:
+        document = knowledge.add_document(
+            kb, title=title, content=text, vectorize=False
+        )
+        knowledge.vectorize_document(document.pk)
+        chunks.append(document.chunks.get())
+    outline = {
+        "title": "Teas",
+        "sections": [
+            {
+                "heading": c.document.title,
+                "key_points": ["Made how"],
+                "passages": [{"chunk_id": c.pk}],
+            }
+            for c in chunks
+        ],
+    }
+    with patch.object(services, "publish", return_value=True):  # no worker here
+        written = jobs.start_document_job(staff, outline=outline, job_id="teas").job
+        running = jobs.start_document_job(staff, outline=outline, job_id="later").job
+    for position in jobs.plan_sections(written.pk).positions:
+        jobs.write_section(written.pk, position, final_attempt=True)
+    jobs.finish_document(written.pk, celery_id=written.task.celery_id)
+    page = browser_page
+    base = live_server.url
+    log_in(page, base, "jobs", "jobs-pass-123", "/admin/knowledge/writingjob/")
+
+    # the list, then the written job: outline, sections, document, references, tasks
+    page.wait_for_selector("#result_list")
+    assert "2 of 2 sections" in page.inner_text("#result_list")
+    shot(page, "08-writing-jobs")
+    page.goto(f"{base}/admin/knowledge/writingjob/{written.pk}/change/")
+    assert "Made how" in page.inner_text(".claw-outline")
+    assert page.locator("table.claw-sections tr").count() == 3
+    assert "## References" in page.inner_text("pre.claw-document")
+    assert page.locator("table.claw-references tr").count() == 3
+    shot(page, "09-writing-job")
+
+    # cancel the one still pending
+    page.goto(f"{base}/admin/knowledge/writingjob/")
+    page.check(f"#result_list input[value='{running.pk}']")
+    page.select_option("select[name=action]", "cancel_selected")
+    page.click("button[name=index]")
+    page.wait_for_selector("ul.messagelist li")
+    assert "Cancelled 1 job(s); skipped 0." in page.inner_text("ul.messagelist")
+    running.refresh_from_db()
+    assert running.state == "cancelled"

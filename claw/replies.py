@@ -52,9 +52,10 @@ def generate(message_id: int, *, started_at: float, deadline: float) -> dict:
         return {"message_id": message_id, "status": "skipped"}
     conversation = message.conversation
     hits = retrieve(conversation, message.reply_to.content if message.reply_to else "")
-    conversations.save_passages(
-        message_id, [citation(n, kb, hit) for n, (kb, hit) in enumerate(hits, 1)]
-    )
+    if hits:  # begin_reply emptied them
+        conversations.save_passages(
+            message_id, [citation(n, kb, hit) for n, (kb, hit) in enumerate(hits, 1)]
+        )
     prompt = build_prompt(message)
     provider = llm.get_provider(
         conversation.provider,

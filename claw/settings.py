@@ -237,6 +237,31 @@ if not 1 <= AI_PASSAGES <= 100:  # knowledge.search.MAX_K
     raise ImproperlyConfigured("AI_PASSAGES must be between 1 and 100")
 # --- end of Conversations ---------------------------------------------------
 
+# --- AI worker pool (a pool made for waiting) --------------------------------
+# An AI reply spends nearly all of its time waiting for the model server, so the
+# worker of ai_high_priority runs Celery's threads pool with dozens of threads
+# (runstack, docker-compose.yml); prefork stays for CPU-bound knowledge work.
+# Celery's soft and hard time limits need prefork. On threads a reply's stream
+# ends at AI_REPLY_DEADLINE (claw.llm cuts a stream that goes quiet), every other
+# wait has its own timeout, and cancel stops it at its next progress write.
+CELERY_AI_POOL = os.environ.get("CELERY_AI_POOL", "threads")
+if CELERY_AI_POOL not in ("threads", "prefork"):
+    raise ImproperlyConfigured("CELERY_AI_POOL must be threads or prefork")
+CELERY_AI_CONCURRENCY = env_int("CELERY_AI_CONCURRENCY", 32)
+if CELERY_AI_CONCURRENCY < 1:
+    raise ImproperlyConfigured("CELERY_AI_CONCURRENCY must be at least 1")
+# PostgreSQL statement_timeout of this process's connections, in seconds (0:
+# none). A thread cannot be killed at a hard time limit, so docker-compose.yml
+# sets it for worker-ai: a statement stuck behind a lock fails instead of holding
+# a thread forever. Not for web or migrations, whose statements may be long.
+DB_STATEMENT_TIMEOUT = env_int("DB_STATEMENT_TIMEOUT", 0)
+if DB_STATEMENT_TIMEOUT and _db["ENGINE"] != "django.db.backends.sqlite3":
+    _options = _db["OPTIONS"].get("options", "")  # keep any from DATABASE_URL
+    _db["OPTIONS"]["options"] = (
+        f"{_options} -c statement_timeout={DB_STATEMENT_TIMEOUT * 1000}".strip()
+    )
+# --- end of AI worker pool ----------------------------------------------------
+
 # --- Knowledge (knowledge app: chunking, embeddings, search, uploads) --------
 # Characters per chunk and characters repeated between neighbouring chunks.
 KNOWLEDGE_CHUNK_SIZE = env_int("KNOWLEDGE_CHUNK_SIZE", 800)

@@ -25,6 +25,8 @@ import httpx
 import numpy as np
 from django.conf import settings
 
+from claw.httpclient import shared_client
+
 HASHING, SENTENCE_TRANSFORMERS, OPENAI = "hashing", "sentence-transformers", "openai"
 HASHING_MODEL = "v1"  # the feature scheme below; change it and stored vectors differ
 MAX_DIMENSION = 8192
@@ -203,7 +205,7 @@ class OpenAIProvider(Provider):
         body = {"model": self.model, "input": texts}
         timeout = settings.EMBEDDING_TIMEOUT
         try:
-            response = httpx.post(
+            response = shared_client().post(
                 self.url(), json=body, headers=headers, timeout=timeout
             )
         except httpx.UnsupportedProtocol as exc:

@@ -79,3 +79,16 @@ def test_app_services_point_at_the_compose_database_and_broker():
         env = SERVICES[name]["environment"]
         assert env["DATABASE_URL"].startswith("postgres://")
         assert env["CELERY_BROKER_URL"].startswith("redis://")
+
+
+def test_ai_replies_run_on_the_threads_pool_and_knowledge_on_prefork():
+    ai = command("worker-ai")
+    assert "--pool threads" in ai
+    # the default of the compose variable is the settings' default
+    default = re.search(r"--concurrency \$\{CELERY_AI_CONCURRENCY:-(\d+)\}", ai)
+    assert int(default.group(1)) == settings.CELERY_AI_CONCURRENCY
+    assert "--prefetch-multiplier 1" in ai
+    assert "--pool prefork" in command("worker-knowledge")
+    # threads cannot be killed at a hard time limit; statements cannot hang
+    assert int(SERVICES["worker-ai"]["environment"]["DB_STATEMENT_TIMEOUT"]) > 0
+    assert "DB_STATEMENT_TIMEOUT" not in SERVICES["web"]["environment"]

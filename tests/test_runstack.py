@@ -1,8 +1,10 @@
-"""`make run`'s process tree: health goes green, the printed password logs in, and
-Ctrl-C (SIGINT) leaves no process behind."""
+"""`make run`'s process tree: health goes green, the printed password logs in, AI
+replies run on the threads-pool worker over SQLite, and Ctrl-C (SIGINT) leaves no
+process behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -52,9 +54,37 @@ def admin_login(base: str, password: str) -> httpx.Response:
         )
 
 
+# Twenty questions at once: the threads-pool worker writes every reply through
+# SQLite at the same time (WAL, busy timeout, IMMEDIATE transactions), and none
+# may fail with "database is locked".
+ASK_TWENTY = """
+import json, time
+from django.contrib.auth import get_user_model
+from claw import conversations
+from claw.models import Message
+admin = get_user_model().objects.get(username="admin")
+conversation = conversations.create_conversation(admin)
+ids = [
+    conversations.post_message(conversation, f"question {n}").assistant_message.pk
+    for n in range(20)
+]
+replies = Message.objects.filter(pk__in=ids)
+deadline = time.monotonic() + 60
+while replies.exclude(status__in=["done", "failed"]).exists():
+    assert time.monotonic() < deadline, list(replies.values_list("status", flat=True))
+    time.sleep(0.2)
+print(json.dumps({
+    "statuses": sorted(set(replies.values_list("status", flat=True))),
+    "errors": sorted(set(replies.values_list("error", flat=True))),
+    "workers": sorted(set(replies.values_list("task__worker", flat=True))),
+}))
+"""
+
+
 @pytest.mark.worker
 def test_runstack_serves_a_healthy_stack_and_stops_every_child_on_ctrl_c(tmp_path):
-    env = {**embedded_env(tmp_path), "HTTPS_ONLY": "false"}
+    # no rate limit: twenty replies would otherwise wait for later windows
+    env = {**embedded_env(tmp_path), "HTTPS_ONLY": "false", "AI_RATE_LIMIT": ""}
     manage(env, "migrate", "--noinput")
     manage(env, "collectstatic", "--noinput", "-v", "0")
     created = manage(env, "ensure_admin")
@@ -85,7 +115,10 @@ def test_runstack_serves_a_healthy_stack_and_stops_every_child_on_ctrl_c(tmp_pat
         login = admin_login(base, password)
         assert login.status_code == 302 and login.headers["location"] == "/admin/"
         groups = children_of(stack.pid)
-        assert len(groups) == 3  # web, worker, beat
+        assert len(groups) == 4  # web, worker, AI worker (threads), beat
+        replies = json.loads(manage(env, "shell", "-c", ASK_TWENTY).splitlines()[-1])
+        assert replies["statuses"] == ["done"], replies["errors"]
+        assert [w.split("@")[0] for w in replies["workers"]] == ["embedded-ai"]
     finally:
         stack.send_signal(signal.SIGINT)
         stack.wait(timeout=60)

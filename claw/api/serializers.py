@@ -7,7 +7,7 @@ from rest_framework.exceptions import NotFound
 from claw.models import Conversation, Message, Notification
 from knowledge.api.serializers import TextField
 from knowledge.models import KnowledgeBase
-from tasks_app.api.serializers import TaskRecordSerializer
+from tasks_app.api.serializers import FieldsBuiltOnce, TaskRecordSerializer
 
 MAX_CONTENT = 20_000  # characters of one message
 
@@ -97,7 +97,7 @@ class ConversationSerializer(serializers.ModelSerializer):
         }
 
 
-class MessageSerializer(serializers.ModelSerializer):
+class MessageSerializer(FieldsBuiltOnce, serializers.ModelSerializer):
     task_state = serializers.SerializerMethodField()
 
     class Meta:

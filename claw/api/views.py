@@ -104,6 +104,14 @@ class ConversationViewSet(
     def is_submission(self) -> bool:
         return self.action == "messages"
 
+    def get_queryset(self):
+        queryset = super().get_queryset()
+        if self.action == "messages":
+            # Posting or listing messages needs the owner (whose task and key a
+            # submission is), not the knowledge bases.
+            return queryset.prefetch_related(None).select_related("owner")
+        return queryset
+
     def perform_create(self, serializer):
         serializer.instance = conversations.create_conversation(
             self.request.user, **serializer.validated_data

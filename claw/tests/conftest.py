@@ -20,8 +20,10 @@ class ScriptedServer:
 
     A response is a dict: status, json (a body), sse (a list of event dicts, sent
     as `data:` lines with a pause between them, then [DONE]), sleep (seconds
-    before answering), or stall ({"after": n, "seconds": s}: the stream goes
-    quiet for s seconds after its nth event).
+    before answering), stall ({"after": n, "seconds": s}: the stream goes
+    quiet for s seconds after its nth event), or chunked (true: the stream is
+    sent with chunked transfer encoding, as keep-alive servers do, instead of
+    being read until the server closes it).
     """
 
     def __init__(self):
@@ -59,18 +61,28 @@ class ScriptedServer:
                 self.wfile.write(data)
 
             def stream(self, step):
+                chunked = step.get("chunked", False)
                 self.send_response(step.get("status", 200))
                 self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Connection", "close")
+                if chunked:
+                    self.send_header("Transfer-Encoding", "chunked")
+                else:
+                    self.send_header("Connection", "close")
                 self.end_headers()
                 stall = step.get("stall") or {}
                 for n, event in enumerate(step["sse"], 1):
-                    self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
-                    self.wfile.flush()
+                    self.send(f"data: {json.dumps(event)}\n\n".encode(), chunked)
                     time.sleep(step.get("pause", 0))
                     if n == stall.get("after"):
                         time.sleep(stall["seconds"])
-                self.wfile.write(b"data: [DONE]\n\n")
+                self.send(b"data: [DONE]\n\n", chunked)
+                if chunked:
+                    self.send(b"", chunked)
+
+            def send(self, data: bytes, chunked: bool):
+                if chunked:
+                    data = b"%x\r\n%s\r\n" % (len(data), data)
+                self.wfile.write(data)
                 self.wfile.flush()
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -5,10 +5,13 @@ from __future__ import annotations
 from unittest.mock import patch
 
 import pytest
+from rest_framework import serializers
 
 from claw import conversations
+from claw.api.serializers import MessageSerializer
 from claw.models import Message, Notification
 from knowledge.models import KnowledgeBase
+from tasks_app.api.serializers import TaskRecordSerializer
 from tasks_app.models import TaskRecord
 from tasks_app.tests.test_api import client_for
 
@@ -331,3 +334,25 @@ def test_the_schema_describes_the_submission_endpoints(staff):
     assert "/api/v1/tasks/ai/generate/" in schema
     assert "/api/v1/conversations/{id}/messages/" in schema
     assert "Idempotency-Key" in schema
+
+
+def test_serializers_that_build_their_fields_once_answer_as_a_fresh_build(
+    alice, chat, no_publish
+):
+    # given a reply, serialized by the cached fields and by a fresh introspection
+    message = conversations.post_message(chat, "Hello?").assistant_message
+    cached, other = MessageSerializer(message), MessageSerializer(message)
+    fresh = serializers.ModelSerializer.get_fields(MessageSerializer())
+
+    # then the fields are the same kinds, and each instance has its own copies
+    assert {n: type(f) for n, f in cached.fields.items()} == {
+        n: type(f) for n, f in fresh.items()
+    }
+    assert cached.fields["content"] is not other.fields["content"]
+    assert cached.fields["content"].parent is cached
+    assert cached.data == other.data and cached.data["id"] == message.pk
+    task = TaskRecordSerializer(message.task).data
+    assert (task["state"], task["links"]["self"]) == (
+        "PENDING",
+        f"/api/v1/tasks/{message.task_id}/",
+    )

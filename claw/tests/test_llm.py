@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 
 import pytest
 
+from claw.httpclient import shared_client
 from claw.llm import (
     Completion,
     DeadlineExceeded,
@@ -14,6 +17,7 @@ from claw.llm import (
     LLMUnavailable,
     OpenAIProvider,
     Passage,
+    StreamCutter,
     estimate_tokens,
 )
 from claw.tests.conftest import chunk
@@ -145,3 +149,81 @@ def test_extractive_provider_says_so_when_nothing_matches():
     completion = Completion()
     list(ExtractiveProvider().stream(MESSAGES, completion=completion))
     assert "No retrieved passages" in completion.text
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["read-to-close", "chunked"])
+def test_a_stream_that_goes_quiet_is_cut_at_the_deadline(http_server, chunked):
+    # Four pieces over 1.2 s, then silence. No line arrives, so no per-line check
+    # runs, and the read timeout (the time left when the request started, 1.5 s)
+    # would end the read only at 2.7 s: the cutter ends it at the deadline (what
+    # the soft time limit does on prefork).
+    pieces = [chunk(p) for p in ("a", "b", "c", "d", "never")]
+    http_server.script.append(
+        {"sse": pieces, "pause": 0.3, "stall": {"after": 4, "seconds": 5}}
+        | {"chunked": chunked}
+    )
+    completion = Completion()
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        for _ in provider(http_server).stream(
+            MESSAGES, completion=completion, deadline=started + 1.5
+        ):
+            pass
+    assert completion.text == "abcd"
+    assert 1.5 <= time.monotonic() - started < 2.4
+
+
+def test_waiting_for_the_first_byte_ends_at_the_deadline_not_the_timeout(http_server):
+    http_server.script.append({"sleep": 3, "sse": [chunk("late")]})
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        list(
+            provider(http_server, timeout=30).stream(
+                MESSAGES, completion=Completion(), deadline=started + 0.4
+            )
+        )
+    assert time.monotonic() - started < 1.5
+
+
+def test_a_deadline_already_past_never_calls_the_provider(http_server):
+    with pytest.raises(DeadlineExceeded):
+        list(
+            provider(http_server).stream(
+                MESSAGES, completion=Completion(), deadline=time.monotonic() - 1
+            )
+        )
+    assert http_server.requests == []
+
+
+def test_a_stream_that_ends_in_time_is_never_cut_afterwards():
+    # given two watched sockets, one finished (forgotten) before its deadline
+    cutter = StreamCutter()
+    done_reader, done_writer = socket.socketpair()
+    late_reader, late_writer = socket.socketpair()
+    now = time.monotonic()
+    cutter.forget(cutter.watch(now + 0.1, done_reader))
+    cutter.watch(now + 0.2, late_reader)
+
+    # when both deadlines have passed
+    late_reader.settimeout(3)
+    assert late_reader.recv(10) == b""  # the blocked read returned: cut
+
+    # then the forgotten one still works
+    done_writer.sendall(b"ok")
+    assert done_reader.recv(10) == b"ok"
+    for sock in (done_reader, done_writer, late_reader, late_writer):
+        sock.close()
+
+
+def test_threads_share_one_http_client_per_process():
+    clients = set()
+
+    def grab():
+        clients.add(id(shared_client()))
+
+    threads = [threading.Thread(target=grab) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert clients == {id(shared_client())}

@@ -60,9 +60,11 @@ def test_two_workers_together_start_no_more_than_the_limit_per_window(
         "AI_RATE_LIMIT": f"{limit}/{period:g}",
         "AI_RATE_LIMIT_BACKEND": backend,
     }
-    workers = [
-        start_worker("-Q", QUEUE, "-c", "2", env=env, wait=False) for _ in range(2)
-    ]
+    # One reserved message per process, as on ai_high_priority (CLAW_SLOW_QUEUES):
+    # this queue is not one, and a worker prefetching 4 would start a reserved
+    # reply in a later window without a deferral.
+    args = ("-Q", QUEUE, "-c", "2", "--prefetch-multiplier", "1")
+    workers = [start_worker(*args, env=env, wait=False) for _ in range(2)]
     from claw.celery import app
 
     for worker in workers:

@@ -1,4 +1,11 @@
-"""Run web + worker + beat as one supervised process tree (what `make run` starts)."""
+"""Run web + workers + beat as one supervised process tree (what `make run` starts).
+
+Two workers: AI replies (ai_high_priority) wait on the model server nearly all
+of their time, so they get a worker on Celery's threads pool with
+CELERY_AI_CONCURRENCY threads; every other queue keeps a prefork worker, whose
+processes suit CPU-bound knowledge work. SQLite takes the threads' writes one at
+a time (WAL, busy timeout and IMMEDIATE transactions, claw.settings).
+"""
 
 from __future__ import annotations
 
@@ -13,12 +20,14 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 STOP_GRACE_SECONDS = 20
+AI_QUEUE = "ai_high_priority"
 
 
 class Command(BaseCommand):
     help = (
-        "Start gunicorn, one Celery worker on every queue and one beat. Ctrl-C or "
-        "SIGTERM stops all of them; if one dies, the others are stopped too."
+        "Start gunicorn, a threads-pool Celery worker for AI replies, a prefork "
+        "worker for every other queue and one beat. Ctrl-C or SIGTERM stops all "
+        "of them; if one dies, the others are stopped too."
     )
 
     def add_arguments(self, parser):
@@ -27,13 +36,17 @@ class Command(BaseCommand):
         parser.add_argument(
             "--concurrency", type=int, default=settings.CELERY_WORKER_CONCURRENCY
         )
+        parser.add_argument(
+            "--ai-concurrency", type=int, default=settings.CELERY_AI_CONCURRENCY
+        )
 
-    def handle(self, *args, host, port, concurrency, **options):
+    def handle(self, *args, host, port, concurrency, ai_concurrency, **options):
         self.children: dict[str, subprocess.Popen] = {}
         self.stopping = False
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
-        for name, command in self._commands(host, port, concurrency).items():
+        commands = self._commands(host, port, concurrency, ai_concurrency)
+        for name, command in commands.items():
             # Each child leads its own process group, so stopping it also stops the
             # worker's pool processes and gunicorn's workers.
             self.children[name] = subprocess.Popen(command, start_new_session=True)
@@ -42,7 +55,9 @@ class Command(BaseCommand):
         self._stop_all()
         sys.exit(exit_code)
 
-    def _commands(self, host: str, port: str, concurrency: int) -> dict[str, list[str]]:
+    def _commands(
+        self, host: str, port: str, concurrency: int, ai_concurrency: int
+    ) -> dict[str, list[str]]:
         python = sys.executable
         bin_dir = os.path.dirname(python)
         celery = [python, "-m", "celery", "-A", "claw"]
@@ -61,11 +76,29 @@ class Command(BaseCommand):
                 *celery,
                 "worker",
                 "--queues",
-                ",".join(settings.CLAW_QUEUES),
+                ",".join(q for q in settings.CLAW_QUEUES if q != AI_QUEUE),
                 "--concurrency",
                 str(concurrency),
                 "--hostname",
                 "embedded@%h",
+                "--loglevel",
+                "INFO",
+            ],
+            "worker-ai": [
+                *celery,
+                "worker",
+                "--queues",
+                AI_QUEUE,
+                "--pool",
+                settings.CELERY_AI_POOL,
+                "--concurrency",
+                str(ai_concurrency),
+                # One reserved message per thread: a busy worker does not hoard
+                # replies that another worker could start.
+                "--prefetch-multiplier",
+                "1",
+                "--hostname",
+                "embedded-ai@%h",
                 "--loglevel",
                 "INFO",
             ],
@@ -87,7 +120,7 @@ class Command(BaseCommand):
         return 0
 
     def _stop_all(self) -> None:
-        self.stdout.write("Stopping web, worker and beat...")
+        self.stdout.write("Stopping web, workers and beat...")
         # SIGTERM to each main process only: the worker finishes its running tasks
         # (warm shutdown) and gunicorn stops its own workers.
         for child in self.children.values():

@@ -70,7 +70,9 @@ def worker_env(django_db_setup, django_db_blocker, redis_broker) -> dict[str, st
 
 @pytest.fixture(scope="session")
 def celery_worker(worker_env, artifacts_dir):
-    """One real prefork worker on every queue, shared by the whole session."""
+    """One real prefork worker, shared by the whole session, on every queue but
+    knowledge_remote (tests.harness.QUEUES): as in runstack and docker-compose,
+    that one is the threads worker's (knowledge/tests/test_remote_worker.py)."""
     from claw.celery import app
 
     worker = CeleryProcess(

@@ -434,7 +434,7 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True  # ...including when a child process is
 CELERY_WORKER_PREFETCH_MULTIPLIER = env_int(
     "CELERY_WORKER_PREFETCH_MULTIPLIER", 8 if IS_FILESYSTEM_BROKER else 1
 )
-CLAW_SLOW_QUEUES = ("ai_high_priority", "knowledge_default")
+CLAW_SLOW_QUEUES = ("ai_high_priority", "knowledge_default", "knowledge_remote")
 CLAW_SHORT_QUEUE_PREFETCH = env_int("CLAW_SHORT_QUEUE_PREFETCH", 4)
 CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 2)
 CELERY_WORKER_MAX_TASKS_PER_CHILD = env_int("CELERY_WORKER_MAX_TASKS_PER_CHILD", 1000)
@@ -463,9 +463,15 @@ DJANGO_CELERY_BEAT_TZ_AWARE = True
 CLAW_QUEUES = (
     "ai_high_priority",
     "knowledge_default",
+    # knowledge work that waits on a remote endpoint (vectorizing for an openai
+    # knowledge base): served with ai_high_priority by the threads-pool worker.
+    "knowledge_remote",
     "notification_default",
     "default",
 )
+# The queues of the worker on a pool made for waiting (runstack's worker-ai and
+# docker-compose's worker-ai); every other queue has a prefork worker.
+CLAW_THREADS_QUEUES = ("ai_high_priority", "knowledge_remote")
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_QUEUES = [
     # x-max-priority gives RabbitMQ users the same ten levels; Redis ignores it.

@@ -46,6 +46,9 @@ class EmbeddingRejected(EmbeddingError):
 
 class Provider:
     name = "base"
+    # True when vectors come from a remote endpoint: the time goes to waiting on
+    # the network, so vectorizing runs on the threads-pool worker (knowledge_remote).
+    remote = False
 
     def __init__(self, model: str, dimension: int):
         self.model = model or self.default_model()
@@ -187,6 +190,7 @@ class OpenAIProvider(Provider):
     """POST {EMBEDDING_BASE_URL}/embeddings with {"model", "input": [texts]}."""
 
     name = OPENAI
+    remote = True
 
     @classmethod
     def default_model(cls) -> str:

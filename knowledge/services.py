@@ -8,8 +8,10 @@ delete_vectors.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Min, Q
@@ -26,6 +28,7 @@ from tasks_app.progress import TaskCancelled, report_progress
 logger = logging.getLogger(__name__)
 
 VECTORIZE = "knowledge.vectorize_document"
+REMOTE_QUEUE = "knowledge_remote"
 UPDATE = "knowledge.update_knowledge_base"
 DELETE_VECTORS = "knowledge.delete_knowledge_vectors"
 INCREMENTAL, FULL, REBUILD = "incremental", "full", "rebuild"
@@ -115,6 +118,24 @@ def provider_for(kb: KnowledgeBase) -> embeddings.Provider:
     )
 
 
+def vectorize_queue(kb_id: int) -> str:
+    """The queue of a knowledge base's vectorize tasks.
+
+    Vectorizing for a remote embedding endpoint spends its time waiting on the
+    endpoint, so it goes to knowledge_remote, served by the threads-pool worker
+    with the AI replies; local providers are CPU-bound and stay on prefork.
+    """
+    name = (
+        KnowledgeBase.objects.filter(pk=kb_id)
+        .values_list("embedding_provider", flat=True)
+        .first()
+    )
+    provider = embeddings.PROVIDERS.get(name)
+    if provider is not None and provider.remote:
+        return REMOTE_QUEUE
+    return ledger.route_queue(VECTORIZE)
+
+
 def add_document(
     kb: KnowledgeBase,
     *,
@@ -187,6 +208,7 @@ def submit_vectorize(
         args=[document.pk],
         owner=owner,
         target=document,
+        queue=vectorize_queue(document.knowledge_base_id),
         idempotency_key=idempotency_key,
     )
 
@@ -302,14 +324,21 @@ def plan_document(document: Document, provider, *, reuse: bool) -> Plan:
     return Plan(pieces, hashes, vectors, to_embed)
 
 
-def embed_missing(plan: Plan, provider) -> None:
+def embed_missing(plan: Plan, provider, *, deadline: float | None = None) -> None:
     """Embed plan.to_embed in batches, reporting progress after each one.
 
     Runs outside any transaction: a slow provider must not hold row locks.
+    deadline (time.monotonic()) is checked before each batch: on the threads pool
+    Celery has no soft time limit, so this ends a run as the soft limit would on
+    prefork (each call waits at most EMBEDDING_TIMEOUT on its own).
     """
     items = list(plan.to_embed.items())
     batch = max(settings.EMBEDDING_BATCH_SIZE, 1)
     for start in range(0, len(items), batch):
+        if deadline is not None and time.monotonic() >= deadline:
+            raise SoftTimeLimitExceeded(
+                f"time limit reached after embedding {start} of {len(items)} chunks"
+            )
         part = items[start : start + batch]
         vectors = embeddings.embed_with(provider, [text for _, text in part])
         for (chunk_hash, _), vector in zip(part, vectors, strict=True):
@@ -377,7 +406,11 @@ def _mark(document_id: int, status: str, error: str) -> None:
 
 
 def vectorize_document(
-    document_id: int, *, reuse: bool = True, final_attempt: bool = True
+    document_id: int,
+    *,
+    reuse: bool = True,
+    final_attempt: bool = True,
+    deadline: float | None = None,
 ) -> dict:
     """Chunk, embed and store one document; the body of knowledge.vectorize_document.
 
@@ -392,7 +425,7 @@ def vectorize_document(
     Running it twice leaves the same chunks. A transient provider error propagates
     for the task to retry, except on the final attempt; any other failure marks the
     document failed with the error (old chunks stay searchable) and raises
-    VectorizeFailed.
+    VectorizeFailed. Passing deadline (see embed_missing) is such a failure.
     """
     document = _claim(document_id)
     if document is None:
@@ -400,7 +433,7 @@ def vectorize_document(
     try:
         provider = provider_for(document.knowledge_base)
         plan = plan_document(document, provider, reuse=reuse)
-        embed_missing(plan, provider)
+        embed_missing(plan, provider, deadline=deadline)
         written = write_chunks(
             document, plan, provider, vectorized_hash=document.content_hash
         )
@@ -428,6 +461,9 @@ def vectorize_document(
 def _failed(document_id: int, exc: Exception) -> VectorizeFailed:
     if isinstance(exc, embeddings.EmbeddingError):
         error = str(exc)
+    elif isinstance(exc, SoftTimeLimitExceeded):
+        # billiard's str() repeats the class name and the args tuple
+        error = "Time limit exceeded" + (f": {exc.args[0]}" if exc.args else "")
     else:
         error = f"{type(exc).__name__}: {exc}".rstrip(": ")
     _mark(document_id, Status.FAILED, error)

@@ -1,6 +1,9 @@
-"""Thin task wrappers around knowledge.services (queue knowledge_default)."""
+"""Thin task wrappers around knowledge.services (queue knowledge_default, or
+knowledge_remote for vectorizing with a remote embedding endpoint)."""
 
 from __future__ import annotations
+
+import time
 
 from celery import chord
 from celery.exceptions import ChordError
@@ -63,9 +66,12 @@ def vectorize_document_task(
     if update and ledger.is_cancel_requested(update):
         return {"document_id": document_id, "status": "skipped"}
     final = self.request.retries >= self.max_retries
+    # Celery's soft time limit needs prefork; on the threads pool (knowledge_remote)
+    # the same limit is a deadline checked between embedding batches.
+    deadline = time.monotonic() + self.soft_time_limit
     try:
         outcome = services.vectorize_document(
-            document_id, reuse=reuse, final_attempt=final
+            document_id, reuse=reuse, final_attempt=final, deadline=deadline
         )
     except services.VectorizeFailed as exc:
         if raise_on_failure:
@@ -97,13 +103,14 @@ def update_knowledge_base_task(
     if not document_ids:
         return services.finish_update([], kb_id=kb_id, mode=mode)
     report_progress(0, len(document_ids), f"vectorizing {len(document_ids)} documents")
+    queue = services.vectorize_queue(kb_id)
     members = [
         vectorize_document_task.si(
             document_id,
             reuse=mode != services.REBUILD,
             raise_on_failure=False,
             update=self.request.id,
-        ).set(headers=ledger.target_header(Document(pk=document_id)))
+        ).set(queue=queue, headers=ledger.target_header(Document(pk=document_id)))
         for document_id in document_ids
     ]
     return self.replace(chord(members, update_callback(kb_id, mode)))

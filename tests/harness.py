@@ -12,6 +12,8 @@ import uuid
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+# Every queue but knowledge_remote, which only a threads worker serves (the tests
+# that need it start one).
 QUEUES = "ai_high_priority,knowledge_default,notification_default,default"
 
 

@@ -36,7 +36,8 @@ def test_compose_has_the_documented_services():
 
 def test_worker_queues_cover_every_queue_exactly_once():
     groups = [queues_of(n) for n in ("worker-ai", "worker-knowledge", "worker-default")]
-    assert groups[0] == {"ai_high_priority"}
+    assert groups[0] == set(settings.CLAW_THREADS_QUEUES)
+    assert "--pool threads" in command("worker-ai")
     assert groups[1] == {"knowledge_default"}
     assert groups[2] == {"default", "notification_default"}
     assert set().union(*groups) == set(settings.CLAW_QUEUES)

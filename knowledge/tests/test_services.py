@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from unittest.mock import patch
 
 import numpy as np
@@ -72,6 +73,23 @@ def test_add_document_submits_vectorize_on_commit_for_the_kb_owner(
     assert record.queue == "knowledge_default"
     send_task.assert_called_once()
     assert document.status == Status.PENDING
+
+
+def test_vectorizing_for_a_remote_endpoint_goes_to_the_threads_workers_queue(
+    kb, alice, no_broker
+):
+    remote = services.create_knowledge_base(
+        alice, name="Remote", embedding_provider="openai", embedding_dimension=3
+    )
+    local = services.add_document(kb, title="L", content="x", vectorize=False)
+    far = services.add_document(remote, title="R", content="x", vectorize=False)
+
+    assert services.vectorize_queue(kb.pk) == "knowledge_default"
+    assert services.vectorize_queue(remote.pk) == "knowledge_remote"
+    assert services.submit_vectorize(local).queue == "knowledge_default"
+    assert services.submit_vectorize(far).queue == "knowledge_remote"
+    # a knowledge base deleted meanwhile: the task finds nothing to do anyway
+    assert services.vectorize_queue(10**9) == "knowledge_default"
 
 
 def test_add_document_without_vectorize_submits_nothing(kb):
@@ -199,6 +217,35 @@ def test_a_permanent_provider_error_marks_the_document_failed_and_keeps_old_chun
         "error": "model says no",
     }
     assert set(document.chunks.values_list("id", flat=True)) == ids
+
+
+def test_a_run_past_its_deadline_fails_the_document_as_a_soft_limit_would(kb, settings):
+    # the threads pool has no soft time limit: the deadline ends the run instead,
+    # checked before each embedding batch (each of which takes 0.1 s here)
+    settings.EMBEDDING_BATCH_SIZE = 1
+    document = services.add_document(kb, title="T", content=TEXT, vectorize=False)
+    chunks = len(services.chunk_text(TEXT))
+
+    real = embeddings.embed_with
+
+    def slow(provider, texts):
+        time.sleep(0.1)
+        return real(provider, texts)
+
+    with (
+        patch.object(embeddings, "embed_with", side_effect=slow) as calls,
+        pytest.raises(services.VectorizeFailed),
+    ):
+        services.vectorize_document(document.pk, deadline=time.monotonic() + 0.25)
+
+    document.refresh_from_db()
+    assert 1 <= calls.call_count < chunks
+    assert (document.status, document.error) == (
+        Status.FAILED,
+        "Time limit exceeded: time limit reached after embedding "
+        f"{calls.call_count} of {chunks} chunks",
+    )
+    assert not document.chunks.exists()
 
 
 def test_a_transient_error_propagates_for_a_retry_unless_final(kb):

@@ -1,9 +1,10 @@
 """Run web + workers + beat as one supervised process tree (what `make run` starts).
 
 Two workers: AI replies (ai_high_priority) wait on the model server nearly all
-of their time, so they get a worker on Celery's threads pool with
-CELERY_AI_CONCURRENCY threads; every other queue keeps a prefork worker, whose
-processes suit CPU-bound knowledge work. SQLite takes the threads' writes one at
+of their time, and vectorizing for a remote embedding endpoint (knowledge_remote)
+waits on that endpoint, so both queues get a worker on Celery's threads pool with
+CELERY_AI_CONCURRENCY threads (CLAW_THREADS_QUEUES); every other queue keeps a
+prefork worker, whose processes suit CPU-bound knowledge work. SQLite takes the threads' writes one at
 a time (WAL, busy timeout and IMMEDIATE transactions, claw.settings).
 """
 
@@ -20,12 +21,12 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 STOP_GRACE_SECONDS = 20
-AI_QUEUE = "ai_high_priority"
 
 
 class Command(BaseCommand):
     help = (
-        "Start gunicorn, a threads-pool Celery worker for AI replies, a prefork "
+        "Start gunicorn, a threads-pool Celery worker for AI replies and remote "
+        "embeddings, a prefork "
         "worker for every other queue and one beat. Ctrl-C or SIGTERM stops all "
         "of them; if one dies, the others are stopped too."
     )
@@ -76,7 +77,11 @@ class Command(BaseCommand):
                 *celery,
                 "worker",
                 "--queues",
-                ",".join(q for q in settings.CLAW_QUEUES if q != AI_QUEUE),
+                ",".join(
+                    q
+                    for q in settings.CLAW_QUEUES
+                    if q not in settings.CLAW_THREADS_QUEUES
+                ),
                 "--concurrency",
                 str(concurrency),
                 "--hostname",
@@ -88,7 +93,7 @@ class Command(BaseCommand):
                 *celery,
                 "worker",
                 "--queues",
-                AI_QUEUE,
+                ",".join(settings.CLAW_THREADS_QUEUES),
                 "--pool",
                 settings.CELERY_AI_POOL,
                 "--concurrency",

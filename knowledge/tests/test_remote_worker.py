@@ -1,0 +1,118 @@
+"""Vectorizing for a remote embedding endpoint, on the threads-pool worker.
+
+An openai knowledge base's vectorize tasks go to knowledge_remote, which only the
+threads worker started here serves (the session worker serves every other
+queue, as runstack and docker-compose split them), against a real local server
+that speaks the embeddings protocol.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from claw.tests.conftest import ScriptedServer
+from knowledge import services
+from knowledge.models import Chunk, Document
+from knowledge.tests.test_worker import run_update, wait_final
+from tasks_app.models import TaskRecord
+from tests.harness import CeleryProcess
+
+pytestmark = [pytest.mark.worker]
+THREADS = 8
+
+
+@pytest.fixture(scope="module")
+def embedding_server():
+    with ScriptedServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def threads_worker(worker_env, artifacts_dir, embedding_server):
+    from claw.celery import app
+
+    env = {
+        **worker_env,
+        "EMBEDDING_BASE_URL": embedding_server.url,
+        "EMBEDDING_TIMEOUT": "5",
+    }
+    args = ["-P", "threads", "-c", str(THREADS), "-Q", services.REMOTE_QUEUE]
+    worker = CeleryProcess("worker", env, args, artifacts_dir / "worker-remote.log")
+    with worker.running(app):
+        yield worker
+
+
+@pytest.fixture
+def server(embedding_server, threads_worker, transactional_db):
+    embedding_server.script.clear()
+    embedding_server.requests.clear()
+    return embedding_server
+
+
+def one_vector(n: int) -> dict:
+    return {"status": 200, "json": {"data": [{"index": 0, "embedding": [n, 1, 0]}]}}
+
+
+def remote_kb(owner):
+    return services.create_knowledge_base(
+        owner,
+        name="Remote",
+        embedding_provider="openai",
+        embedding_model="emb-model",
+        embedding_dimension=3,
+    )
+
+
+def test_a_remote_document_is_vectorized_on_the_threads_worker(
+    server, threads_worker, alice
+):
+    server.script.append(one_vector(2))
+    kb = remote_kb(alice)
+    document = services.add_document(kb, title="T", content="Tea is a drink.")
+
+    record = wait_final(TaskRecord.objects.get(name=services.VECTORIZE), timeout=30)
+
+    assert record.state == "SUCCESS", record.error
+    assert (record.queue, record.worker) == (
+        "knowledge_remote",
+        threads_worker.hostname,
+    )
+    document.refresh_from_db()
+    assert (document.status, document.chunk_count) == (Document.Status.READY, 1)
+    assert Chunk.objects.get(document=document).model_name == "openai:emb-model"
+    assert server.requests[0]["body"] == {
+        "model": "emb-model",
+        "input": ["Tea is a drink."],
+    }
+
+
+def test_an_update_fans_its_remote_documents_out_to_the_threads_worker(
+    server, celery_worker, threads_worker, alice
+):
+    # given an openai knowledge base of 6 documents (one chunk each)
+    kb = remote_kb(alice)
+    documents = [
+        services.add_document(kb, title=f"D{n}", content=f"Note {n}.", vectorize=False)
+        for n in range(6)
+    ]
+    server.script.extend(one_vector(n) for n in range(6))
+    # each answer waits: in parallel on 8 threads the update takes about one wait
+    for step in server.script:
+        step["sleep"] = 1.0
+
+    started = time.monotonic()
+    record, summary = run_update(kb, "incremental")
+
+    # the update itself ran on prefork, every document on the threads worker
+    assert record.state == "SUCCESS", record.error
+    assert record.worker == celery_worker.hostname
+    assert sorted(summary["vectorized"]) == sorted(d.pk for d in documents)
+    children = TaskRecord.objects.filter(parent=record, name=services.VECTORIZE)
+    assert set(children.values_list("queue", "worker")) == {
+        ("knowledge_remote", threads_worker.hostname)
+    }
+    assert not Document.objects.exclude(status=Document.Status.READY).exists()
+    # one after the other would take 6 s
+    assert time.monotonic() - started < 5

@@ -207,11 +207,7 @@ class SectionTask(LedgerTask):
     name=jobs.OUTLINE_TASK,
     bind=True,
     base=JobTask,
-    autoretry_for=(LLMUnavailable, EmbeddingUnavailable, *DATABASE_ERRORS),
     max_retries=3,
-    retry_backoff=settings.AI_RETRY_BACKOFF,
-    retry_backoff_max=settings.AI_RETRY_BACKOFF_MAX,
-    retry_jitter=True,
     soft_time_limit=120,
     time_limit=180,
 )
@@ -219,9 +215,14 @@ def generate_outline_from_query_task(self, job_pk: int) -> dict:
     """Search the job's knowledge bases and store an outline (jobs.generate_outline).
 
     Transient provider and database errors retry with backoff; anything else,
-    and the last retry, fails the job (JobTask.on_failure).
+    and the last retry, fails the job (JobTask.on_failure). The countdown comes
+    from claw.tasks.backoff, as for replies and sections: Celery's retry_backoff
+    needs whole seconds (random.randrange), and AI_RETRY_BACKOFF may be 0.5.
     """
-    return jobs.generate_outline(job_pk)
+    try:
+        return jobs.generate_outline(job_pk)
+    except (LLMUnavailable, EmbeddingUnavailable, *DATABASE_ERRORS) as exc:
+        raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from None
 
 
 @app.task(name=jobs.DOCUMENT_TASK, bind=True, base=JobTask, **FAN_OUT)

@@ -54,6 +54,16 @@ def ping(timeout: float = REPLY_TIMEOUT) -> list[str]:
     return sorted(name for reply in replies for name in reply)
 
 
+def pool_name(implementation: str) -> str:
+    """The worker's -P name from its stats' pool class path.
+
+    Every pool's class is called TaskPool ("celery.concurrency.thread:TaskPool"),
+    so the module tells them apart; the thread module's pool is -P threads.
+    """
+    module = implementation.rsplit(":", 1)[0].rsplit(".", 1)[-1]
+    return {"thread": "threads"}.get(module, module)
+
+
 def cluster(timeout: float = REPLY_TIMEOUT) -> list[WorkerInfo]:
     """Every worker that answers, with pool, counters and its tasks."""
     inspect = app.control.inspect(timeout=timeout)
@@ -70,7 +80,7 @@ def cluster(timeout: float = REPLY_TIMEOUT) -> list[WorkerInfo]:
             WorkerInfo(
                 name=name,
                 alive=True,
-                pool=str(pool.get("implementation", "")).rsplit(":", 1)[-1],
+                pool=pool_name(str(pool.get("implementation", ""))),
                 concurrency=pool.get("max-concurrency"),
                 processed=sum((info.get("total") or {}).values()),
                 active=active.get(name, []),

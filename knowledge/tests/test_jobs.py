@@ -5,11 +5,12 @@ from __future__ import annotations
 from unittest.mock import patch
 
 import pytest
+from celery.exceptions import Retry
 from django.test import override_settings
 
 from claw import llm
 from claw.tests.conftest import in_threads
-from knowledge import jobs, services
+from knowledge import jobs, services, tasks
 from knowledge.models import Chunk, Document, WritingJob, WritingSection
 from knowledge.tests.conftest import add_ready
 from tasks_app.models import TaskRecord
@@ -374,3 +375,25 @@ def test_cancel_cancels_the_job_its_sections_and_every_task(alice, kb, library):
         jobs.cancel_job(cancelled)
     # a section task published after the cancel skips
     assert jobs.write_section(job.pk, 0, final_attempt=True)["status"] == "skipped"
+
+
+def test_a_transient_outline_error_retries_after_a_fractional_backoff(settings):
+    # AI_RETRY_BACKOFF may be under a second; Celery's retry_backoff cannot be
+    settings.AI_RETRY_BACKOFF, settings.AI_RETRY_BACKOFF_MAX = 0.5, 4
+    task = tasks.generate_outline_from_query_task
+    down = llm.LLMUnavailable("Provider answered 429")
+    task.push_request(retries=2)
+    try:
+        with (
+            patch.object(jobs, "generate_outline", side_effect=down),
+            patch.object(task, "retry", side_effect=Retry) as retry,
+            pytest.raises(Retry),
+        ):
+            task.run(1)
+    finally:
+        task.pop_request()
+
+    assert retry.call_args.kwargs["exc"] is down
+    assert (
+        1.0 <= retry.call_args.kwargs["countdown"] <= 2.0
+    )  # half to all of 0.5 * 2**2

@@ -16,6 +16,7 @@ from claw.tests.conftest import ScriptedServer
 from knowledge import services
 from knowledge.models import Chunk, Document
 from knowledge.tests.test_worker import run_update, wait_final
+from tasks_app import workers
 from tasks_app.models import TaskRecord
 from tests.harness import CeleryProcess
 
@@ -116,3 +117,14 @@ def test_an_update_fans_its_remote_documents_out_to_the_threads_worker(
     assert not Document.objects.exclude(status=Document.Status.READY).exists()
     # one after the other would take 6 s
     assert time.monotonic() - started < 5
+
+
+def test_the_workers_list_tells_the_threads_pool_from_prefork(
+    celery_worker, threads_worker
+):
+    found = {w.name: w for w in workers.cluster(timeout=2)}
+
+    threads = found[threads_worker.hostname]
+    assert (threads.pool, threads.concurrency) == ("threads", THREADS)
+    assert threads.queues == ["knowledge_remote"]
+    assert found[celery_worker.hostname].pool == "prefork"

@@ -72,6 +72,9 @@ class Command(BaseCommand):
                 os.environ.get("WEB_CONCURRENCY", "2"),
                 "--access-logfile",
                 "-",
+                # nothing uses gunicorn's control interface, and its default
+                # socket path is per user: a second stack would take it over
+                "--no-control-socket",
             ],
             "worker": [
                 *celery,

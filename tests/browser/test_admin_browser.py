@@ -233,3 +233,84 @@ def test_staff_read_a_writing_job_and_cancel_another_in_a_real_browser(
     assert "Cancelled 1 job(s); skipped 0." in page.inner_text("ul.messagelist")
     running.refresh_from_db()
     assert running.state == "cancelled"
+
+
+@pytest.mark.browser
+@pytest.mark.worker
+def test_staff_follow_a_reply_its_usage_and_resend_a_notification_in_a_browser(
+    transactional_db, live_server, celery_worker, browser_page, django_user_model
+):
+    from claw import conversations
+    from claw import services as claw_services
+    from claw.models import Message, Notification
+    from knowledge import services as knowledge
+
+    staff = django_user_model.objects.create_superuser("ai", password="ai-pass-12345")
+    kb = knowledge.create_knowledge_base(staff, name="Teas")
+    document = knowledge.add_document(
+        kb,
+        title="Oolong",
+        content="Oolong tea is partly oxidised, between green and black tea.",
+        vectorize=False,
+    )
+    knowledge.vectorize_document(document.pk)
+    conversation = conversations.create_conversation(
+        staff, title="Tea talk", knowledge_bases=[kb]
+    )
+    reply = conversations.post_message(
+        conversation, "What is oolong?"
+    ).assistant_message
+    # the push channel has no webhook here: the worker fails it for good
+    notification = claw_services.notify(staff, "push", "Your reply is ready")
+
+    def finished():
+        reply.refresh_from_db()
+        notification.refresh_from_db()
+        return reply.status == Message.Status.DONE and notification.status == "failed"
+
+    wait_for(finished, 30, message="the reply and the notification to finish")
+    page = browser_page
+    base = live_server.url
+    log_in(
+        page,
+        base,
+        "ai",
+        "ai-pass-12345",
+        f"/admin/claw/conversation/{conversation.pk}/change/",
+    )
+
+    # the conversation with its messages inline, the reply's task linked
+    inline = page.locator("#messages-group tbody tr.form-row:not(.empty-form)")
+    inline.first.wait_for()
+    assert inline.count() == 2
+    row = inline.nth(1).inner_text()
+    assert "Assistant" in row and "Done" in row and "Succeeded" in row
+    assert "Retrieved passages" in row  # extractive: labelled, not generated text
+    shot(page, "10-conversation")
+    inline.nth(1).locator(f"a[href$='/taskrecord/{reply.task_id}/change/']").click()
+    page.wait_for_selector("text=claw.generate_ai_response")
+    assert "Succeeded" in page.inner_text("#content")
+
+    # the usage ledger: totals over the messages list
+    page.goto(f"{base}/admin/claw/message/")
+    overall = page.inner_text("#usage-overall tbody")
+    assert overall.split()[0] == "1"  # one reply
+    assert "ai" in page.inner_text("#usage-per-user tbody")
+    shot(page, "11-usage")
+
+    # resend the failed notification: a second attempt reaches the worker
+    page.goto(f"{base}/admin/claw/notification/")
+    page.check(f"#result_list input[value='{notification.pk}']")
+    page.select_option("select[name=action]", "resend_selected")
+    page.click("button[name=index]")
+    page.wait_for_selector("ul.messagelist li")
+    assert "Resent 1 notification(s); skipped 0 still pending." in page.inner_text(
+        "ul.messagelist"
+    )
+
+    def attempted_again():
+        notification.refresh_from_db()
+        return notification.attempts == 2 and notification.status == "failed"
+
+    wait_for(attempted_again, 30, message="the resent notification to be tried")
+    assert "not configured" in Notification.objects.get(pk=notification.pk).error

@@ -1,17 +1,17 @@
-"""Celery signal receivers of writing jobs; each hands off to knowledge.jobs."""
+"""Celery signal receivers of writing jobs; each hands off to knowledge.sections."""
 
 from __future__ import annotations
 
 from celery import signals
 
-from knowledge import jobs
+from knowledge import sections
 
 
 @signals.task_revoked.connect
 def on_task_revoked(request, sender=None, **_):
     # A running task terminated by a revoke (prefork) never returns to its body
     # or hooks; this is where its job or section learns that it was cancelled.
-    jobs.task_revoked(
+    sections.task_revoked(
         getattr(sender, "name", None) or getattr(request, "task", ""),
         list(getattr(request, "args", None) or []),
         dict(getattr(request, "kwargs", None) or {}),

@@ -13,7 +13,7 @@ from django.db import InterfaceError, OperationalError
 from claw.celery import app
 from claw.llm import LLMUnavailable
 from claw.tasks import backoff
-from knowledge import jobs, services
+from knowledge import jobs, sections, services
 from knowledge.embeddings import EmbeddingUnavailable
 from knowledge.models import Document, WritingJob, WritingSection
 from tasks_app import services as ledger
@@ -198,7 +198,7 @@ class SectionTask(LedgerTask):
 
     def _stopped(self, args, status: str, error: str) -> None:
         job_pk, position = args[0], args[1]
-        jobs.section_stopped(
+        sections.section_stopped(
             job_pk, position, status=status, error=error, alone=not self.request.chord
         )
 
@@ -243,11 +243,11 @@ def generate_document_from_outline_task(
     knowledge_default).
     """
     try:
-        plan = jobs.plan_sections(job_pk)
+        plan = sections.plan_sections(job_pk)
         if plan is None:
             return {"job": job_pk, "status": "skipped"}
         if not plan.positions:
-            return jobs.finish_document(job_pk, celery_id=self.request.id)
+            return sections.finish_document(job_pk, celery_id=self.request.id)
         todo = len(plan.positions)
         report_progress(plan.total - todo, plan.total, f"writing {todo} sections")
     except TaskCancelled:
@@ -273,22 +273,22 @@ def generate_document_from_outline_task(
     time_limit=settings.JOBS_SECTION_TIME_LIMIT,
 )
 def write_section_task(self, job_pk: int, position: int) -> dict:
-    """Write one section (jobs.write_section); a transient provider error
+    """Write one section (sections.write_section); a transient provider error
     retries with backoff (the retry stays in the chord), the last one fails the
     section. A run outside the chord finishes the job when it is the last."""
     final = self.request.retries >= self.max_retries
     try:
-        outcome = jobs.write_section(job_pk, position, final_attempt=final)
+        outcome = sections.write_section(job_pk, position, final_attempt=final)
     except LLMUnavailable as exc:
         raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from None
     if not self.request.chord:
-        jobs.finish_alone(job_pk)
+        sections.finish_alone(job_pk)
     return outcome
 
 
 @app.task(name=jobs.FINISH_TASK, bind=True, base=JobTask)
 def finish_document_task(self, outcomes: list[dict], *, job_pk: int) -> dict:
-    return jobs.finish_document(job_pk, celery_id=self.request.id)
+    return sections.finish_document(job_pk, celery_id=self.request.id)
 
 
 @app.task(name="knowledge.document_chord_broken")
@@ -297,4 +297,4 @@ def document_broken_task(request, exc, traceback) -> None:
     # the chord broke. A callback that ran and raised is handled by JobTask.
     if isinstance(exc, ChordError):
         job_pk = (getattr(request, "kwargs", None) or {}).get("job_pk")
-        jobs.chord_broken(job_pk, celery_id=request.id, error=str(exc))
+        sections.chord_broken(job_pk, celery_id=request.id, error=str(exc))

@@ -184,7 +184,7 @@ def test_knowledge_base_actions_queue_updates_and_deletions(admin_client, kb, li
 @pytest.fixture
 def written(alice, kb, library):
     """A document job written in-process (no worker), with its task records."""
-    from knowledge import jobs
+    from knowledge import jobs, sections
 
     outline = {
         "title": "Pets and rockets",
@@ -198,9 +198,9 @@ def written(alice, kb, library):
         ],
     }
     job = jobs.start_document_job(alice, outline=outline, job_id="doc-1").job
-    for position in jobs.plan_sections(job.pk).positions:
-        jobs.write_section(job.pk, position, final_attempt=True)
-    jobs.finish_document(job.pk, celery_id=job.task.celery_id)
+    for position in sections.plan_sections(job.pk).positions:
+        sections.write_section(job.pk, position, final_attempt=True)
+    sections.finish_document(job.pk, celery_id=job.task.celery_id)
     job.refresh_from_db()
     return job
 

@@ -10,7 +10,7 @@ import pytest
 from django.conf import settings
 from django.utils import timezone
 
-from knowledge import jobs, services
+from knowledge import jobs, sections, services
 from knowledge.models import Chunk, Document, WritingJob
 from knowledge.tests.conftest import add_ready
 from tasks_app import maintenance
@@ -153,7 +153,7 @@ def unpublished_job(alice) -> WritingJob:
     with patch.object(ledger, "publish", return_value=True):
         job = jobs.start_document_job(alice, outline=outline).job
     ledger.mark_started(job.task.celery_id, name=jobs.DOCUMENT_TASK, worker="gone@h")
-    jobs.plan_sections(job.pk)
+    sections.plan_sections(job.pk)
     return job
 
 
@@ -199,7 +199,7 @@ def test_a_job_task_whose_chord_never_called_back_is_merged_when_requeued(
 ):
     # given every section written, but the callback lost with its worker
     job = unpublished_job(alice)
-    jobs.write_section(job.pk, 0, final_attempt=True)
+    sections.write_section(job.pk, 0, final_attempt=True)
     started_long_ago(job.task, 300 + 5)  # the task's hard time limit
 
     # when the health check re-queues the job's task (no section is active)

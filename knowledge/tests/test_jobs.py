@@ -10,7 +10,7 @@ from django.test import override_settings
 
 from claw import llm
 from claw.tests.conftest import in_threads
-from knowledge import jobs, services, tasks
+from knowledge import jobs, sections, services, tasks
 from knowledge.models import Chunk, Document, WritingJob, WritingSection
 from knowledge.tests.conftest import add_ready
 from tasks_app.models import TaskRecord
@@ -55,11 +55,11 @@ def inline_outline(chunks) -> dict:
 
 def write_all(job: WritingJob) -> dict:
     """What the chord does, in-process: every section, then the merge."""
-    plan = jobs.plan_sections(job.pk)
+    plan = sections.plan_sections(job.pk)
     for position in plan.positions:
-        jobs.write_section(job.pk, position, final_attempt=True)
+        sections.write_section(job.pk, position, final_attempt=True)
     job.refresh_from_db()
-    return jobs.finish_document(job.pk, celery_id=job.task.celery_id)
+    return sections.finish_document(job.pk, celery_id=job.task.celery_id)
 
 
 def test_an_outline_job_is_created_once_with_its_task(alice, kb):
@@ -231,7 +231,7 @@ def test_the_document_is_added_to_the_knowledge_base_and_vectorized(alice, kb, l
         name=services.VECTORIZE, object_id=document.pk
     ).exists()
     # a second finish (a redelivered callback) adds nothing
-    again = jobs.finish_document(job.pk, celery_id=job.task.celery_id)
+    again = sections.finish_document(job.pk, celery_id=job.task.celery_id)
     assert again["status"] == State.SUCCEEDED
     assert Document.objects.filter(source__startswith="writing job").count() == 1
 
@@ -305,14 +305,14 @@ def test_a_transient_error_leaves_the_section_for_a_retry(alice, kb, library):
     job = jobs.start_document_job(
         alice, outline=inline_outline([library[0].chunks.first()])
     ).job
-    jobs.plan_sections(job.pk)
+    sections.plan_sections(job.pk)
     unavailable = Scripted(llm.LLMUnavailable("answered 503"))
 
     with (
         patch.object(llm, "get_provider", return_value=unavailable),
         pytest.raises(llm.LLMUnavailable),
     ):
-        jobs.write_section(job.pk, 0, final_attempt=False)
+        sections.write_section(job.pk, 0, final_attempt=False)
 
     section = job.sections.get()
     assert (section.status, section.error) == (
@@ -322,7 +322,7 @@ def test_a_transient_error_leaves_the_section_for_a_retry(alice, kb, library):
     with patch.object(
         llm, "get_provider", return_value=Scripted(llm.LLMUnavailable("503"))
     ):
-        outcome = jobs.write_section(job.pk, 0, final_attempt=True)
+        outcome = sections.write_section(job.pk, 0, final_attempt=True)
     assert outcome["status"] == "failed"
 
 
@@ -331,9 +331,9 @@ def test_a_broken_chord_fails_the_open_sections_and_ends_the_record(alice, kb, l
     job = jobs.start_document_job(
         alice, outline=inline_outline([d.chunks.first() for d in library[:2]])
     ).job
-    jobs.plan_sections(job.pk)
-    jobs.write_section(job.pk, 0, final_attempt=True)
-    jobs.claim_section(job.pk, 1)
+    sections.plan_sections(job.pk)
+    sections.write_section(job.pk, 0, final_attempt=True)
+    sections.claim_section(job.pk, 1)
     from tasks_app import services as ledger
 
     ledger.mark_started(job.task.celery_id, name=jobs.DOCUMENT_TASK, worker="w@h")
@@ -347,7 +347,9 @@ def test_a_broken_chord_fails_the_open_sections_and_ends_the_record(alice, kb, l
         object_id=job.pk,
     )
 
-    jobs.chord_broken(job.pk, celery_id=job.task.celery_id, error="Dependency raised")
+    sections.chord_broken(
+        job.pk, celery_id=job.task.celery_id, error="Dependency raised"
+    )
 
     job.refresh_from_db()
     assert job.state == State.FAILED
@@ -358,7 +360,7 @@ def test_a_broken_chord_fails_the_open_sections_and_ends_the_record(alice, kb, l
     assert job.task.state == "FAILURE" and "section 2" in job.task.error
     assert member.pk  # the record the error came from
     # a stale errback (of an earlier attempt of the job's task) changes nothing
-    jobs.chord_broken(job.pk, celery_id="old-attempt", error="x")
+    sections.chord_broken(job.pk, celery_id="old-attempt", error="x")
 
 
 def test_cancel_cancels_the_job_its_sections_and_every_task(alice, kb, library):
@@ -374,7 +376,7 @@ def test_cancel_cancels_the_job_its_sections_and_every_task(alice, kb, library):
     with pytest.raises(jobs.JobFinished):
         jobs.cancel_job(cancelled)
     # a section task published after the cancel skips
-    assert jobs.write_section(job.pk, 0, final_attempt=True)["status"] == "skipped"
+    assert sections.write_section(job.pk, 0, final_attempt=True)["status"] == "skipped"
 
 
 def test_a_transient_outline_error_retries_after_a_fractional_backoff(settings):

@@ -177,7 +177,7 @@ def test_staff_read_a_writing_job_and_cancel_another_in_a_real_browser(
 ):
     from unittest.mock import patch
 
-    from knowledge import jobs
+    from knowledge import jobs, sections
     from knowledge import services as knowledge
 
     staff = django_user_model.objects.create_superuser("jobs", password="jobs-pass-123")
@@ -206,9 +206,9 @@ def test_staff_read_a_writing_job_and_cancel_another_in_a_real_browser(
     with patch.object(services, "publish", return_value=True):  # no worker here
         written = jobs.start_document_job(staff, outline=outline, job_id="teas").job
         running = jobs.start_document_job(staff, outline=outline, job_id="later").job
-    for position in jobs.plan_sections(written.pk).positions:
-        jobs.write_section(written.pk, position, final_attempt=True)
-    jobs.finish_document(written.pk, celery_id=written.task.celery_id)
+    for position in sections.plan_sections(written.pk).positions:
+        sections.write_section(written.pk, position, final_attempt=True)
+    sections.finish_document(written.pk, celery_id=written.task.celery_id)
     page = browser_page
     base = live_server.url
     log_in(page, base, "jobs", "jobs-pass-123", "/admin/knowledge/writingjob/")

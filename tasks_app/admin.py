@@ -6,23 +6,17 @@ import json
 
 from django.conf import settings
 from django.contrib import admin, messages
-from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.contenttypes.admin import GenericTabularInline
-from django.contrib.contenttypes.models import ContentType
 from django.core.paginator import Paginator
 from django.db.models import Q
-from django.http import HttpResponseRedirect
-from django.shortcuts import get_object_or_404
-from django.template.response import TemplateResponse
-from django.urls import NoReverseMatch, path, reverse
+from django.urls import NoReverseMatch, reverse
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
-from django.views.decorators.http import require_POST
 from django_celery_results.models import TaskResult
 
-from tasks_app import dashboard, services, workers
-from tasks_app.admin_forms import ArgumentsForm, NewTaskForm
+from tasks_app import services
+from tasks_app.admin_views import OperationsViews
 from tasks_app.models import StaffAlert, TaskRecord
 
 BADGE_COLOURS = {
@@ -150,7 +144,7 @@ class OwnerFilter(admin.SimpleListFilter):
 
 
 @admin.register(TaskRecord)
-class TaskRecordAdmin(admin.ModelAdmin):
+class TaskRecordAdmin(OperationsViews, admin.ModelAdmin):
     list_display = (
         "id",
         "name",
@@ -373,231 +367,6 @@ class TaskRecordAdmin(admin.ModelAdmin):
             + (f" not in an allowed state ({reasons})." if skipped else "."),
             level,
         )
-
-    # --- the Workers page -----------------------------------------------------
-
-    def get_urls(self):
-        extra = [
-            path(
-                "dashboard/",
-                self.admin_site.admin_view(self.dashboard_view),
-                name="tasks_app_dashboard",
-            ),
-            path(
-                "failures/",
-                self.admin_site.admin_view(self.failures_view),
-                name="tasks_app_failures",
-            ),
-            path(
-                "new/",
-                self.admin_site.admin_view(self.new_task_view),
-                name="tasks_app_new_task",
-            ),
-            path(
-                "<int:pk>/edit-and-retry/",
-                self.admin_site.admin_view(self.edit_and_retry_view),
-                name="tasks_app_edit_and_retry",
-            ),
-            path(
-                "workers/",
-                self.admin_site.admin_view(self.workers_view),
-                name="tasks_app_workers",
-            ),
-            path(
-                "workers/control/",
-                self.admin_site.admin_view(require_POST(self.workers_control)),
-                name="tasks_app_workers_control",
-            ),
-        ]
-        return extra + super().get_urls()
-
-    def dashboard_view(self, request):
-        stats = dashboard.summary(24, slowest=True)
-        by_state, names = stats["by_state"], stats["by_name"]
-        chart_rows = dashboard.hourly_filled(stats["start"], rows=stats["hourly"])
-        context = {
-            **self.admin_site.each_context(request),
-            "title": "Task dashboard (last 24 h)",
-            "by_state": [(s, by_state.get(s, 0)) for s in TaskRecord.State.values],
-            "chart": hourly_chart(chart_rows),
-            "slowest": stats["slowest"],
-            "failing": sorted(
-                ((n, c) for n, c in names.items() if c["failed"]),
-                key=lambda item: -item[1]["failed"],
-            )[:5],
-            "failure_rate": dashboard.failure_rate(by_state),
-            "queues": _safely(workers.queue_lengths, {}),
-            "live_workers": _safely(
-                lambda: dashboard.cached("claw:live-workers", workers.ping), []
-            ),
-            "cache_seconds": settings.CLAW_STATS_CACHE_SECONDS,
-        }
-        return TemplateResponse(request, "admin/tasks_app/dashboard.html", context)
-
-    def failures_view(self, request):
-        """Failures of the last 7 days grouped by task and normalised error."""
-        start = dashboard.since(24 * 7)
-        groups = dashboard.failure_groups(start)
-        if request.method == "POST":
-            index = int(request.POST.get("group", -1))
-            if not 0 <= index < len(groups):
-                messages.error(request, "That group no longer exists.")
-            else:
-                group = groups[index]
-                queryset = TaskRecord.objects.filter(
-                    state=TaskRecord.State.FAILURE,
-                    name=group["name"],
-                    error__in=group["errors"],
-                    finished_at__gte=start,
-                )
-                self._apply(request, queryset, services.retry, "Retried")
-            return HttpResponseRedirect(reverse("admin:tasks_app_failures"))
-        context = {
-            **self.admin_site.each_context(request),
-            "title": "Failures (last 7 days)",
-            "groups": groups,
-        }
-        return TemplateResponse(request, "admin/tasks_app/failures.html", context)
-
-    def new_task_view(self, request):
-        form = NewTaskForm(request.POST or None)
-        if request.method == "POST" and form.is_valid():
-            data = form.cleaned_data
-            record = services.submit(
-                data["name"],
-                args=data["args"],
-                kwargs=data["kwargs"],
-                owner=request.user,
-                queue=data["queue"] or None,
-                priority=data["priority"],
-                countdown=data["countdown"],
-                eta=data["eta"],
-            )
-            messages.success(request, f"Submitted task #{record.pk}.")
-            return HttpResponseRedirect(
-                reverse("admin:tasks_app_taskrecord_change", args=[record.pk])
-            )
-        return self._form_page(request, form, "New task")
-
-    def edit_and_retry_view(self, request, pk: int):
-        record = get_object_or_404(TaskRecord, pk=pk)
-        initial = {"args": json.dumps(record.args), "kwargs": json.dumps(record.kwargs)}
-        form = ArgumentsForm(request.POST or None, initial=initial)
-        if request.method == "POST" and form.is_valid():
-            try:
-                services.retry(
-                    record,
-                    args=form.cleaned_data["args"],
-                    kwargs=form.cleaned_data["kwargs"],
-                )
-            except services.InvalidTransition as exc:
-                messages.error(request, str(exc))
-            else:
-                messages.success(
-                    request, f"Task #{record.pk} retried with new arguments."
-                )
-            return HttpResponseRedirect(
-                reverse("admin:tasks_app_taskrecord_change", args=[record.pk])
-            )
-        return self._form_page(request, form, f"Edit and retry {record}")
-
-    def _form_page(self, request, form, title: str):
-        context = {
-            **self.admin_site.each_context(request),
-            "title": title,
-            "form": form,
-        }
-        return TemplateResponse(request, "admin/tasks_app/form.html", context)
-
-    def workers_view(self, request):
-        if not request.user.is_staff:
-            return HttpResponseRedirect(reverse("admin:login"))
-        context = {
-            **self.admin_site.each_context(request),
-            "title": "Celery workers",
-            "workers": workers.cluster(),
-            "queues": workers.queue_lengths(),
-            "confirm": request.GET.get("confirm_shutdown"),
-        }
-        return TemplateResponse(request, "admin/tasks_app/workers.html", context)
-
-    def workers_control(self, request):
-        """POST-only (CSRF-checked) pool restart / grow / shrink / shutdown."""
-        operation = request.POST.get("operation")
-        worker = request.POST.get("worker", "")
-        destination = [worker] if worker else None
-        if operation == "shutdown":
-            if not worker or request.POST.get("confirm") != "yes":
-                messages.error(request, "Shutdown needs a worker and a confirmation.")
-                return HttpResponseRedirect(reverse("admin:tasks_app_workers"))
-            workers.shutdown([worker])
-        elif operation == "restart":
-            workers.pool_restart(destination)
-        elif operation in ("grow", "shrink"):
-            if not worker:
-                messages.error(request, "Choose a worker.")
-                return HttpResponseRedirect(reverse("admin:tasks_app_workers"))
-            getattr(workers, f"pool_{operation}")([worker])
-        else:
-            messages.error(request, f"Unknown operation {operation!r}.")
-            return HttpResponseRedirect(reverse("admin:tasks_app_workers"))
-        LogEntry.objects.create(
-            user_id=request.user.pk,
-            content_type_id=ContentType.objects.get_for_model(TaskRecord).pk,
-            object_id=None,
-            object_repr=worker or "all workers",
-            action_flag=CHANGE,
-            change_message=f"worker control: {operation} {worker or 'all'}",
-        )
-        messages.success(request, f"Sent {operation} to {worker or 'all workers'}.")
-        return HttpResponseRedirect(reverse("admin:tasks_app_workers"))
-
-
-def _safely(call, default):
-    # The dashboard must render even when the broker is down.
-    try:
-        return call()
-    except Exception:
-        return default
-
-
-def hourly_chart(rows: list[dict], width: int = 720, height: int = 160) -> str:
-    """Finished (blue) and failed (red) per hour as a server-rendered SVG bar chart."""
-    if not rows:
-        return ""
-    peak = max(r["finished"] for r in rows) or 1
-    step = width / max(len(rows), 1)
-    bars = []
-    for i, row in enumerate(rows):
-        h_all = height * row["finished"] / peak
-        h_failed = height * row["failed"] / peak
-        x = i * step
-        # format_html escapes its arguments to strings first, so numbers are
-        # formatted here.
-        bars.append(
-            format_html(
-                '<rect x="{}" y="{}" width="{}" height="{}" fill="#0d6efd">'
-                "<title>{}: {} finished, {} failed</title></rect>"
-                '<rect x="{}" y="{}" width="{}" height="{}" fill="#dc3545"/>',
-                f"{x:.1f}",
-                f"{height - h_all:.1f}",
-                f"{step * 0.8:.1f}",
-                f"{h_all:.1f}",
-                f"{row['hour']:%H:00}",
-                row["finished"],
-                row["failed"],
-                f"{x:.1f}",
-                f"{height - h_failed:.1f}",
-                f"{step * 0.8:.1f}",
-                f"{h_failed:.1f}",
-            )
-        )
-    return format_html(
-        '<svg class="claw-chart" width="{}" height="{}" role="img">{}</svg>',
-        width,
-        height,
-        mark_safe("".join(bars)),  # each bar came from format_html
-    )
 
 
 class TaskRecordInline(GenericTabularInline):

@@ -191,16 +191,21 @@ LLM_TIMEOUT = float(os.environ.get("LLM_TIMEOUT", "60"))
 # --- Conversations (claw app: AI replies) -----------------------------------
 
 
+RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
 def parse_rate(name: str, value: str) -> tuple[int, float] | None:
-    """ "10/60" -> (10 starts, 60 seconds); empty -> None (no limit)."""
+    """ "10/60" -> (10 starts, 60 seconds); Celery's "5/m" -> (5, 60); empty ->
+    None (no limit)."""
     if not value:
         return None
     try:
         count, seconds = value.split("/")
-        rate = int(count), float(seconds)
+        rate = int(count), RATE_UNITS.get(seconds) or float(seconds)
     except ValueError:
         raise ImproperlyConfigured(
-            f"{name} must look like 'starts/seconds', e.g. 10/60; got {value!r}"
+            f"{name} must look like 'starts/seconds' or 'starts/m', e.g. 10/60; "
+            f"got {value!r}"
         ) from None
     if rate[0] < 1 or rate[1] <= 0:
         raise ImproperlyConfigured(f"{name}: both numbers must be positive")
@@ -271,9 +276,16 @@ KNOWLEDGE_MAX_UPLOAD_BYTES = env_int("KNOWLEDGE_MAX_UPLOAD_BYTES", 5 * 1024 * 10
 # Memory each process may use for cached search matrices (100k chunks of
 # dimension 384 take about 150 MB); least recently searched knowledge bases go first.
 KNOWLEDGE_SEARCH_CACHE_MB = env_int("KNOWLEDGE_SEARCH_CACHE_MB", 256)
-# Celery's rate_limit holds per worker, not across the cluster (see README); empty
-# means no limit.
-KNOWLEDGE_VECTORIZE_RATE_LIMIT = os.environ.get("KNOWLEDGE_VECTORIZE_RATE_LIMIT", "5/m")
+# Starts of knowledge.vectorize_document across the whole cluster, counted like
+# AI_RATE_LIMIT's (claw/ratelimit.py; Celery's own rate_limit would count per
+# worker). Over the limit a run is deferred, not failed; empty means no limit.
+KNOWLEDGE_VECTORIZE_RATE_LIMIT = parse_rate(
+    "KNOWLEDGE_VECTORIZE_RATE_LIMIT",
+    os.environ.get("KNOWLEDGE_VECTORIZE_RATE_LIMIT", "5/m"),
+)
+# A vectorize deferred this many times fails its document. A deferral waits at
+# most 10 windows, so 100 covers a run about 1,000 windows down the line.
+KNOWLEDGE_MAX_DEFERRALS = env_int("KNOWLEDGE_MAX_DEFERRALS", 100)
 # Seconds of the first automatic retry of a transient embedding error (doubles).
 KNOWLEDGE_RETRY_BACKOFF = env_int("KNOWLEDGE_RETRY_BACKOFF", 10)
 # Texts per embedding call; progress is reported after each batch.

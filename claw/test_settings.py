@@ -25,7 +25,10 @@ STORAGES = {
     **STORAGES,  # noqa: F405
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
-# Knowledge: no per-worker rate limit on vectorize (5/m would make a 50-document
-# update take ten minutes) and short retry backoffs.
-KNOWLEDGE_VECTORIZE_RATE_LIMIT = ""
+# Knowledge: no rate limit on vectorize unless a test's workers set one (5/m would
+# make a 50-document update take ten minutes), and short retry backoffs.
+KNOWLEDGE_VECTORIZE_RATE_LIMIT = parse_rate(  # noqa: F405
+    "KNOWLEDGE_VECTORIZE_RATE_LIMIT",
+    os.environ.get("KNOWLEDGE_VECTORIZE_RATE_LIMIT", ""),
+)
 KNOWLEDGE_RETRY_BACKOFF = 1

@@ -17,6 +17,7 @@ from django.db import transaction
 from django.db.models import F, Min, Q
 from django.utils import timezone
 
+from claw import ratelimit
 from knowledge import embeddings
 from knowledge.chunking import TextChunk, chunk_text
 from knowledge.embeddings import EmbeddingUnavailable
@@ -456,6 +457,21 @@ def vectorize_document(
         "embedded": len(plan.to_embed),
         "reused": plan.reused,
     }
+
+
+def take_vectorize_slot() -> ratelimit.Slot | None:
+    """One start under KNOWLEDGE_VECTORIZE_RATE_LIMIT (None when no limit is set);
+    raises ratelimit.RateLimited when the cluster has used this window's starts."""
+    rate = settings.KNOWLEDGE_VECTORIZE_RATE_LIMIT
+    if rate is None:
+        return None
+    limit, period = rate
+    return ratelimit.take(VECTORIZE, limit=limit, period=period)
+
+
+def vectorize_failed(document_id: int, exc: Exception) -> VectorizeFailed:
+    """Mark the document failed with exc (a run that gave up before starting)."""
+    return _failed(document_id, exc)
 
 
 def _failed(document_id: int, exc: Exception) -> VectorizeFailed:

@@ -7,11 +7,13 @@ import time
 
 from celery import chord
 from celery.exceptions import ChordError
+from celery.utils.time import get_exponential_backoff_interval
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from claw.celery import app
 from claw.llm import LLMUnavailable
+from claw.ratelimit import RateLimited
 from claw.tasks import backoff
 from knowledge import jobs, sections, services
 from knowledge.embeddings import EmbeddingUnavailable
@@ -33,18 +35,17 @@ FAN_OUT = {
 }
 
 
+VECTORIZE_RETRIES = 3  # of transient embedding errors (deferrals have their own)
+
+
 @app.task(
     name=services.VECTORIZE,
     bind=True,
-    autoretry_for=(EmbeddingUnavailable,),
-    max_retries=3,
-    retry_backoff=settings.KNOWLEDGE_RETRY_BACKOFF,
-    retry_backoff_max=300,
-    retry_jitter=True,
+    # Celery counts deferrals as retries, and the ledger stops an attempt after
+    # max_retries + CLAW_MAX_REDELIVERIES + 1 deliveries: room for both.
+    max_retries=VECTORIZE_RETRIES + settings.KNOWLEDGE_MAX_DEFERRALS,
     soft_time_limit=300,
     time_limit=settings.LONGEST_TIME_LIMIT,
-    # Per worker, not cluster-wide: Celery's rate_limit (see README).
-    rate_limit=settings.KNOWLEDGE_VECTORIZE_RATE_LIMIT or None,
 )
 def vectorize_document_task(
     self,
@@ -53,33 +54,69 @@ def vectorize_document_task(
     reuse: bool = True,
     raise_on_failure: bool = True,
     update: str | None = None,
+    failures: int = 0,
 ) -> dict:
     """Vectorize one document; see services.vectorize_document.
 
-    A document that fails for good raises VectorizeFailed (the record ends
-    FAILURE), unless raise_on_failure is False: chord members of
-    update_knowledge_base return the failure as their outcome instead, because a
-    raising member fails the whole chord before its callback can say which
-    documents failed. update is the Celery id of that update: its record gets the
-    overall progress, and a cancelled update skips the documents not started yet.
+    1. Over the cluster-wide KNOWLEDGE_VECTORIZE_RATE_LIMIT the run is deferred
+       to a later window: a Celery retry that is not a failure, up to
+       KNOWLEDGE_MAX_DEFERRALS (then the document fails).
+    2. A transient embedding error retries with backoff, at most
+       VECTORIZE_RETRIES times (counted in failures).
+    3. A document that fails for good raises VectorizeFailed (the record ends
+       FAILURE), unless raise_on_failure is False: chord members of
+       update_knowledge_base return the failure as their outcome instead,
+       because a raising member fails the whole chord before its callback can
+       say which documents failed.
+
+    update is the Celery id of that update: its record gets the overall
+    progress, and a cancelled update skips the documents not started yet.
     """
     if update and ledger.is_cancel_requested(update):
         return {"document_id": document_id, "status": "skipped"}
-    final = self.request.retries >= self.max_retries
-    # Celery's soft time limit needs prefork; on the threads pool (knowledge_remote)
-    # the same limit is a deadline checked between embedding batches.
-    deadline = time.monotonic() + self.soft_time_limit
+    slot = None
     try:
+        slot = services.take_vectorize_slot()
+        # Celery's soft time limit needs prefork; on the threads pool
+        # (knowledge_remote) the same limit is a deadline checked between batches.
+        deadline = time.monotonic() + self.soft_time_limit
         outcome = services.vectorize_document(
-            document_id, reuse=reuse, final_attempt=final, deadline=deadline
+            document_id,
+            reuse=reuse,
+            final_attempt=failures >= VECTORIZE_RETRIES,
+            deadline=deadline,
         )
+    except RateLimited as exc:
+        if self.request.retries - failures < settings.KNOWLEDGE_MAX_DEFERRALS:
+            raise self.retry(
+                countdown=exc.retry_in, max_retries=self.request.retries + 1, exc=exc
+            ) from None
+        outcome = _gave_up(document_id, exc, raise_on_failure)
+    except EmbeddingUnavailable as exc:  # not the final attempt
+        raise self.retry(
+            kwargs={**self.request.kwargs, "failures": failures + 1},
+            countdown=get_exponential_backoff_interval(
+                settings.KNOWLEDGE_RETRY_BACKOFF, failures, 300, full_jitter=True
+            ),
+            max_retries=self.request.retries + 1,
+            exc=exc,
+        ) from None
     except services.VectorizeFailed as exc:
         if raise_on_failure:
             raise
         outcome = exc.outcome
+    if slot is not None:
+        outcome["started_at"] = slot.at  # when the rate limit let it start
     if update:
         services.report_update_progress(update)
     return outcome
+
+
+def _gave_up(document_id: int, exc: Exception, raise_on_failure: bool) -> dict:
+    failure = services.vectorize_failed(document_id, exc)
+    if raise_on_failure:
+        raise failure
+    return failure.outcome
 
 
 @app.task(name=services.UPDATE, bind=True, **FAN_OUT)

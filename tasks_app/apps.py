@@ -38,7 +38,27 @@ def visibility_timeout_check(app_configs, **kwargs) -> list:
                 id="tasks_app.W001",
             )
         ]
+    deferral = _longest_deferral()
+    if settings.CELERY_TASK_ACKS_LATE and timeout <= deferral:
+        return [
+            Warning(
+                f"Broker visibility_timeout ({timeout}s) is not longer than the "
+                f"longest rate-limit deferral ({deferral:g}s)",
+                hint="A deferred task waits as an unacknowledged ETA message, which "
+                "Redis hands out again after the visibility timeout. Raise "
+                "CELERY_VISIBILITY_TIMEOUT or shorten the rate-limit window.",
+                id="tasks_app.W001",
+            )
+        ]
     return []
+
+
+def _longest_deferral() -> float:
+    """Seconds a task over a cluster-wide rate limit may be deferred at most."""
+    from claw.ratelimit import MAX_WINDOWS_AHEAD
+
+    rates = (settings.AI_RATE_LIMIT, settings.KNOWLEDGE_VECTORIZE_RATE_LIMIT)
+    return max((MAX_WINDOWS_AHEAD + 1) * r[1] for r in rates if r) if any(rates) else 0
 
 
 @register()

@@ -46,6 +46,19 @@ def test_short_visibility_timeout_raises_a_system_check_warning(tmp_path):
     assert "tasks_app.W001" in done.stdout + done.stderr
 
 
+def test_a_rate_limit_window_past_the_visibility_timeout_is_warned_about(tmp_path):
+    # 11 windows of an hour: a deferred vectorize would outlive the 2 h default
+    env = {
+        **embedded_env(tmp_path),
+        "CELERY_BROKER_URL": "redis://127.0.0.1:6379/15",
+        "KNOWLEDGE_VECTORIZE_RATE_LIMIT": "5/h",
+    }
+    done = run_check(env)
+    assert "longest rate-limit deferral (39600s)" in done.stdout + done.stderr
+    fine = run_check({**env, "KNOWLEDGE_VECTORIZE_RATE_LIMIT": "5/m"})
+    assert "W001" not in fine.stdout + fine.stderr
+
+
 def test_only_json_is_accepted(settings):
     assert settings.CELERY_ACCEPT_CONTENT == ["json"]
     assert settings.CELERY_TASK_SERIALIZER == "json"

@@ -119,3 +119,23 @@ def test_the_database_counter_holds_on_sqlite_with_concurrent_connections(tmp_pa
 
     report = json.loads(out.strip().splitlines()[-1])
     assert report == {"backend": "database", "allowed": 7}
+
+
+@pytest.mark.parametrize(
+    "value,rate",
+    [("10/60", (10, 60.0)), ("5/m", (5, 60.0)), ("2/1.5", (2, 1.5)), ("", None)],
+)
+def test_rates_are_starts_per_seconds_or_per_celery_unit(value, rate):
+    from claw.settings import parse_rate
+
+    assert parse_rate("X", value) == rate
+
+
+@pytest.mark.parametrize("value", ["5", "5/week", "0/60", "a/60"])
+def test_a_bad_rate_is_refused_naming_the_setting(value):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from claw.settings import parse_rate
+
+    with pytest.raises(ImproperlyConfigured, match="^X"):
+        parse_rate("X", value)

@@ -128,3 +128,20 @@ def test_the_workers_list_tells_the_threads_pool_from_prefork(
     assert (threads.pool, threads.concurrency) == ("threads", THREADS)
     assert threads.queues == ["knowledge_remote"]
     assert found[celery_worker.hostname].pool == "prefork"
+
+
+def test_a_transient_endpoint_error_retries_and_the_document_ends_ready(
+    server, threads_worker, alice
+):
+    server.script += [{"status": 503, "json": {"error": "busy"}}, one_vector(1)]
+    kb = remote_kb(alice)
+    document = services.add_document(kb, title="T", content="Retry me.")
+
+    record = wait_final(TaskRecord.objects.get(name=services.VECTORIZE), timeout=30)
+
+    assert record.state == "SUCCESS", record.error
+    retries = record.events.filter(kind="retry")
+    assert "Embedding endpoint answered 503: busy" in retries.get().data["error"]
+    document.refresh_from_db()
+    assert document.status == Document.Status.READY
+    assert len(server.requests) == 2

@@ -291,3 +291,40 @@ def test_stored_vectors_loads_one_vector_per_text_however_many_share_it(
 
     assert set(found) == hashes
     assert all(len(blob) == 384 * 4 for blob in found.values())
+
+
+def test_a_vectorize_over_the_rate_limit_is_deferred_then_gives_up(kb, settings):
+    from celery.exceptions import Retry
+
+    from claw.ratelimit import RateLimited
+    from knowledge import tasks
+
+    settings.KNOWLEDGE_MAX_DEFERRALS = 2
+    document = services.add_document(kb, title="T", content=TEXT, vectorize=False)
+    task = tasks.vectorize_document_task
+    full = RateLimited("knowledge.vectorize_document", 5, 60, retry_in=7.5)
+
+    def run(retries: int):
+        task.push_request(retries=retries, kwargs={"raise_on_failure": False})
+        try:
+            return task.run(document.pk, raise_on_failure=False)
+        finally:
+            task.pop_request()
+
+    with (
+        patch.object(services, "take_vectorize_slot", side_effect=full),
+        patch.object(task, "retry", side_effect=Retry) as retry,
+    ):
+        # deferred while deferrals are left: a retry at the next free window
+        with pytest.raises(Retry):
+            run(retries=1)
+        assert retry.call_args.kwargs["countdown"] == 7.5
+        document.refresh_from_db()
+        assert document.status == Status.PENDING
+
+        # then the document fails, reported as the chord member's outcome
+        outcome = run(retries=2)
+    document.refresh_from_db()
+    assert outcome["status"] == "failed"
+    assert document.status == Status.FAILED
+    assert document.error.startswith("RateLimited: Rate limit knowledge.vectorize")

@@ -94,7 +94,7 @@ def vectorize_document_task(
         outcome = _gave_up(document_id, exc, raise_on_failure)
     except EmbeddingUnavailable as exc:  # not the final attempt
         raise self.retry(
-            kwargs={**self.request.kwargs, "failures": failures + 1},
+            kwargs={**(self.request.kwargs or {}), "failures": failures + 1},
             countdown=get_exponential_backoff_interval(
                 settings.KNOWLEDGE_RETRY_BACKOFF, failures, 300, full_jitter=True
             ),

@@ -17,11 +17,12 @@ from knowledge import services
 from knowledge.models import Chunk, Document
 from knowledge.tests.test_worker import run_update, wait_final
 from tasks_app import workers
-from tasks_app.models import TaskRecord
+from tasks_app.models import TaskEvent, TaskRecord
 from tests.harness import CeleryProcess
 
 pytestmark = [pytest.mark.worker]
 THREADS = 8
+RATE = 4  # vectorize starts per second on the threads worker
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +39,8 @@ def threads_worker(worker_env, artifacts_dir, embedding_server):
         **worker_env,
         "EMBEDDING_BASE_URL": embedding_server.url,
         "EMBEDDING_TIMEOUT": "5",
+        # cluster-wide, 4 starts a second: an update of more documents is paced
+        "KNOWLEDGE_VECTORIZE_RATE_LIMIT": f"{RATE}/1",
     }
     args = ["-P", "threads", "-c", str(THREADS), "-Q", services.REMOTE_QUEUE]
     worker = CeleryProcess("worker", env, args, artifacts_dir / "worker-remote.log")
@@ -122,7 +125,7 @@ def test_an_update_fans_its_remote_documents_out_to_the_threads_worker(
 def test_the_workers_list_tells_the_threads_pool_from_prefork(
     celery_worker, threads_worker
 ):
-    found = {w.name: w for w in workers.cluster(timeout=2)}
+    found = {w.name: w for w in workers.cluster(timeout=1)}
 
     threads = found[threads_worker.hostname]
     assert (threads.pool, threads.concurrency) == ("threads", THREADS)
@@ -145,3 +148,28 @@ def test_a_transient_endpoint_error_retries_and_the_document_ends_ready(
     document.refresh_from_db()
     assert document.status == Document.Status.READY
     assert len(server.requests) == 2
+
+
+def test_an_update_paced_by_the_rate_limit_with_a_transient_error_still_finishes(
+    server, celery_worker, threads_worker, alice
+):
+    # given 10 documents: 4 may start per second, the first answer is a 503
+    kb = remote_kb(alice)
+    documents = [
+        services.add_document(kb, title=f"D{n}", content=f"Text {n}.", vectorize=False)
+        for n in range(10)
+    ]
+    server.script.append({"status": 503, "json": {"error": "busy"}})
+    server.script.extend(one_vector(n) for n in range(10))
+
+    record, summary = run_update(kb, "incremental")
+
+    # the chord waited for its deferred and retried members
+    assert record.state == "SUCCESS", record.error
+    assert sorted(summary["vectorized"]) == sorted(d.pk for d in documents)
+    assert not Document.objects.exclude(status=Document.Status.READY).exists()
+    children = TaskRecord.objects.filter(parent=record, name=services.VECTORIZE)
+    retries = TaskEvent.objects.filter(record__in=children, kind="retry")
+    assert retries.filter(data__error__icontains="rate limit").count() >= 10 - RATE
+    assert retries.filter(data__error__icontains="503").count() == 1
+    assert len(server.requests) == 11

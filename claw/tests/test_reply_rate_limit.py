@@ -15,7 +15,7 @@ from claw import conversations
 from claw.models import Message
 from claw.tests.conftest import ScriptedServer, sse
 from tasks_app.models import TaskEvent, TaskRecord
-from tests.harness import wait_for
+from tests.harness import least_deferrals, wait_for
 
 pytestmark = pytest.mark.worker
 QUEUE = "conv_rate"
@@ -82,7 +82,11 @@ def test_two_workers_together_start_no_more_than_the_limit_per_window(
     assert max(per_window.values()) <= limit
     assert len(per_window) >= math.ceil(9 / limit)
     assert len(ran_on) == 2  # the limit held across both workers
-    assert deferrals([m.task_id for m in rows]) >= 9 - limit
+    # replies posted while a window passed may start in the next without waiting
+    records = [m.task for m in rows]
+    assert deferrals([r.pk for r in records]) >= max(
+        1, least_deferrals(records, limit=limit, period=period)
+    )
     assert set(TaskRecord.objects.values_list("state", flat=True)) == {"SUCCESS"}
 
 

@@ -48,6 +48,11 @@ class EstimatedCountPaginator(Paginator):
         # COUNT(*) over a LIMITed subquery: the ids never travel to Python.
         return self.object_list[: self.limit + 1].count()
 
+    @property
+    def capped(self) -> bool:
+        """More matches than were counted (the list says "more than <limit>")."""
+        return self.count > self.limit
+
 
 def state_badge(state: str, label: str) -> str:
     return format_html(
@@ -73,7 +78,12 @@ def progress_bar(record: TaskRecord) -> str:
     )
 
 
-SEARCH_COUNT_LIMIT = 1_000  # search results stop counting here
+# A search or a filter stops counting its matches here: counting the first
+# 10,000 FAILURE records of a million reads 10,000 index entries (11 ms), the
+# first 1,000 a tenth of that. The dashboard has the exact counts by state.
+FILTERED_COUNT_LIMIT = 1_000
+# Query parameters that page or order the list without filtering it.
+UNFILTERED_PARAMS = {"p", "o", "e"}
 
 
 def search_records(queryset, term: str):
@@ -210,7 +220,8 @@ class TaskRecordAdmin(OperationsViews, admin.ModelAdmin):
     def get_paginator(self, request, queryset, per_page, orphans=0, **kwargs):
         # A search for a common task name matches a quarter of a million rows;
         # counting the first 10,000 of them in id order reads 40,000 rows.
-        limit = SEARCH_COUNT_LIMIT if request.GET.get("q") else None
+        filtered = any(k not in UNFILTERED_PARAMS for k in request.GET)
+        limit = FILTERED_COUNT_LIMIT if filtered else None
         return EstimatedCountPaginator(
             queryset, per_page, orphans, limit=limit, **kwargs
         )

@@ -143,17 +143,23 @@ def test_a_transition_reconnects_after_the_server_dropped_the_connection():
 
 
 @pytest.mark.django_db
-def test_a_search_stops_counting_at_its_own_limit(admin_client, monkeypatch):
+def test_a_search_or_a_filter_stops_counting_at_its_own_limit(
+    admin_client, monkeypatch
+):
     from tasks_app import admin as task_admin
 
-    monkeypatch.setattr(task_admin, "SEARCH_COUNT_LIMIT", 5)
+    monkeypatch.setattr(task_admin, "FILTERED_COUNT_LIMIT", 5)
     TaskRecord.objects.bulk_create(
         TaskRecord(name="tests.add", celery_id=f"count-{i}") for i in range(8)
     )
     changelist = reverse("admin:tasks_app_taskrecord_changelist")
 
-    searched = admin_client.get(changelist + "?q=tests.add").context["cl"]
-    listed = admin_client.get(changelist).context["cl"]
+    searched = admin_client.get(changelist + "?q=tests.add")
+    filtered = admin_client.get(changelist + "?state__exact=PENDING&p=1")
+    listed = admin_client.get(changelist + "?o=1")
 
-    assert searched.result_count == 6  # "more than 5"
-    assert listed.result_count == 8
+    assert searched.context["cl"].result_count == 6  # stopped after 5
+    assert "more than 5 task records" in searched.content.decode()
+    assert filtered.context["cl"].result_count == 6
+    assert listed.context["cl"].result_count == 8  # paging and order filter nothing
+    assert "8 task records" in listed.content.decode()

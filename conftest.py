@@ -34,6 +34,24 @@ def require_service(name: str, host: str, port: int) -> None:
     pytest.skip(message)
 
 
+# The users of every suite: alice and bob own things, staff sees everything.
+@pytest.fixture
+def alice(django_user_model):
+    return django_user_model.objects.create_user("alice", password="alice-pass-1")
+
+
+@pytest.fixture
+def bob(django_user_model):
+    return django_user_model.objects.create_user("bob", password="bob-pass-1")
+
+
+@pytest.fixture
+def staff(django_user_model):
+    return django_user_model.objects.create_user(
+        "ops", password="ops-pass-1", is_staff=True
+    )
+
+
 @pytest.fixture(scope="session")
 def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

@@ -70,6 +70,15 @@ def take(key: str, *, limit: int, period: float, now: float | None = None) -> Sl
     raise RateLimited(key, limit, period, max(0.0, next_start - now) + jitter)
 
 
+def take_slot(key: str, rate: tuple[int, float] | None) -> Slot | None:
+    """take() under a parsed rate setting (claw.settings.parse_rate); None when
+    the setting is empty (no limit)."""
+    if rate is None:
+        return None
+    limit, period = rate
+    return take(key, limit=limit, period=period)
+
+
 def backend() -> str:
     chosen = settings.AI_RATE_LIMIT_BACKEND
     if chosen == "auto":

@@ -24,11 +24,7 @@ RATE_LIMIT_KEY = "claw.generate_ai_response"
 def take_start_slot() -> ratelimit.Slot | None:
     """One start under AI_RATE_LIMIT (None when no limit is set); raises
     ratelimit.RateLimited when the cluster has used its starts of this window."""
-    rate = settings.AI_RATE_LIMIT
-    if rate is None:
-        return None
-    limit, period = rate
-    return ratelimit.take(RATE_LIMIT_KEY, limit=limit, period=period)
+    return ratelimit.take_slot(RATE_LIMIT_KEY, settings.AI_RATE_LIMIT)
 
 
 def generate(message_id: int, *, started_at: float, deadline: float) -> dict:

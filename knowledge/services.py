@@ -445,9 +445,9 @@ def vectorize_document(
         if not final_attempt:
             _mark(document_id, Status.PENDING, f"will retry: {exc}")
             raise
-        raise _failed(document_id, exc) from exc
+        raise vectorize_failed(document_id, exc) from exc
     except Exception as exc:
-        raise _failed(document_id, exc) from exc
+        raise vectorize_failed(document_id, exc) from exc
     if not written:
         return {"document_id": document_id, "status": "missing"}
     return {
@@ -462,19 +462,11 @@ def vectorize_document(
 def take_vectorize_slot() -> ratelimit.Slot | None:
     """One start under KNOWLEDGE_VECTORIZE_RATE_LIMIT (None when no limit is set);
     raises ratelimit.RateLimited when the cluster has used this window's starts."""
-    rate = settings.KNOWLEDGE_VECTORIZE_RATE_LIMIT
-    if rate is None:
-        return None
-    limit, period = rate
-    return ratelimit.take(VECTORIZE, limit=limit, period=period)
+    return ratelimit.take_slot(VECTORIZE, settings.KNOWLEDGE_VECTORIZE_RATE_LIMIT)
 
 
 def vectorize_failed(document_id: int, exc: Exception) -> VectorizeFailed:
-    """Mark the document failed with exc (a run that gave up before starting)."""
-    return _failed(document_id, exc)
-
-
-def _failed(document_id: int, exc: Exception) -> VectorizeFailed:
+    """Mark the document failed with exc's error; the VectorizeFailed to raise."""
     if isinstance(exc, embeddings.EmbeddingError):
         error = str(exc)
     elif isinstance(exc, SoftTimeLimitExceeded):

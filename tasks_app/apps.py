@@ -58,7 +58,7 @@ def _longest_deferral() -> float:
     from claw.ratelimit import MAX_WINDOWS_AHEAD
 
     rates = (settings.AI_RATE_LIMIT, settings.KNOWLEDGE_VECTORIZE_RATE_LIMIT)
-    return max((MAX_WINDOWS_AHEAD + 1) * r[1] for r in rates if r) if any(rates) else 0
+    return max(((MAX_WINDOWS_AHEAD + 1) * r[1] for r in rates if r), default=0)
 
 
 @register()

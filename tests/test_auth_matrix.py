@@ -61,23 +61,6 @@ OPERATIONS = operations()
 OBJECT_OPERATIONS = [op for op in OPERATIONS if "{" in op[1]]
 
 
-@pytest.fixture
-def alice(django_user_model):
-    return django_user_model.objects.create_user("alice", password="alice-pass-1")
-
-
-@pytest.fixture
-def bob(django_user_model):
-    return django_user_model.objects.create_user("bob", password="bob-pass-1")
-
-
-@pytest.fixture
-def staff(django_user_model):
-    return django_user_model.objects.create_user(
-        "ops", password="ops-pass-1", is_staff=True
-    )
-
-
 @pytest.fixture(autouse=True)
 def quiet():
     # nothing reaches the broker or a worker

@@ -11,9 +11,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from django.db import close_old_connections
 
-# the users of the task API's tests: alice, bob and a staff user
-from tasks_app.tests.test_api import alice, bob, staff  # noqa: F401
-
 
 class ScriptedServer:
     """Answers each POST with the next scripted response; records the requests.

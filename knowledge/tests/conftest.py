@@ -17,21 +17,6 @@ def _fresh_search_cache():
 
 
 @pytest.fixture
-def alice(django_user_model):
-    return django_user_model.objects.create_user("alice", password="alice-pass-1")
-
-
-@pytest.fixture
-def bob(django_user_model):
-    return django_user_model.objects.create_user("bob", password="bob-pass-1")
-
-
-@pytest.fixture
-def staff(django_user_model):
-    return django_user_model.objects.create_user("ops", is_staff=True)
-
-
-@pytest.fixture
 def no_broker():
     """Submissions write their records; nothing reaches Redis."""
     with patch("tasks_app.services.app.send_task"):

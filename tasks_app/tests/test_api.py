@@ -15,23 +15,6 @@ State = TaskRecord.State
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def alice(django_user_model):
-    return django_user_model.objects.create_user("alice", password="alice-pass-1")
-
-
-@pytest.fixture
-def bob(django_user_model):
-    return django_user_model.objects.create_user("bob", password="bob-pass-1")
-
-
-@pytest.fixture
-def staff(django_user_model):
-    return django_user_model.objects.create_user(
-        "ops", password="ops-pass-1", is_staff=True
-    )
-
-
 def client_for(user) -> APIClient:
     client = APIClient()
     if user is not None:

@@ -11,6 +11,7 @@ import shutil
 
 import pytest
 
+from knowledge.tests.conftest import add_ready
 from tasks_app import services
 from tasks_app.models import TaskRecord
 from tests.harness import wait_for
@@ -143,14 +144,12 @@ def test_staff_search_a_knowledge_base_from_its_admin_page(
 
     staff = django_user_model.objects.create_superuser("kb", password="kb-pass-12345")
     kb = knowledge.create_knowledge_base(staff, name="Travel")
-    for title, text in [
-        ("Great Wall", "长城是中国古代的军事防御工程。The Great Wall is very long."),
-        ("Fjords", "Fjords are narrow sea inlets carved by glaciers in Norway."),
-    ]:
-        document = knowledge.add_document(
-            kb, title=title, content=text, vectorize=False
-        )
-        knowledge.vectorize_document(document.pk)
+    add_ready(
+        kb, "Great Wall", "长城是中国古代的军事防御工程。The Great Wall is very long."
+    )
+    add_ready(
+        kb, "Fjords", "Fjords are narrow sea inlets carved by glaciers in Norway."
+    )
     page = browser_page
     base = live_server.url
     log_in(
@@ -182,16 +181,13 @@ def test_staff_read_a_writing_job_and_cancel_another_in_a_real_browser(
 
     staff = django_user_model.objects.create_superuser("jobs", password="jobs-pass-123")
     kb = knowledge.create_knowledge_base(staff, name="Teas")
-    chunks = []
-    for title, text in [
-        ("Green tea", "Green tea is steamed. Steaming keeps it green."),
-        ("Black tea", "Black tea is oxidised. It brews a strong cup."),
-    ]:
-        document = knowledge.add_document(
-            kb, title=title, content=text, vectorize=False
-        )
-        knowledge.vectorize_document(document.pk)
-        chunks.append(document.chunks.get())
+    chunks = [
+        add_ready(kb, title, text).chunks.get()
+        for title, text in [
+            ("Green tea", "Green tea is steamed. Steaming keeps it green."),
+            ("Black tea", "Black tea is oxidised. It brews a strong cup."),
+        ]
+    ]
     outline = {
         "title": "Teas",
         "sections": [
@@ -247,13 +243,9 @@ def test_staff_follow_a_reply_its_usage_and_resend_a_notification_in_a_browser(
 
     staff = django_user_model.objects.create_superuser("ai", password="ai-pass-12345")
     kb = knowledge.create_knowledge_base(staff, name="Teas")
-    document = knowledge.add_document(
-        kb,
-        title="Oolong",
-        content="Oolong tea is partly oxidised, between green and black tea.",
-        vectorize=False,
+    add_ready(
+        kb, "Oolong", "Oolong tea is partly oxidised, between green and black tea."
     )
-    knowledge.vectorize_document(document.pk)
     conversation = conversations.create_conversation(
         staff, title="Tea talk", knowledge_bases=[kb]
     )

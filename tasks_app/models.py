@@ -160,7 +160,17 @@ class TaskEvent(models.Model):
 
     class Meta:
         ordering = ["id"]
-        indexes = [models.Index(fields=["record", "id"], name="taskevent_record_id")]
+        indexes = [
+            models.Index(fields=["record", "id"], name="taskevent_record_id"),
+            # Every attempt starts with a "queued" event carrying its Celery id, so
+            # the API can find a record by an earlier attempt's id; partial, so the
+            # far more numerous progress events pay nothing for it.
+            models.Index(
+                fields=["celery_id"],
+                condition=models.Q(kind="queued"),
+                name="taskevent_queued_celery_id",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} of record {self.record_id} at {self.at:%Y-%m-%d %H:%M:%S}"

@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import path, re_path
 from rest_framework.routers import DefaultRouter
 
 from claw.api import views
@@ -12,5 +12,7 @@ urlpatterns = [
     # Under tasks/ for clients of the old API; tasks_app's router has no route of
     # this shape (tasks/{id}/ and its named actions only), so it resolves here.
     path("tasks/ai/generate/", views.GenerateView.as_view(), name="tasks-ai-generate"),
+    # ... and without the slash, which would otherwise be a 301 dropping the body
+    re_path(r"^tasks/ai/generate$", views.GenerateView.as_view(schema=None)),
     *router.urls,
 ]

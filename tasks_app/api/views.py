@@ -4,6 +4,7 @@ import re
 from datetime import UTC
 
 from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
@@ -25,7 +26,7 @@ from tasks_app.api.serializers import (
     TaskEventSerializer,
     TaskRecordSerializer,
 )
-from tasks_app.models import TaskRecord
+from tasks_app.models import TaskEvent, TaskRecord
 
 STATS_SCHEMA = inline_serializer(
     "TaskStats",
@@ -82,6 +83,18 @@ def _datetime_param(request, name: str):
         raise ValidationError({name: "Date-time out of range."}) from None
 
 
+def with_celery_id(queryset, celery_id: str):
+    """Records whose current or any earlier attempt had this Celery id.
+
+    A retry gives the record a new id, but every attempt's "queued" event keeps
+    its own (indexed), so a client holding an old attempt's id still finds it.
+    """
+    earlier = TaskEvent.objects.filter(
+        kind=TaskEvent.Kind.QUEUED, celery_id=celery_id
+    ).values("record_id")
+    return queryset.filter(Q(celery_id=celery_id) | Q(pk__in=earlier))
+
+
 class TaskRecordViewSet(
     OwnedQuerysetMixin,
     mixins.ListModelMixin,
@@ -105,10 +118,24 @@ class TaskRecordViewSet(
             OpenApiParameter("queue", str, enum=list(settings.CLAW_QUEUES)),
             OpenApiParameter("created_after", OpenApiTypes.DATETIME),
             OpenApiParameter("created_before", OpenApiTypes.DATETIME),
+            OpenApiParameter(
+                "celery_id",
+                str,
+                description="The record with this Celery id (of any attempt)",
+            ),
         ]
     )
     def list(self, request, *args, **kwargs):
         return super().list(request, *args, **kwargs)
+
+    def get_object(self):
+        # {id} is the record id or a Celery id of any of its attempts, as the
+        # old API's task_id was.
+        key = self.kwargs["pk"]
+        if not key.isdigit():
+            found = with_celery_id(self.get_queryset(), key).values("pk").first()
+            self.kwargs["pk"] = str(found["pk"]) if found else "0"
+        return super().get_object()
 
     def filter_queryset(self, queryset):
         params = self.request.query_params
@@ -129,6 +156,8 @@ class TaskRecordViewSet(
                     {"queue": f"Must be one of {settings.CLAW_QUEUES}."}
                 )
             queryset = queryset.filter(queue=params["queue"])
+        if "celery_id" in params:
+            queryset = with_celery_id(queryset, params["celery_id"])
         after = _datetime_param(self.request, "created_after")
         before = _datetime_param(self.request, "created_before")
         if after:

@@ -1,0 +1,137 @@
+"""The old system's task paths answer as thin routes onto the same views, with and
+without the trailing slash, and a task is found by any of its Celery ids."""
+
+from __future__ import annotations
+
+from unittest.mock import patch
+
+import pytest
+
+from claw import conversations
+from tasks_app import services
+from tasks_app.models import TaskRecord
+from tasks_app.tests.test_api import client_for, record_of
+
+State = TaskRecord.State
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def no_publish(monkeypatch):
+    monkeypatch.setattr(services, "publish", lambda record, payload=None: None)
+
+
+def both(path: str) -> list[str]:
+    return [path, path + "/"]
+
+
+@pytest.mark.parametrize("slash", ["", "/"])
+def test_status_list_cancel_and_retry_answer_at_the_old_paths(alice, bob, slash):
+    failed = record_of(alice, State.FAILURE)
+    pending = record_of(alice, State.PENDING)
+    api = client_for(alice)
+
+    status = api.get(f"/api/v1/tasks/status/{failed.pk}{slash}")
+    new_form = api.get(f"/api/v1/tasks/{failed.pk}/")
+    by_celery_id = api.get(f"/api/v1/tasks/status/{failed.celery_id}{slash}")
+    listed = api.get(f"/api/v1/tasks/list{slash}")
+    with patch("tasks_app.services.app.send_task"):
+        retried = api.post(f"/api/v1/tasks/retry/{failed.celery_id}{slash}")
+    with patch("tasks_app.workers.revoke"):
+        cancelled = api.post(f"/api/v1/tasks/cancel/{pending.pk}{slash}")
+    not_theirs = client_for(bob).get(f"/api/v1/tasks/status/{failed.pk}{slash}")
+
+    assert status.status_code == 200 and status.json()["id"] == failed.pk
+    assert status.json() == new_form.json()
+    assert by_celery_id.json()["id"] == failed.pk
+    assert [r["id"] for r in listed.json()["results"]] == [pending.pk, failed.pk]
+    assert retried.status_code == 202 and retried.json()["state"] == "PENDING"
+    assert cancelled.status_code == 202 and cancelled.json()["state"] == "REVOKED"
+    assert not_theirs.status_code == 404
+
+
+def test_a_task_is_found_by_an_earlier_attempts_celery_id(alice, bob):
+    record = record_of(alice, State.FAILURE)
+    first_id = record.celery_id
+    with patch("tasks_app.services.app.send_task"):
+        services.retry(record)
+    record.refresh_from_db()
+    assert record.celery_id != first_id
+    api = client_for(alice)
+
+    for path in (
+        f"/api/v1/tasks/{first_id}/",
+        f"/api/v1/tasks/{record.celery_id}/",
+        f"/api/v1/tasks/status/{first_id}",
+    ):
+        response = api.get(path)
+        assert response.status_code == 200, path
+        assert response.json()["id"] == record.pk
+    events = api.get(f"/api/v1/tasks/{first_id}/events/")
+    assert [e["kind"] for e in events.json()["results"]] == ["queued", "queued"]
+    assert client_for(bob).get(f"/api/v1/tasks/{first_id}/").status_code == 404
+    assert api.get("/api/v1/tasks/no-such-celery-id/").status_code == 404
+
+
+def test_the_list_filters_by_celery_id_of_any_attempt(alice):
+    record = record_of(alice, State.FAILURE)
+    other = record_of(alice, State.SUCCESS)
+    first_id = record.celery_id
+    with patch("tasks_app.services.app.send_task"):
+        services.retry(record)
+    record.refresh_from_db()
+    api = client_for(alice)
+
+    def ids(celery_id):
+        response = api.get("/api/v1/tasks/", {"celery_id": celery_id})
+        return [r["id"] for r in response.json()["results"]]
+
+    assert ids(first_id) == [record.pk]
+    assert ids(record.celery_id) == [record.pk]
+    assert ids(other.celery_id) == [other.pk]
+    assert ids("unknown") == []
+
+
+@pytest.mark.parametrize("slash", ["", "/"])
+def test_staff_paths_answer_at_the_old_paths(staff, alice, slash):
+    record_of(alice, State.SUCCESS)
+    api = client_for(staff)
+    with patch("tasks_app.workers.queue_lengths", return_value={"default": 0}):
+        stats = api.get(f"/api/v1/tasks/stats{slash}")
+    with patch("tasks_app.workers.cluster", return_value=[]):
+        listed = api.get(f"/api/v1/tasks/workers{slash}")
+    with patch("tasks_app.workers.pool_restart", return_value=[]) as restart:
+        restarted = api.post(f"/api/v1/tasks/workers/pool/restart{slash}")
+    shutdown = api.post(
+        f"/api/v1/tasks/workers/shutdown{slash}", {"worker": ""}, format="json"
+    )
+
+    assert stats.status_code == 200 and stats.json()["by_state"] == {"SUCCESS": 1}
+    assert listed.status_code == 200 and listed.json() == []
+    assert restarted.status_code in (202, 404) and restart.called
+    # the body reached the view: its field error, not a redirect
+    assert shutdown.status_code == 400 and "worker" in shutdown.json()
+    # still staff-only
+    assert client_for(alice).get(f"/api/v1/tasks/stats{slash}").status_code == 403
+    assert client_for(alice).get(f"/api/v1/tasks/workers{slash}").status_code == 403
+
+
+@pytest.mark.parametrize("slash", ["", "/"])
+def test_ai_generate_keeps_its_body_without_the_trailing_slash(
+    alice, no_publish, slash
+):
+    chat = conversations.create_conversation(alice, title="chat")
+    response = client_for(alice).post(
+        f"/api/v1/tasks/ai/generate{slash}",
+        {"conversation_id": chat.pk, "user_message": "Hello?"},
+        format="json",
+    )
+    assert response.status_code == 202, response.content
+    assert response.json()["task"]["name"] == "claw.generate_ai_response"
+
+
+def test_old_paths_stay_out_of_the_schema(staff):
+    schema = client_for(staff).get("/api/schema/").content.decode()
+    assert "/api/v1/tasks/status/" not in schema
+    assert "/api/v1/tasks/list" not in schema
+    assert "/api/v1/tasks/workers" not in schema

@@ -273,6 +273,11 @@ KNOWLEDGE_CHUNK_SIZE = env_int("KNOWLEDGE_CHUNK_SIZE", 800)
 KNOWLEDGE_CHUNK_OVERLAP = env_int("KNOWLEDGE_CHUNK_OVERLAP", 100)
 # Largest uploaded file or JSON document content, in bytes (larger: 413).
 KNOWLEDGE_MAX_UPLOAD_BYTES = env_int("KNOWLEDGE_MAX_UPLOAD_BYTES", 5 * 1024 * 1024)
+# Django refuses a request body over this before any view runs. A JSON document
+# may escape each byte of its content to six ("\\u4e2d" for a Chinese character's
+# three), so the body limit follows the content limit; anything larger is a JSON
+# 413 (claw.urls.handler400), never Django's HTML 400.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 6 * KNOWLEDGE_MAX_UPLOAD_BYTES + 64 * 1024
 # Memory each process may use for cached search matrices (100k chunks of
 # dimension 384 take about 150 MB); least recently searched knowledge bases go first.
 KNOWLEDGE_SEARCH_CACHE_MB = env_int("KNOWLEDGE_SEARCH_CACHE_MB", 256)
@@ -337,6 +342,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "tasks_app.api.pagination.StrictPageNumberPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "tasks_app.api.errors.exception_handler",
     "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {
         "user": os.environ.get("API_THROTTLE_USER", "600/min"),

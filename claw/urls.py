@@ -1,9 +1,9 @@
 from django.contrib import admin
-from django.http import JsonResponse
 from django.urls import include, path
 from django.views import defaults
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from tasks_app.api import errors
 from tasks_app.health import health
 
 # Each app owns its API routes under /api/v1/ (<app>/api/urls.py).
@@ -22,9 +22,31 @@ urlpatterns = [
 ]
 
 
+# API clients get JSON, never Django's HTML pages, for errors raised before or
+# outside a DRF view: a path that matches no route (such as /api/v1/tasks/0.5/),
+# a body over DATA_UPLOAD_MAX_MEMORY_SIZE (413), a crash (500).
+def handler400(request, exception):
+    return errors.bad_request(
+        request, exception, lambda: defaults.bad_request(request, exception)
+    )
+
+
+def handler403(request, exception):
+    return errors.json_error(
+        request,
+        403,
+        "You do not have permission to perform this action.",
+        lambda: defaults.permission_denied(request, exception),
+    )
+
+
 def handler404(request, exception):
-    # API clients get JSON, never Django's HTML page, for a path that matches
-    # no route (such as /api/v1/tasks/0.5/).
-    if request.path.startswith("/api/"):
-        return JsonResponse({"detail": "Not found."}, status=404)
-    return defaults.page_not_found(request, exception)
+    return errors.json_error(
+        request, 404, "Not found.", lambda: defaults.page_not_found(request, exception)
+    )
+
+
+def handler500(request):
+    return errors.json_error(
+        request, 500, "Server error.", lambda: defaults.server_error(request)
+    )

@@ -21,7 +21,7 @@ from claw.api.serializers import (
     SubmissionSerializer,
 )
 from claw.models import Conversation, Message, Notification
-from tasks_app.api import idempotency
+from tasks_app.api import errors, idempotency
 from tasks_app.api.permissions import OwnedQuerysetMixin
 
 SUBMITTED = {
@@ -209,7 +209,7 @@ class NotificationViewSet(
         if channel is not None:
             if channel not in Notification.Channel.values:
                 raise ValidationError(
-                    {"channel": f"Must be one of {Notification.Channel.values}."}
+                    {"channel": errors.one_of(Notification.Channel.values)}
                 )
             queryset = queryset.filter(channel=channel)
         return queryset.order_by("-created_at", "-id")

@@ -129,7 +129,7 @@ def test_conversations_take_only_the_users_own_knowledge_bases(alice, bob):
     assert body["links"]["messages"] == f"/api/v1/conversations/{body['id']}/messages/"
     assert refused.status_code == 404 and "knowledge_bases" in refused.json()
     assert missing.json() == {
-        "knowledge_bases": f"No such knowledge base: {theirs.pk + 100}."
+        "knowledge_bases": [f"No such knowledge base: {theirs.pk + 100}."]
     }
     assert [c["id"] for c in api.get("/api/v1/conversations/").json()["results"]] == [
         body["id"]

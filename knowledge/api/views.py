@@ -31,7 +31,7 @@ from knowledge.api.serializers import (
     UpdateRequestSerializer,
 )
 from knowledge.models import Document, KnowledgeBase
-from tasks_app.api import idempotency
+from tasks_app.api import errors, idempotency
 from tasks_app.api.permissions import OwnedQuerysetMixin
 from tasks_app.api.serializers import TaskRecordSerializer
 from tasks_app.models import TaskRecord
@@ -64,11 +64,16 @@ def check_size(field: str, size: int) -> None:
 
 
 def check_body_size(request, field: str) -> None:
-    """Refuse a body far over the limit before parsing it (JSON escapes can take
-    six bytes a character, multipart adds headers)."""
+    """Refuse a body over DATA_UPLOAD_MAX_MEMORY_SIZE before parsing it, naming
+    the field (Django would refuse it while parsing, without a name). That limit
+    allows KNOWLEDGE_MAX_UPLOAD_BYTES of content whatever its JSON escaping;
+    the content itself is then checked against KNOWLEDGE_MAX_UPLOAD_BYTES."""
     length = request.META.get("CONTENT_LENGTH") or "0"
-    if length.isdigit():
-        check_size(field, int(length) // 6 - 64 * 1024)
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    if length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(
+            {field: f"The request body is larger than the limit of {limit} bytes."}
+        )
 
 
 def submitted(request, task_name: str, submit: Callable[[str | None], TaskRecord]):
@@ -223,9 +228,7 @@ class DocumentViewSet(
             queryset = queryset.filter(knowledge_base_id=int(value))
         if "status" in params:
             if params["status"] not in Document.Status.values:
-                raise ValidationError(
-                    {"status": f"Must be one of {Document.Status.values}."}
-                )
+                raise ValidationError({"status": errors.one_of(Document.Status.values)})
             queryset = queryset.filter(status=params["status"])
         return queryset.order_by("-id")
 

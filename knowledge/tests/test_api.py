@@ -153,7 +153,7 @@ def test_a_document_for_someone_elses_or_no_knowledge_base_is_a_404(kb, bob, oth
     )
 
     assert response.status_code == 404
-    assert response.json() == {"knowledge_base": "No such knowledge base."}
+    assert response.json() == {"knowledge_base": ["No such knowledge base."]}
     assert not Document.objects.exists()
 
 
@@ -397,4 +397,4 @@ def test_search_answers_503_when_the_embedding_endpoint_is_down(api, alice, sett
     )
 
     assert response.status_code == 503
-    assert "unreachable" in response.json()["query"]
+    assert "unreachable" in response.json()["query"][0]

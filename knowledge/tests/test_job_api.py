@@ -273,7 +273,7 @@ def test_a_document_from_an_outline_job_that_has_not_succeeded_is_a_409(api, job
     response = api.post(DOCUMENT, {"outline": job.job_id}, format="json")
 
     assert response.status_code == 409
-    assert "is pending" in response.json()["outline"]
+    assert "is pending" in response.json()["outline"][0]
 
 
 def test_cancel_answers_202_then_409(api, job):

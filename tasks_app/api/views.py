@@ -17,6 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from tasks_app import dashboard, services, workers
+from tasks_app.api import errors
 from tasks_app.api.permissions import OwnedQuerysetMixin
 from tasks_app.api.serializers import (
     PoolRestartSerializer,
@@ -142,9 +143,7 @@ class TaskRecordViewSet(
         state = params.get("state")
         if state:
             if state not in TaskRecord.State.values:
-                raise ValidationError(
-                    {"state": f"Must be one of {TaskRecord.State.values}."}
-                )
+                raise ValidationError({"state": errors.one_of(TaskRecord.State.values)})
             queryset = queryset.filter(state=state)
         if "name" in params:
             if not re.fullmatch(TASK_NAME, params["name"]):
@@ -152,9 +151,7 @@ class TaskRecordViewSet(
             queryset = queryset.filter(name=params["name"])
         if "queue" in params:
             if params["queue"] not in settings.CLAW_QUEUES:
-                raise ValidationError(
-                    {"queue": f"Must be one of {settings.CLAW_QUEUES}."}
-                )
+                raise ValidationError({"queue": errors.one_of(settings.CLAW_QUEUES)})
             queryset = queryset.filter(queue=params["queue"])
         if "celery_id" in params:
             queryset = with_celery_id(queryset, params["celery_id"])

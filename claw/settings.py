@@ -460,6 +460,9 @@ CELERY_WORKER_MAX_TASKS_PER_CHILD = env_int("CELERY_WORKER_MAX_TASKS_PER_CHILD",
 # redelivered while they still run: cancel them so the redelivery is the only run.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_WORKER_POOL_RESTARTS = True  # admin "pool restart" needs it
+# Seconds the Workers page, GET /api/v1/workers/ and /health wait for workers to
+# answer (one broadcast each); the health check's LOST decision waits 1 s.
+CLAW_WORKER_REPLY_TIMEOUT = float(os.environ.get("CLAW_WORKER_REPLY_TIMEOUT", "0.5"))
 # Task events (for Flower or `celery events`) cost 3-4 broker publishes per task;
 # nothing in CLAW reads them (the ledger is the history), so they are opt-in.
 # Worker heartbeats are sent either way.

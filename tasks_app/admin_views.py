@@ -162,45 +162,61 @@ class OperationsViews:
     def workers_view(self, request):
         if not request.user.is_staff:
             return HttpResponseRedirect(reverse("admin:login"))
+        cluster = workers.cluster(timeout=workers.QUICK_TIMEOUT)
         context = {
             **self.admin_site.each_context(request),
             "title": "Celery workers",
-            "workers": workers.cluster(),
+            "workers": cluster,
+            "can_restart_all": any("restart" in w.controls for w in cluster),
             "queues": workers.queue_lengths(),
             "confirm": request.GET.get("confirm_shutdown"),
         }
         return TemplateResponse(request, "admin/tasks_app/workers.html", context)
 
     def workers_control(self, request):
-        """POST-only (CSRF-checked) pool restart / grow / shrink / shutdown."""
+        """POST-only (CSRF-checked) pool restart / grow / shrink / shutdown; says
+        what each worker answered."""
+        back = HttpResponseRedirect(reverse("admin:tasks_app_workers"))
         operation = request.POST.get("operation")
         worker = request.POST.get("worker", "")
         destination = [worker] if worker else None
         if operation == "shutdown":
             if not worker or request.POST.get("confirm") != "yes":
                 messages.error(request, "Shutdown needs a worker and a confirmation.")
-                return HttpResponseRedirect(reverse("admin:tasks_app_workers"))
-            workers.shutdown([worker])
+                return back
+            send = lambda: workers.shutdown([worker])  # noqa: E731
         elif operation == "restart":
-            workers.pool_restart(destination)
+            send = lambda: workers.pool_restart(destination)  # noqa: E731
         elif operation in ("grow", "shrink"):
             if not worker:
                 messages.error(request, "Choose a worker.")
-                return HttpResponseRedirect(reverse("admin:tasks_app_workers"))
-            getattr(workers, f"pool_{operation}")([worker])
+                return back
+            send = lambda: getattr(workers, f"pool_{operation}")([worker])  # noqa: E731
         else:
             messages.error(request, f"Unknown operation {operation!r}.")
-            return HttpResponseRedirect(reverse("admin:tasks_app_workers"))
+            return back
+        try:
+            replies = send()
+        except workers.UnknownWorker as exc:
+            messages.error(request, str(exc) if exc.names else "No worker answered.")
+            return back
         LogEntry.objects.create(
             user_id=request.user.pk,
             content_type_id=ContentType.objects.get_for_model(TaskRecord).pk,
             object_id=None,
             object_repr=worker or "all workers",
             action_flag=CHANGE,
-            change_message=f"worker control: {operation} {worker or 'all'}",
+            change_message=f"worker control: {operation} {worker or 'all'}: "
+            + json.dumps(replies)[:400],
         )
-        messages.success(request, f"Sent {operation} to {worker or 'all workers'}.")
-        return HttpResponseRedirect(reverse("admin:tasks_app_workers"))
+        for name, answer in replies.items():
+            if "ok" in answer:
+                messages.success(request, f"{name}: {operation}: {answer['ok']}")
+            else:
+                messages.error(
+                    request, f"{name}: {operation} failed: {answer.get('error')}"
+                )
+        return back
 
 
 def _safely(call, default):

@@ -11,7 +11,8 @@ class TasksAppConfig(AppConfig):
     verbose_name = "Tasks"
 
     def ready(self) -> None:
-        from tasks_app import signals  # noqa: F401  (connects Celery receivers)
+        # signals connects Celery receivers; worker_commands registers claw_report
+        from tasks_app import signals, worker_commands  # noqa: F401
 
         post_migrate.connect(_install_schedules, sender=self)
 

@@ -28,7 +28,7 @@ def check_broker() -> dict:
 
 
 def check_workers() -> dict:
-    names = workers.ping()
+    names = workers.ping(workers.QUICK_TIMEOUT)
     return {"ok": bool(names), "live": names}
 
 

@@ -13,6 +13,10 @@ from django.conf import settings
 from claw.celery import app
 
 REPLY_TIMEOUT = 1.0  # seconds each broadcast waits for worker replies
+# What a page (Workers, GET /api/v1/workers/, /health) waits: a worker's control
+# mailbox answers within milliseconds on Redis and within a polling interval
+# (0.1 s) on the filesystem broker.
+QUICK_TIMEOUT = settings.CLAW_WORKER_REPLY_TIMEOUT
 
 
 @dataclass
@@ -26,6 +30,7 @@ class WorkerInfo:
     reserved: list[dict] = field(default_factory=list)
     scheduled: list[dict] = field(default_factory=list)
     queues: list[str] = field(default_factory=list)
+    controls: list[str] = field(default_factory=list)
 
 
 def prefetch_multiplier_for(queues: set[str], configured: int) -> int:
@@ -48,10 +53,17 @@ def prefetch_multiplier_for(queues: set[str], configured: int) -> int:
     return max(configured, settings.CLAW_SHORT_QUEUE_PREFETCH)
 
 
-def ping(timeout: float = REPLY_TIMEOUT) -> list[str]:
-    """Names of the workers that answered."""
-    replies = app.control.ping(timeout=timeout) or []
-    return sorted(name for reply in replies for name in reply)
+def ping(
+    timeout: float = REPLY_TIMEOUT, destination: list[str] | None = None
+) -> list[str]:
+    """Names of the workers that answered.
+
+    With a destination the broadcast stops waiting as soon as each named worker
+    answered, instead of waiting out the timeout.
+    """
+    limit = {"limit": len(destination)} if destination else {}
+    replies = app.control.ping(timeout=timeout, destination=destination, **limit)
+    return sorted(name for reply in replies or [] for name in reply)
 
 
 def pool_name(implementation: str) -> str:
@@ -64,32 +76,132 @@ def pool_name(implementation: str) -> str:
     return {"thread": "threads"}.get(module, module)
 
 
+def controls_for(pool: str) -> list[str]:
+    """The controls a worker's pool supports: Celery restarts, grows and shrinks
+    prefork pools only (a threads worker answers grow with an AttributeError)."""
+    if pool != "prefork":
+        return ["shutdown"]
+    restart = ["restart"] if settings.CELERY_WORKER_POOL_RESTARTS else []
+    return [*restart, "grow", "shrink", "shutdown"]
+
+
 def cluster(timeout: float = REPLY_TIMEOUT) -> list[WorkerInfo]:
-    """Every worker that answers, with pool, counters and its tasks."""
-    inspect = app.control.inspect(timeout=timeout)
-    stats = inspect.stats() or {}
-    active = inspect.active() or {}
-    reserved = inspect.reserved() or {}
-    scheduled = inspect.scheduled() or {}
-    queues = inspect.active_queues() or {}
+    """Every worker that answers, with pool, counters and its tasks.
+
+    One broadcast (tasks_app.worker_commands.claw_report) asks every worker for
+    everything at once, so this takes one timeout, not one per question. Pages
+    pass QUICK_TIMEOUT; the health check's LOST decision keeps the longer one.
+    """
+    replies = app.control.broadcast("claw_report", reply=True, timeout=timeout) or []
     result = []
-    for name in sorted(set(stats) | set(active)):
-        info = stats.get(name, {})
-        pool = info.get("pool", {})
-        result.append(
-            WorkerInfo(
-                name=name,
-                alive=True,
-                pool=pool_name(str(pool.get("implementation", ""))),
-                concurrency=pool.get("max-concurrency"),
-                processed=sum((info.get("total") or {}).values()),
-                active=active.get(name, []),
-                reserved=reserved.get(name, []),
-                scheduled=scheduled.get(name, []),
-                queues=[q["name"] for q in queues.get(name, [])],
+    for reply in replies:
+        for name, report in reply.items():
+            if not isinstance(report, dict) or "stats" not in report:
+                # alive, but does not run this version of CLAW's worker code
+                result.append(WorkerInfo(name=name, alive=True))
+                continue
+            info = report["stats"] or {}
+            pool = info.get("pool", {})
+            pool_kind = pool_name(str(pool.get("implementation", "")))
+            result.append(
+                WorkerInfo(
+                    name=name,
+                    alive=True,
+                    pool=pool_kind,
+                    concurrency=pool.get("max-concurrency"),
+                    processed=sum((info.get("total") or {}).values()),
+                    active=report["active"] or [],
+                    reserved=report["reserved"] or [],
+                    scheduled=report["scheduled"] or [],
+                    queues=[q["name"] for q in report["active_queues"] or []],
+                    controls=controls_for(pool_kind),
+                )
             )
+    return sorted(result, key=lambda info: info.name)
+
+
+class UnknownWorker(LookupError):
+    """A control was addressed to workers that do not answer a ping."""
+
+    def __init__(self, names: list[str]):
+        self.names = names
+        super().__init__(f"No worker named {', '.join(names)} answered.")
+
+
+def _answering(destination: list[str] | None) -> list[str]:
+    """The workers a shutdown goes to: the named ones, each of which must answer a
+    ping (UnknownWorker names those that do not)."""
+    alive = set(ping(REPLY_TIMEOUT, destination=list(destination)))
+    missing = sorted(set(destination) - alive)
+    if missing:
+        raise UnknownWorker(missing)
+    return sorted(alive)
+
+
+def _pools(destination: list[str] | None) -> dict[str, str]:
+    """The pool of every live worker, or of each named one (UnknownWorker names
+    those that do not answer)."""
+    if destination:
+        inspect = app.control.inspect(
+            destination=list(destination), timeout=REPLY_TIMEOUT, limit=len(destination)
         )
-    return result
+    else:
+        inspect = app.control.inspect(timeout=QUICK_TIMEOUT)
+    stats = inspect.stats() or {}
+    missing = sorted(set(destination or []) - set(stats))
+    if missing or not stats:
+        raise UnknownWorker(missing)
+    return {
+        name: pool_name(str(info.get("pool", {}).get("implementation", "")))
+        for name, info in stats.items()
+    }
+
+
+def _pool_control(
+    control: str, command: str, destination: list[str] | None, **arguments
+) -> dict[str, dict]:
+    """Send a pool command to the workers whose pool supports it and return each
+    worker's own answer ({"ok": ...} or {"error": ...}, as Celery replies), by
+    name. A worker whose pool does not support it is not sent it (Celery's
+    threads pool answers grow with an AttributeError and takes a restart as a
+    no-op it calls "reload started"); its answer says why."""
+    pools = _pools(destination)
+    answers = {
+        name: {
+            "error": f"A {pool} pool cannot {control}: Celery supports it on "
+            "prefork pools only."
+        }
+        for name, pool in pools.items()
+        if control not in controls_for(pool)
+    }
+    names = sorted(set(pools) - set(answers))
+    if names:
+        replies = app.control.broadcast(
+            command,
+            arguments=arguments,
+            destination=names,
+            reply=True,
+            timeout=REPLY_TIMEOUT,
+            limit=len(names),
+        )
+        got = {
+            name: answer for reply in replies or [] for name, answer in reply.items()
+        }
+        silent = {"error": f"No answer within {REPLY_TIMEOUT:g} s."}
+        answers |= {name: got.get(name, silent) for name in names}
+    return dict(sorted(answers.items()))
+
+
+def pool_restart(destination: list[str] | None = None) -> dict[str, dict]:
+    return _pool_control("restart", "pool_restart", destination, reload=False)
+
+
+def pool_grow(destination: list[str], n: int = 1) -> dict[str, dict]:
+    return _pool_control("grow", "pool_grow", destination, n=n)
+
+
+def pool_shrink(destination: list[str], n: int = 1) -> dict[str, dict]:
+    return _pool_control("shrink", "pool_shrink", destination, n=n)
 
 
 def queue_lengths(queues: tuple[str, ...] | None = None) -> dict[str, int]:
@@ -115,35 +227,11 @@ def revoke(celery_id: str, *, terminate: bool = False) -> None:
     app.control.revoke(celery_id, terminate=terminate, signal="SIGTERM")
 
 
-def pool_restart(destination: list[str] | None = None) -> list[dict]:
-    return (
-        app.control.pool_restart(
-            destination=destination, reply=True, timeout=REPLY_TIMEOUT
-        )
-        or []
-    )
-
-
-def pool_grow(destination: list[str], n: int = 1) -> list[dict]:
-    return (
-        app.control.pool_grow(
-            n=n, destination=destination, reply=True, timeout=REPLY_TIMEOUT
-        )
-        or []
-    )
-
-
-def pool_shrink(destination: list[str], n: int = 1) -> list[dict]:
-    return (
-        app.control.pool_shrink(
-            n=n, destination=destination, reply=True, timeout=REPLY_TIMEOUT
-        )
-        or []
-    )
-
-
-def shutdown(destination: list[str]) -> None:
+def shutdown(destination: list[str]) -> dict[str, dict]:
     # Never broadcast to everyone by accident: a destination is required.
     if not destination:
         raise ValueError("shutdown needs at least one worker name")
-    app.control.shutdown(destination=destination)
+    names = _answering(destination)
+    # A worker exits on this command without answering it; it answered the ping.
+    app.control.shutdown(destination=names)
+    return {name: {"ok": "shutting down"} for name in names}

@@ -68,8 +68,8 @@ def quiet():
         patch.object(ledger, "publish", return_value=True),
         patch("tasks_app.workers.cluster", return_value=[]),
         patch("tasks_app.workers.queue_lengths", return_value={}),
-        patch("tasks_app.workers.pool_restart", return_value=[]),
-        patch("tasks_app.workers.shutdown"),
+        patch("tasks_app.workers.pool_restart", return_value={"w@h": {"ok": "x"}}),
+        patch("tasks_app.workers.shutdown", return_value={"w@h": {"ok": "x"}}),
     ):
         yield
 

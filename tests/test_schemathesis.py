@@ -20,8 +20,8 @@ def fake_cluster():
     info = workers.WorkerInfo(name="fuzz@host", alive=True, pool="prefork")
     with (
         patch.object(workers, "cluster", return_value=[info]),
-        patch.object(workers, "shutdown", return_value=None),
-        patch.object(workers, "pool_restart", return_value=[]),
+        patch.object(workers, "shutdown", return_value={"fuzz@host": {"ok": "x"}}),
+        patch.object(workers, "pool_restart", return_value={"fuzz@host": {"ok": "x"}}),
         patch.object(workers, "queue_lengths", return_value={"default": 0}),
         patch.object(workers, "revoke", return_value=None),
     ):

@@ -11,7 +11,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -58,6 +58,10 @@ class WorkerSerializer(serializers.Serializer):
     reserved = serializers.ListField(child=serializers.DictField())
     scheduled = serializers.ListField(child=serializers.DictField())
     queues = serializers.ListField(child=serializers.CharField())
+    controls = serializers.ListField(
+        child=serializers.ChoiceField(["restart", "grow", "shrink", "shutdown"]),
+        help_text="What this worker's pool supports.",
+    )
 
 
 TASK_NAME = r"^[A-Za-z0-9_.:-]{1,200}$"
@@ -256,26 +260,61 @@ class WorkersView(APIView):
 
     @extend_schema(responses={200: WorkerSerializer(many=True)})
     def get(self, request):
-        return Response([vars(info) for info in workers.cluster()])
+        cluster = workers.cluster(timeout=workers.QUICK_TIMEOUT)
+        return Response([vars(info) for info in cluster])
+
+
+WORKER_REPLIES = inline_serializer(
+    "WorkerReplies",
+    {
+        "replies": serializers.DictField(
+            child=serializers.DictField(),
+            help_text='Each worker\'s own answer: {"ok": ...} or {"error": ...}.',
+        )
+    },
+)
+CONTROL_RESPONSES = {
+    202: WORKER_REPLIES,
+    404: {"description": "A named worker does not answer (or none does)."},
+    409: {"description": "No worker carried the control out; see replies."},
+}
+
+
+def control_response(field: str, send) -> Response:
+    """202 with each worker's answer; 404 naming the field for workers that do
+    not answer; 409 when every worker refused (e.g. a threads pool)."""
+    try:
+        replies = send()
+    except workers.UnknownWorker as exc:
+        message = str(exc) if exc.names else "No worker answered."
+        raise NotFound({field: [message]}) from None
+    if not any("ok" in answer for answer in replies.values()):
+        return Response(
+            {"detail": "No worker carried it out.", "replies": replies},
+            status=status.HTTP_409_CONFLICT,
+        )
+    return Response({"replies": replies}, status=status.HTTP_202_ACCEPTED)
 
 
 class PoolRestartView(APIView):
     permission_classes = [IsAdminUser]
 
-    @extend_schema(request=PoolRestartSerializer, responses={202: OpenApiTypes.OBJECT})
+    @extend_schema(request=PoolRestartSerializer, responses=CONTROL_RESPONSES)
     def post(self, request):
         body = PoolRestartSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        replies = workers.pool_restart(body.validated_data.get("destination") or None)
-        return Response({"replies": replies}, status=status.HTTP_202_ACCEPTED)
+        destination = body.validated_data.get("destination") or None
+        return control_response(
+            "destination", lambda: workers.pool_restart(destination)
+        )
 
 
 class ShutdownView(APIView):
     permission_classes = [IsAdminUser]
 
-    @extend_schema(request=ShutdownSerializer, responses={202: OpenApiTypes.OBJECT})
+    @extend_schema(request=ShutdownSerializer, responses=CONTROL_RESPONSES)
     def post(self, request):
         body = ShutdownSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        workers.shutdown([body.validated_data["worker"]])
-        return Response({"shutdown": body.validated_data["worker"]}, status=202)
+        worker = body.validated_data["worker"]
+        return control_response("worker", lambda: workers.shutdown([worker]))

@@ -103,7 +103,8 @@ def test_workers_page_lists_workers_and_queues(admin_client):
 
 def test_shutdown_needs_confirmation_and_is_logged(admin_client):
     url = reverse("admin:tasks_app_workers_control")
-    with patch("tasks_app.workers.shutdown") as shutdown:
+    answer = {"w1@host": {"ok": "shutting down"}}
+    with patch("tasks_app.workers.shutdown", return_value=answer) as shutdown:
         admin_client.post(url, {"operation": "shutdown", "worker": "w1@host"})
         shutdown.assert_not_called()
         admin_client.post(

@@ -186,7 +186,8 @@ def test_stats_count_by_state_and_name(staff, alice):
 
 def test_shutdown_needs_a_worker_and_confirm(staff):
     api = client_for(staff)
-    with patch("tasks_app.workers.shutdown") as shutdown:
+    answer = {"w1": {"ok": "shutting down"}}
+    with patch("tasks_app.workers.shutdown", return_value=answer) as shutdown:
         missing = api.post("/api/v1/workers/shutdown/", {"worker": "w1"}, format="json")
         unconfirmed = api.post(
             "/api/v1/workers/shutdown/",

@@ -50,11 +50,20 @@ def env_list(name: str, default: list[str]) -> list[str]:
 
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
+SECRET_KEY_FILE = VAR_DIR / "secret_key"
+if not SECRET_KEY and "DATABASE_URL" not in os.environ and SECRET_KEY_FILE.exists():
+    # The embedded stack: the key `make run` generated, so that manage.py in the
+    # checkout (changepassword, issue_token, the maintenance commands) works
+    # without exporting anything. A deployment with a DATABASE_URL never reads it.
+    SECRET_KEY = SECRET_KEY_FILE.read_text().strip()
 if not SECRET_KEY:
     if not DEBUG:
         # Never fall back to a built-in key in production: sessions and password
         # reset tokens would be forgeable by anyone who has read this file.
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is false")
+        raise ImproperlyConfigured(
+            "SECRET_KEY must be set when DEBUG is false (on the embedded stack, "
+            f"`make run` creates {SECRET_KEY_FILE} and manage.py reads it)"
+        )
     SECRET_KEY = "insecure-debug-only-key-" + "x" * 40
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
@@ -518,12 +527,28 @@ CLAW_STATS_CACHE_SECONDS = env_int("CLAW_STATS_CACHE_SECONDS", 15)
 # Seconds without a heartbeat after which beat counts as down.
 CLAW_BEAT_STALE_AFTER = env_int("CLAW_BEAT_STALE_AFTER", 120)
 
+
+def _not_kombu_default_hostname(record) -> bool:
+    # kombu warns on every connection to a URL without a host: the embedded
+    # stack's filesystem:// has none to give, so every command printed it.
+    return not record.getMessage().startswith("No hostname was supplied")
+
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {
+        "no_default_hostname": {
+            "()": "django.utils.log.CallbackFilter",
+            "callback": _not_kombu_default_hostname,
+        }
+    },
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "kombu.connection": {"filters": ["no_default_hostname"]},
+    },
 }
 # Days a finished record (and its events) is kept, per final state.
 CLAW_RECORD_RETENTION_DAYS = {

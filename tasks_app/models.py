@@ -124,6 +124,12 @@ class TaskRecord(models.Model):
     def __str__(self) -> str:
         return f"{self.name} #{self.pk} ({self.state})"
 
+    @classmethod
+    def for_target(cls, target: models.Model) -> models.QuerySet:
+        """The records that worked on a domain object, newest first."""
+        content_type = ContentType.objects.get_for_model(type(target))
+        return cls.objects.filter(content_type=content_type, object_id=target.pk)
+
     @property
     def is_final(self) -> bool:
         return self.state in self.FINAL_STATES

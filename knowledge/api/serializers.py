@@ -9,6 +9,8 @@ from rest_framework.fields import empty
 
 from knowledge import embeddings, search, services
 from knowledge.models import Document, KnowledgeBase
+from tasks_app.api.serializers import TaskRecordSerializer
+from tasks_app.models import TaskRecord
 
 INT64_MAX = 2**63 - 1
 
@@ -170,6 +172,21 @@ class DocumentListSerializer(DocumentSerializer):
 
     class Meta(DocumentSerializer.Meta):
         fields = [f for f in DocumentSerializer.Meta.fields if f != "content"]
+
+
+class DocumentCreatedSerializer(DocumentListSerializer):
+    """A new document as created: without the content the client just sent (it
+    may be megabytes), with the vectorize task it queued (null without one)."""
+
+    vectorize_task = serializers.SerializerMethodField()
+
+    class Meta(DocumentListSerializer.Meta):
+        fields = [*DocumentListSerializer.Meta.fields, "vectorize_task"]
+
+    @extend_schema_field(TaskRecordSerializer(allow_null=True))
+    def get_vectorize_task(self, document):
+        record = TaskRecord.for_target(document).filter(name=services.VECTORIZE).first()
+        return record and TaskRecordSerializer(record).data
 
 
 class DocumentUploadSerializer(serializers.Serializer):

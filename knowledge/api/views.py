@@ -12,7 +12,7 @@ from django.db.models.functions import Coalesce
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import APIException, ValidationError
+from rest_framework.exceptions import APIException, NotFound, ValidationError
 from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle, UserRateThrottle
@@ -20,6 +20,7 @@ from rest_framework.throttling import ScopedRateThrottle, UserRateThrottle
 from knowledge import embeddings, extract, search, services
 from knowledge.api.serializers import (
     INT64_MAX,
+    DocumentCreatedSerializer,
     DocumentEditSerializer,
     DocumentListSerializer,
     DocumentSerializer,
@@ -41,7 +42,7 @@ SUBMITTED = {
     409: {"description": "The Idempotency-Key was used for a different request."},
 }
 TOO_LARGE = {413: {"description": "Larger than KNOWLEDGE_MAX_UPLOAD_BYTES."}}
-CREATED = {201: DocumentSerializer, **TOO_LARGE}
+CREATED = {201: DocumentCreatedSerializer, **TOO_LARGE}
 # Submissions also count against API_THROTTLE_SUBMIT (the viewsets' throttle_scope).
 SUBMIT = {"throttle_classes": [UserRateThrottle, ScopedRateThrottle]}
 
@@ -85,9 +86,31 @@ def submitted(request, task_name: str, submit: Callable[[str | None], TaskRecord
     return Response(TaskRecordSerializer(record).data, status=status.HTTP_202_ACCEPTED)
 
 
+def created(document: Document) -> Response:
+    return Response(DocumentCreatedSerializer(document).data, status=201)
+
+
 def invalid(exc: services.InvalidInput) -> ValidationError:
     field, _, message = str(exc).partition(": ")
     return ValidationError({field: message} if message else str(exc))
+
+
+def own_documents(kb: KnowledgeBase, ids: list[int]) -> list[int]:
+    """The ids, each of which must be a document of this knowledge base (another
+    user's, or another knowledge base's, is a 404 naming the field, as its own
+    URL would be; searching for it would only find nothing)."""
+    found = set(
+        Document.objects.filter(knowledge_base=kb, pk__in=ids).values_list(
+            "pk", flat=True
+        )
+    )
+    missing = [i for i in dict.fromkeys(ids) if i not in found]
+    if missing:
+        listed = ", ".join(map(str, missing[:20]))
+        raise NotFound(
+            {"document_ids": [f"No such document in this knowledge base: {listed}."]}
+        )
+    return ids
 
 
 class KnowledgeBaseViewSet(OwnedQuerysetMixin, viewsets.ModelViewSet):
@@ -171,9 +194,9 @@ class KnowledgeBaseViewSet(OwnedQuerysetMixin, viewsets.ModelViewSet):
         body = SearchRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        filters = (
-            {"document_ids": data["document_ids"]} if "document_ids" in data else None
-        )
+        filters = None
+        if "document_ids" in data:
+            filters = {"document_ids": own_documents(kb, data["document_ids"])}
         try:
             hits = search.search(kb, data["query"], k=data["k"], filters=filters)
         except embeddings.EmbeddingUnavailable as exc:
@@ -235,7 +258,10 @@ class DocumentViewSet(
     @extend_schema(responses=CREATED)
     def create(self, request, *args, **kwargs):
         check_body_size(request, "content")
-        return super().create(request, *args, **kwargs)
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        self.perform_create(serializer)
+        return created(serializer.instance)
 
     def perform_create(self, serializer):
         data = serializer.validated_data
@@ -291,7 +317,7 @@ class DocumentViewSet(
             source=data.get("source") or data["file"].name[:500],
             vectorize=data["vectorize"],
         )
-        return Response(DocumentSerializer(document).data, status=201)
+        return created(document)
 
     @extend_schema(
         request=None, parameters=[idempotency.PARAMETER], responses=SUBMITTED

@@ -358,10 +358,12 @@ def test_search_returns_ranked_chunks(api, kb, doc):
 
 def test_search_filters_by_document_and_validates_its_input(api, kb, doc):
     url = f"/api/v1/knowledge-bases/{kb.pk}/search/"
-    only_none = api.post(
+    only_it = api.post(url, {"query": "cats", "document_ids": [doc.pk]}, format="json")
+    assert {hit["document_id"] for hit in only_it.json()["results"]} == {doc.pk}
+    no_such = api.post(
         url, {"query": "cats", "document_ids": [doc.pk + 1]}, format="json"
     )
-    assert only_none.json()["results"] == []
+    assert no_such.status_code == 404 and "document_ids" in no_such.json()
 
     for body, field in [
         ({"query": ""}, "query"),

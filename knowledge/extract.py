@@ -9,7 +9,8 @@ import re
 from html.parser import HTMLParser
 from pathlib import PurePath
 
-TEXT_SUFFIXES = {".txt", ".text", ".md", ".markdown"}
+MARKDOWN_SUFFIXES = {".md", ".markdown"}
+TEXT_SUFFIXES = {".txt", ".text", *MARKDOWN_SUFFIXES}
 HTML_SUFFIXES = {".html", ".htm"}
 SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES
 # Characters that do not occur in text files; a file full of them is binary that
@@ -89,9 +90,68 @@ def html_to_text(html: str) -> tuple[str, str]:
     return " ".join("".join(parser.title_parts).split()), text
 
 
+_FENCE = re.compile(r"^\s*(```|~~~)")
+_ATX_HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.*?)\s*#*\s*$")
+_SETEXT_UNDERLINE = re.compile(r"^\s{0,3}(=+|-+)\s*$")
+_RULE = re.compile(r"^\s{0,3}([-*_])(\s*\1){2,}\s*$")
+_BLOCK_PREFIX = re.compile(r"^\s{0,3}(>\s?)+|^\s*([-*+]|\d{1,9}[.)])\s+(\[[ xX]\]\s+)?")
+_INLINE = [
+    (re.compile(r"!\[([^\]]*)\]\([^)]*\)"), r"\1"),  # image: its alt text
+    (re.compile(r"\[([^\]]+)\]\([^)]*\)"), r"\1"),  # link: its text
+    (re.compile(r"\[([^\]]+)\]\[[^\]]*\]"), r"\1"),  # reference link
+    (re.compile(r"<(https?://[^>]+)>"), r"\1"),  # autolink
+    (re.compile(r"`+([^`]+?)`+"), r"\1"),  # code span
+    (re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1"), r"\2"),  # strong
+    (re.compile(r"(?<!\*)\*(?=\S)(.+?)(?<=\S)\*(?!\*)"), r"\1"),  # emphasis
+    (re.compile(r"(?<!\w)_(?=\S)(.+?)(?<=\S)_(?!\w)"), r"\1"),  # not snake_case
+    (re.compile(r"~~(?=\S)(.+?)(?<=\S)~~"), r"\1"),  # strikethrough
+]
+_LINK_DEFINITION = re.compile(r"^\s{0,3}\[[^\]]+\]:\s+\S+")
+_TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
+
+
+def _inline_text(line: str) -> str:
+    for pattern, replacement in _INLINE:
+        line = pattern.sub(replacement, line)
+    return line
+
+
+def markdown_to_text(markdown: str) -> tuple[str, str]:
+    """(title, text) of a Markdown document: the title is its first heading, the
+    text keeps every line's words without the syntax (headings, emphasis, links,
+    lists, quotes, code fences, tables), so that passages quoted from it read as
+    text ("# 人工智能概述" becomes "人工智能概述")."""
+    title = ""
+    lines: list[str] = []
+    in_fence = False
+    for raw in markdown.splitlines():
+        if _FENCE.match(raw):
+            in_fence = not in_fence
+            continue
+        if in_fence:
+            lines.append(raw)  # code is kept as it is
+            continue
+        if _RULE.match(raw) or _LINK_DEFINITION.match(raw) or _TABLE_RULE.match(raw):
+            continue
+        if _SETEXT_UNDERLINE.match(raw) and lines and lines[-1].strip():
+            title = title or lines[-1].strip()  # the line above was a heading
+            continue
+        heading = _ATX_HEADING.match(raw)
+        if heading:
+            line = _inline_text(heading.group(1))
+            title = title or line.strip()
+        else:
+            line = _inline_text(_BLOCK_PREFIX.sub("", raw))
+        if line.strip().startswith("|"):
+            line = " ".join(cell.strip() for cell in line.strip().strip("|").split("|"))
+        lines.append(line.rstrip())
+    text = "\n".join(lines).strip("\n")
+    return " ".join(title.split()), re.sub(r"\n{3,}", "\n\n", text)
+
+
 def text_from_upload(name: str, data: bytes) -> tuple[str, str]:
-    """(title, text) of an uploaded file; the title is the HTML title or the file
-    name without its suffix."""
+    """(title, text) of an uploaded file; the title is the HTML title or the
+    Markdown file's first heading, else the file name without its suffix."""
     path = PurePath(name or "upload")
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
@@ -103,6 +163,8 @@ def text_from_upload(name: str, data: bytes) -> tuple[str, str]:
     title = ""
     if suffix in HTML_SUFFIXES:
         title, text = html_to_text(text)
+    elif suffix in MARKDOWN_SUFFIXES:
+        title, text = markdown_to_text(text)
     if not text.strip():
         raise UnreadableFile("The file is empty (no text in it).")
     return title or path.stem, text

@@ -197,7 +197,7 @@ def upload(api, kb, name: str, data: bytes, **extra):
             "notes",
             "第一行。\nSecond line.",
         ),
-        ("readme.md", b"# Title\n\nBody text.", "readme", "# Title\n\nBody text."),
+        ("readme.md", b"# Title\n\nBody *text*.", "Title", "Title\n\nBody text."),
         ("gbk.txt", "中文编码的文件。".encode("gb18030"), "gbk", "中文编码的文件。"),
         (
             "page.html",

@@ -18,6 +18,7 @@ import heapq
 import itertools
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -162,8 +163,39 @@ class Provider:
         raise NotImplementedError
 
 
+# What the extractive provider writes around its quotes, in the question's
+# language (language_of); English for anything else.
+EXTRACTIVE_LABELS = {
+    "en": {
+        "intro": "Retrieved passages (quoted from the knowledge base, not generated):\n",
+        "sources": "\nSources:\n",
+        "nothing": "No retrieved passages match this question "
+        "(the extractive provider only quotes attached knowledge bases).",
+    },
+    "zh": {
+        "intro": "检索到的段落（引自知识库原文，并非生成）：\n",
+        "sources": "\n来源：\n",
+        "nothing": "没有与这个问题相关的检索段落（extractive 提供者只引用所附知识库中的原文）。",
+    },
+}
+_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+def language_of(text: str) -> str:
+    """ "zh" for a question written in Chinese (any Han character: a Chinese
+    question often carries English names), else "en"."""
+    return "zh" if _HAN.search(text) else "en"
+
+
+def question_of(messages: list[dict[str, str]]) -> str:
+    return next(
+        (m["content"] for m in reversed(messages) if m.get("role") == "user"), ""
+    )
+
+
 class ExtractiveProvider(Provider):
-    """Offline: quotes the best passages with numbered citations."""
+    """Offline: quotes the best passages with numbered citations, labelled in the
+    question's language."""
 
     name = "extractive"
 
@@ -171,20 +203,16 @@ class ExtractiveProvider(Provider):
         completion.model = "extractive"
         prompt = "\n".join(m["content"] for m in messages)
         completion.prompt_tokens = estimate_tokens(prompt)
+        labels = EXTRACTIVE_LABELS[language_of(question_of(messages))]
         if passages:
-            pieces = [
-                "Retrieved passages (quoted from the knowledge base, not generated):\n"
-            ]
+            pieces = [labels["intro"]]
             for i, p in enumerate(passages, 1):
                 pieces.append(f"\n[{i}] {p.text.strip()}\n")
-            pieces.append("\nSources:\n")
+            pieces.append(labels["sources"])
             for i, p in enumerate(passages, 1):
                 pieces.append(f"[{i}] {p.title}\n")
         else:
-            pieces = [
-                "No retrieved passages match this question "
-                "(the extractive provider only quotes attached knowledge bases)."
-            ]
+            pieces = [labels["nothing"]]
         for piece in pieces:
             _check_deadline(deadline)
             completion.text += piece

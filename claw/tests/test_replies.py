@@ -193,3 +193,40 @@ def test_the_openai_provider_gets_the_passages_to_cite(
     message.refresh_from_db()
     assert message.content == "Open Settings [1]."
     assert message.passages[0]["document_title"] == "Passwords"
+
+
+@pytest.fixture
+def chinese_handbook(alice):
+    search.clear_cache()
+    kb = knowledge.create_knowledge_base(alice, name="手册")
+    add_ready(kb, "密码", "如需重置密码，请打开设置并选择重置密码。")
+    add_ready(kb, "食堂", "公司食堂中午十二点到两点供应午餐。")
+    yield kb
+    search.clear_cache()
+
+
+def test_the_extractive_reply_answers_in_the_questions_language_with_its_latency(
+    alice, chinese_handbook, handbook, no_publish, settings
+):
+    settings.LLM_PROVIDER = "extractive"
+    chinese = conversations.create_conversation(
+        alice, knowledge_bases=[chinese_handbook]
+    )
+    english = conversations.create_conversation(alice, knowledge_bases=[handbook])
+    question = reply_in(chinese, "怎么重置密码？")
+    nothing = reply_in(conversations.create_conversation(alice), "食堂几点开门？")
+    asked = reply_in(english, "How do I reset my password?")
+
+    for message in (question, nothing, asked):
+        run(message)
+        message.refresh_from_db()
+        assert message.status == "done", message.error
+        assert message.latency_ms and message.latency_ms > 0
+
+    assert question.content.startswith("检索到的段落（引自知识库原文，并非生成）：")
+    assert "\n来源：\n[1] 密码" in question.content
+    for english_word in ("Retrieved", "Sources", "passages"):
+        assert english_word not in question.content
+    assert nothing.content.startswith("没有与这个问题相关的检索段落")
+    assert asked.content.startswith("Retrieved passages (quoted from the knowledge")
+    assert "\nSources:\n[1] Passwords" in asked.content

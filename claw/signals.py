@@ -10,6 +10,15 @@ from celery.signals import task_failure, task_revoked
 log = logging.getLogger(__name__)
 
 
+def how_it_failed(task) -> str:
+    """What happened, from the failing request's own retry count: most failures
+    are permanent errors that were never retried."""
+    retries = getattr(getattr(task, "request", None), "retries", 0) or 0
+    if not retries:
+        return "failed on its first run, without a retry"
+    return f"failed after {retries} {'retry' if retries == 1 else 'retries'}"
+
+
 @task_failure.connect(dispatch_uid="claw.alert_staff_on_task_failure")
 def alert_staff_on_task_failure(sender=None, task_id=None, exception=None, **kwargs):
     # task_failure fires only once a task has failed for good: a retry raises Retry
@@ -23,7 +32,7 @@ def alert_staff_on_task_failure(sender=None, task_id=None, exception=None, **kwa
     try:
         notify_staff(
             f"Task {name} failed: {kind}",
-            f"Task {name} ({task_id}) failed after its retries:\n{exception}",
+            f"Task {name} ({task_id}) {how_it_failed(sender)}:\n{kind}: {exception}",
             dedupe_key=f"task-failure:{name}:{kind}",
         )
     except Exception:  # never let alerting break the worker

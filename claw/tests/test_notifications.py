@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unittest.mock import patch
+
 import pytest
 from django.contrib.auth import get_user_model
 from django.core import mail
@@ -207,3 +209,29 @@ def test_a_burst_of_one_failure_in_a_real_worker_sends_staff_one_alert(celery_wo
     )
     wait_for(alerts.exists, timeout=10, message="the alert")
     assert alerts.count() == 1
+    # tests.fail has no retries: the alert says so instead of "after its retries"
+    body = alerts.get().body
+    assert "failed on its first run, without a retry:\nValueError: disk on fire" in body
+
+
+@pytest.mark.parametrize(
+    "retries, wording",
+    [
+        (0, "failed on its first run, without a retry"),
+        (1, "failed after 1 retry"),
+        (3, "failed after 3 retries"),
+    ],
+)
+def test_a_staff_alert_says_how_many_retries_the_task_had(retries, wording):
+    from types import SimpleNamespace
+
+    from claw import signals
+
+    task = SimpleNamespace(name="tests.flaky", request=SimpleNamespace(retries=retries))
+    with patch("claw.services.notify_staff") as notify:
+        signals.alert_staff_on_task_failure(
+            sender=task, task_id="abc", exception=OSError("gone")
+        )
+    subject, body = notify.call_args.args
+    assert body == f"Task tests.flaky (abc) {wording}:\nOSError: gone"
+    assert "after its retries" not in body

@@ -79,6 +79,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's files, served here, not from a CDN
     "django_celery_results",
     "django_celery_beat",
     "tasks_app",
@@ -363,6 +364,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Tasks, workers, knowledge bases and conversations.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # /api/docs/ must work offline: Swagger UI from the package's static files.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     # Several models have a "status" with its own choices; name each set.
     "ENUM_NAME_OVERRIDES": {

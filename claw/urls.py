@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 from django.views import defaults
+from django.views.generic import TemplateView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from tasks_app.api import errors
@@ -14,6 +15,8 @@ api_v1 = [
 ]
 
 urlpatterns = [
+    # The admin's "View site" leads here: where everything else is.
+    path("", TemplateView.as_view(template_name="claw/index.html"), name="home"),
     path("health", health, name="health"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),

@@ -482,19 +482,15 @@ def vectorize_failed(document_id: int, exc: Exception) -> VectorizeFailed:
 # --- knowledge-base updates ----------------------------------------------------
 
 
-def plan_update(kb_id: int, mode: str) -> list[int] | None:
-    """Ids of the documents an update vectorizes; None if the kb is gone.
+def update_candidates(kb_id: int, mode: str):
+    """The documents an update of this mode vectorizes, in id order (read only).
 
     incremental: documents whose content changed since their vectors were built,
-    that have none, or that are not ready (failed, or stuck); full: every document (unchanged chunks reuse
-    their vectors); rebuild: drop every vector first, then every document.
+    that have none, or that are not ready (failed, or stuck); full and rebuild:
+    every document.
     """
     if mode not in MODES:
         raise InvalidInput(f"mode: must be one of {', '.join(MODES)}")
-    if not KnowledgeBase.objects.filter(pk=kb_id).exists():
-        return None
-    if mode == REBUILD:
-        delete_vectors(kb_id=kb_id)
     documents = Document.objects.filter(knowledge_base_id=kb_id)
     if mode == INCREMENTAL:
         # Not ready covers failed documents and ones whose run died without a
@@ -502,7 +498,22 @@ def plan_update(kb_id: int, mode: str) -> list[int] | None:
         documents = documents.filter(
             ~Q(vectorized_hash=F("content_hash")) | ~Q(status=Status.READY)
         )
-    ids = list(documents.order_by("id").values_list("id", flat=True))
+    return documents.order_by("id")
+
+
+def plan_update(kb_id: int, mode: str) -> list[int] | None:
+    """Ids of the documents an update vectorizes; None if the kb is gone.
+
+    incremental: documents whose content changed since their vectors were built,
+    that have none, or that are not ready (failed, or stuck); full: every document (unchanged chunks reuse
+    their vectors); rebuild: drop every vector first, then every document.
+    """
+    documents = update_candidates(kb_id, mode)
+    if not KnowledgeBase.objects.filter(pk=kb_id).exists():
+        return None
+    if mode == REBUILD:
+        delete_vectors(kb_id=kb_id)
+    ids = list(documents.values_list("id", flat=True))
     Document.objects.filter(pk__in=ids).exclude(status=Status.VECTORIZING).update(
         status=Status.PENDING
     )

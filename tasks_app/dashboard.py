@@ -29,6 +29,7 @@ from django.db.models import (
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
+from tasks_app import text
 from tasks_app.models import TaskRecord
 
 FAILED = Q(state=TaskRecord.State.FAILURE)
@@ -204,8 +205,7 @@ NUMBERS = re.compile(
 
 def normalise_error(error: str) -> str:
     """Exception type and message with ids and numbers stripped, for grouping."""
-    first_line = (error or "").strip().splitlines()[0] if error else ""
-    return NUMBERS.sub("#", first_line)[:200]
+    return text.first_line(NUMBERS.sub("#", error or ""), 200)
 
 
 def failure_groups(start: datetime, limit: int = 50) -> list[dict]:

@@ -121,6 +121,23 @@ class HealthReport:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def summary(self) -> str:
+        """One line for a log or a person (never a raw dict)."""
+        return (
+            f"lost {ids(self.lost)}; re-queued {ids(self.requeued)}; "
+            f"re-published {ids(self.republished)}; "
+            f"alerts: {', '.join(self.alerts) or 'none'}; "
+            f"live workers: {', '.join(self.live_workers) or 'none'}"
+        )
+
+
+def ids(pks: list[int], shown: int = 20) -> str:
+    """ "#3, #7" (the first 20, then how many more), or "none"."""
+    if not pks:
+        return "none"
+    more = f" and {len(pks) - shown} more" if len(pks) > shown else ""
+    return ", ".join(f"#{pk}" for pk in pks[:shown]) + more
+
 
 def is_idempotent(name: str) -> bool:
     """Tasks are idempotent unless they say otherwise (claw_idempotent = False)."""
@@ -347,6 +364,6 @@ def check_health(*, dry_run: bool = False, alerts_enabled: bool = True) -> dict:
     republish_vanished(dry_run=dry_run, report=report)
     if alerts_enabled:
         check_alerts(alive, dry_run=dry_run, report=report)
-    result = report.as_dict()
-    logger.info("check_task_health%s: %s", " (dry run)" if dry_run else "", result)
-    return result
+    if not dry_run:  # a dry run changed nothing; its caller prints the report
+        logger.info("check_task_health: %s", report.summary())
+    return report.as_dict()

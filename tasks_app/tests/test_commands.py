@@ -90,13 +90,16 @@ def test_requeue_stuck_dry_run_names_lost_records_without_changing_them():
         out = run("requeue_stuck", "--dry-run")
         record.refresh_from_db()
         assert record.state == State.STARTED
-        assert f"Would mark 1 lost (#{record.pk})" in out
-        assert "Alerts: no-live-worker" in out
+        out = " ".join(out.split())
+        assert f"Stuck STARTED records would be marked LOST: #{record.pk}" in out
+        assert "Alerts would be raised: no-live-worker" in out
 
         with patch("claw.celery.app.send_task"):
             out = run("requeue_stuck", "--no-alerts")
     record.refresh_from_db()
-    assert f"Marked 1 lost (#{record.pk}); re-queued 1." in out
+    out = " ".join(out.split())
+    assert f"Stuck STARTED records marked LOST: #{record.pk}" in out
+    assert f"Re-queued: #{record.pk}" in out
     assert record.state == State.PENDING
 
 

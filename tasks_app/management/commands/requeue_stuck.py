@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand
 
 from tasks_app import maintenance
+from tasks_app.maintenance import ids
 
 
 class Command(BaseCommand):
@@ -22,26 +23,29 @@ class Command(BaseCommand):
 
     def handle(self, *args, dry_run=False, no_alerts=False, **options):
         report = maintenance.check_health(dry_run=dry_run, alerts_enabled=not no_alerts)
-        prefix = "Would mark" if dry_run else "Marked"
-        self.stdout.write(
-            f"Live workers: {', '.join(report['live_workers']) or 'none'}"
-        )
-        self.stdout.write(
-            f"{prefix} {len(report['lost'])} lost "
-            f"({_ids(report['lost'])}); re-queued {len(report['requeued'])}."
-        )
+        would = "would be " if dry_run else ""
+        lines = [
+            ("Live workers", ", ".join(report["live_workers"]) or "none"),
+            (
+                f"Stuck STARTED records {would}marked LOST",
+                ids(report["lost"]),
+            ),
+            (
+                f"{'Would re-queue' if dry_run else 'Re-queued'}",
+                ids(report["requeued"]),
+            ),
+            (
+                f"Vanished PENDING records {would}re-published",
+                ids(report["republished"]),
+            ),
+        ]
+        if not no_alerts:
+            alerts = ", ".join(report["alerts"]) or "none"
+            lines.append((f"Alerts {would}raised", alerts))
+        width = max(len(label) for label, _ in lines) + 1
+        for label, value in lines:
+            self.stdout.write(f"{label + ':':<{width}} {value}")
         if not report["broker_readable"]:
             self.stdout.write(
                 self.style.WARNING("Broker unreadable: nothing re-published.")
             )
-        verb = "Would re-publish" if dry_run else "Re-published"
-        self.stdout.write(
-            f"{verb} {len(report['republished'])} vanished pending "
-            f"({_ids(report['republished'])})."
-        )
-        if not no_alerts:
-            self.stdout.write(f"Alerts: {', '.join(report['alerts']) or 'none'}")
-
-
-def _ids(ids: list[int]) -> str:
-    return ", ".join(f"#{pk}" for pk in ids[:20]) + (" ..." if len(ids) > 20 else "")

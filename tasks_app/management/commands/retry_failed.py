@@ -6,7 +6,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from tasks_app import services
+from claw.celery import registered_tasks
+from tasks_app import services, text
 from tasks_app.models import TaskRecord
 
 
@@ -43,6 +44,15 @@ class Command(BaseCommand):
 
     def handle(self, *args, task, since, include_lost=False, dry_run=False, **opts):
         moment = parse_since(since)
+        if (
+            task not in registered_tasks()
+            and not TaskRecord.objects.filter(name=task).exists()
+        ):
+            # A typo would otherwise "retry 0 records" and look like good news.
+            raise CommandError(
+                f"--task: unknown task {task!r} (not registered and no record has "
+                "that name)"
+            )
         states = [TaskRecord.State.FAILURE]
         if include_lost:
             states.append(TaskRecord.State.LOST)
@@ -52,7 +62,8 @@ class Command(BaseCommand):
         retried = skipped = 0
         for record in records.iterator():
             if dry_run:
-                self.stdout.write(f"  would retry #{record.pk} ({record.error[:60]})")
+                error = text.first_line(record.error, 100)
+                self.stdout.write(f"  would retry #{record.pk}: {error}")
                 retried += 1
                 continue
             try:

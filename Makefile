@@ -4,8 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# Where the embedded stack keeps its files (claw/settings.py reads the same).
+VAR_DIR := $(or $(CLAW_VAR_DIR),var)
 # The embedded stack serves plain HTTP on loopback; production sets HTTPS_ONLY=true.
-RUN_ENV = SECRET_KEY="$${SECRET_KEY:-$$(cat var/secret_key)}" HTTPS_ONLY="$${HTTPS_ONLY:-false}"
+RUN_ENV = SECRET_KEY="$${SECRET_KEY:-$$(cat $(VAR_DIR)/secret_key)}" HTTPS_ONLY="$${HTTPS_ONLY:-false}"
 
 .PHONY: run test lint format bench install install-dev
 
@@ -21,17 +23,20 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-var/secret_key:
-	mkdir -p var
+$(VAR_DIR)/secret_key:
+	mkdir -p $(VAR_DIR)
 	$(PYTHON) -c "import secrets; print(secrets.token_urlsafe(50))" > $@
 	chmod 600 $@
 
-run: $(VENV)/.installed var/secret_key
+# runstack creates the admin account (printing its password again below the
+# workers' banners once /health is green) and, with --stop-with-make, stops the
+# stack when this make is sent SIGINT, SIGHUP or SIGQUIT, which make does not
+# pass on to its children (SIGTERM it does).
+run: $(VENV)/.installed $(VAR_DIR)/secret_key
 	$(RUN_ENV) $(PY) manage.py migrate --noinput
 	$(RUN_ENV) $(PY) manage.py collectstatic --noinput -v 0
-	$(RUN_ENV) $(PY) manage.py ensure_admin
 	$(RUN_ENV) $(PY) manage.py ensure_schedules
-	$(RUN_ENV) exec $(PY) manage.py runstack --host $(HOST) --port $(PORT)
+	$(RUN_ENV) exec $(PY) manage.py runstack --host $(HOST) --port $(PORT) --ensure-admin --stop-with-make
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff format --check .

@@ -16,11 +16,55 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from tasks_app.management.commands.ensure_admin import (
+    create_admin_if_missing,
+    existing_admin_note,
+)
+
 STOP_GRACE_SECONDS = 20
+HEALTHY_WITHIN_SECONDS = 180  # after this, the banner says the stack is not healthy
+# Signals a supervisor sends `make run` to stop it. GNU make forwards SIGTERM to
+# its children but not SIGINT, SIGHUP or SIGQUIT (it assumes the terminal sent
+# those to the whole process group), and then waits for its children forever.
+PARENT_STOP_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGTERM)
+
+
+def caught_signals(pid: int) -> set[int] | None:
+    """Signals a process has a handler for (Linux /proc), or None if unknown."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("SigCgt:"):
+                    mask = int(line.split()[1], 16)
+                    return {n for n in range(1, 65) if mask & (1 << (n - 1))}
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+class ParentWatch:
+    """Notices that `make` (our parent) received a stop signal it does not pass on.
+
+    GNU make handles a fatal signal by first resetting that signal to its default
+    action, then waiting for its children: its handler for the signal is gone,
+    which /proc shows. Seeing that, runstack stops the stack as if it had been
+    signalled itself; make then exits with the signal.
+    """
+
+    def __init__(self):
+        self.pid = os.getppid()
+        self.watched = (caught_signals(self.pid) or set()) & set(PARENT_STOP_SIGNALS)
+
+    def signalled(self) -> bool:
+        if not self.watched or os.getppid() != self.pid:
+            return False
+        caught = caught_signals(self.pid)
+        return caught is not None and not self.watched <= caught
 
 
 class Command(BaseCommand):
@@ -40,18 +84,56 @@ class Command(BaseCommand):
         parser.add_argument(
             "--ai-concurrency", type=int, default=settings.CELERY_AI_CONCURRENCY
         )
+        parser.add_argument(
+            "--ensure-admin",
+            action="store_true",
+            help="Create the superuser 'admin' if missing; its password is printed "
+            "again once the stack is healthy.",
+        )
+        parser.add_argument(
+            "--stop-with-make",
+            action="store_true",
+            help="Also stop when the parent `make` is sent SIGINT, SIGHUP or "
+            "SIGQUIT (make does not pass them on); `make run` sets it.",
+        )
 
-    def handle(self, *args, host, port, concurrency, ai_concurrency, **options):
+    def handle(
+        self,
+        *args,
+        host,
+        port,
+        concurrency,
+        ai_concurrency,
+        ensure_admin=False,
+        stop_with_make=False,
+        **options,
+    ):
         self.children: dict[str, subprocess.Popen] = {}
         self.stopping = False
+        self.parent = ParentWatch() if stop_with_make else None
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
+        self.admin_password = create_admin_if_missing() if ensure_admin else None
+        if self.admin_password:
+            self.stdout.write(
+                f"Created admin account  username: admin  password: "
+                f"{self.admin_password}"
+            )
+        self.admin_url = f"http://{host}:{port}/admin/"
+        probe_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        self.health_url = f"http://{probe_host}:{port}/health"
+        self.announced = False
+        self.started_at = time.monotonic()
         commands = self._commands(host, port, concurrency, ai_concurrency)
         for name, command in commands.items():
             # Each child leads its own process group, so stopping it also stops the
             # worker's pool processes and gunicorn's workers.
             self.children[name] = subprocess.Popen(command, start_new_session=True)
-        self.stdout.write(f"CLAW is up: http://{host}:{port}/admin/  (Ctrl-C stops it)")
+        self.stdout.write(
+            f"Starting CLAW at {self.admin_url} (Ctrl-C stops it); the address and "
+            "the admin account are printed again once /health answers 200."
+        )
+        self.stdout.flush()
         exit_code = self._supervise()
         self._stop_all()
         sys.exit(exit_code)
@@ -124,8 +206,39 @@ class Command(BaseCommand):
                         f"{name} exited with {child.returncode}; stopping"
                     )
                     return 1
+            if self.parent is not None and self.parent.signalled():
+                self.stdout.write("make was signalled; stopping")
+                break
+            if not self.announced:
+                self._announce_when_healthy()
             time.sleep(0.5)
         return 0
+
+    def _announce_when_healthy(self) -> None:
+        """Print the address and the admin account below the workers' start-up
+        banners, once the whole stack answers /health with 200."""
+        waited = time.monotonic() - self.started_at
+        try:
+            with urllib.request.urlopen(self.health_url, timeout=2) as response:
+                healthy = response.status == 200
+        except OSError:  # not listening yet, or 503 while workers start
+            healthy = False
+        if not healthy and waited < HEALTHY_WITHIN_SECONDS:
+            return
+        self.announced = True
+        account = (
+            f"username: admin  password: {self.admin_password}  (shown only at "
+            "this first start; change it with: manage.py changepassword admin)"
+            if self.admin_password
+            else existing_admin_note("admin")
+        )
+        state = "CLAW is up" if healthy else f"CLAW is not healthy after {waited:.0f} s"
+        rule = "=" * 72
+        self.stdout.write(
+            f"\n{rule}\n{state}: {self.admin_url}  (Ctrl-C stops it)\n"
+            f"Admin {account}\n{rule}\n"
+        )
+        self.stdout.flush()
 
     def _stop_all(self) -> None:
         self.stdout.write("Stopping web, workers and beat...")

@@ -3,14 +3,19 @@ without the trailing slash, and a task is found by any of its Celery ids."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 from unittest.mock import patch
 
 import pytest
+from rest_framework.authtoken.models import Token
 
 from claw import conversations
-from tasks_app import services
+from tasks_app import services, workers
 from tasks_app.models import TaskRecord
 from tasks_app.tests.test_api import client_for, record_of
+from tests.harness import BASE_DIR
 
 State = TaskRecord.State
 pytestmark = pytest.mark.django_db
@@ -137,3 +142,54 @@ def test_old_paths_stay_out_of_the_schema(staff):
     assert "/api/v1/tasks/status/" not in schema
     assert "/api/v1/tasks/list" not in schema
     assert "/api/v1/tasks/workers" not in schema
+
+
+def readme_curl_lines() -> list[str]:
+    """The curl block of README's "Old API paths" section."""
+    readme = (BASE_DIR / "README.md").read_text()
+    section = readme.split("### Old API paths", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.startswith("curl ")]
+
+
+def test_every_readme_curl_line_works_against_a_live_server(
+    transactional_db, live_server, django_user_model, monkeypatch
+):
+    staff = django_user_model.objects.create_user("old", is_staff=True)
+    token = Token.objects.create(user=staff)
+    failed = record_of(staff, State.FAILURE)
+    queued = record_of(staff, State.PENDING)
+    chat = conversations.create_conversation(staff, title="old client")
+    answer = {"w1@host": {"ok": "done"}}
+    monkeypatch.setattr(services, "publish", lambda record, payload=None: None)
+    monkeypatch.setattr(workers, "revoke", lambda *args, **kwargs: None)
+    monkeypatch.setattr(workers, "cluster", lambda timeout=None: [])
+    monkeypatch.setattr(workers, "queue_lengths", lambda queues=None: {})
+    monkeypatch.setattr(workers, "pool_restart", lambda destination=None: answer)
+    monkeypatch.setattr(workers, "shutdown", lambda destination: answer)
+    env = {
+        **os.environ,
+        "BASE": live_server.url,
+        "TOKEN": token.key,
+        "TASK": failed.celery_id,  # an old client holds Celery ids
+        "QUEUED": str(queued.pk),
+        "CHAT": str(chat.pk),
+        "WORKER": "w1@host",
+    }
+    lines = readme_curl_lines()
+    assert len(lines) == 10
+
+    bodies = []
+    for line in lines:
+        done = subprocess.run(
+            ["bash", "-c", line], env=env, capture_output=True, text=True, timeout=30
+        )
+        assert done.returncode == 0, (line, done.stderr)
+        bodies.append(json.loads(done.stdout))
+
+    assert bodies[0]["id"] == failed.pk
+    assert [r["id"] for r in bodies[2]["results"]] == [failed.pk]
+    assert bodies[3]["state"] == "PENDING"  # retried
+    assert bodies[4]["state"] == "REVOKED"  # cancelled
+    assert bodies[5]["user_message"]["content"] == "你好"
+    assert bodies[8] == bodies[9] == {"replies": answer}

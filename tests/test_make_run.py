@@ -4,6 +4,7 @@ printed again below the workers' banners once the stack is healthy, and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -70,13 +71,15 @@ def test_make_run_announces_the_admin_once_healthy_and_stops_on_sigint(tmp_path)
         groups = {os.getpgid(pid) for pid in processes if alive(pid)}
         assert len(processes) >= 5  # runstack, web, two workers, beat (+ pools)
     finally:
+        processes = processes or descendants(make.pid)  # to clean up on failure
+        groups = {os.getpgid(pid) for pid in processes if alive(pid)}
         os.kill(make.pid, signal.SIGINT)  # the make process alone, as a supervisor
         try:
             make.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            os.killpg(make.pid, signal.SIGKILL)
-            for group in {os.getpgid(p) for p in processes if alive(p)}:
-                os.killpg(group, signal.SIGKILL)
+            for group in groups | {make.pid}:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(group, signal.SIGKILL)
             pytest.fail("make run did not stop on SIGINT:\n" + log.read_text()[-2000:])
     deadline = time.monotonic() + 10
     while any(group_alive(g) for g in groups) and time.monotonic() < deadline:

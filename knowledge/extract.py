@@ -149,6 +149,19 @@ def markdown_to_text(markdown: str) -> tuple[str, str]:
     return " ".join(title.split()), re.sub(r"\n{3,}", "\n\n", text)
 
 
+def text_of_named(name: str, text: str) -> tuple[str, str]:
+    """(title, text) of a text that came with a file name (the old API's
+    context_files): Markdown and HTML by their suffix, anything else as it is."""
+    path = PurePath(name or "text")
+    suffix = path.suffix.lower()
+    title = ""
+    if suffix in HTML_SUFFIXES:
+        title, text = html_to_text(text)
+    elif suffix in MARKDOWN_SUFFIXES:
+        title, text = markdown_to_text(text)
+    return title or path.stem or name, text
+
+
 def text_from_upload(name: str, data: bytes) -> tuple[str, str]:
     """(title, text) of an uploaded file; the title is the HTML title or the
     Markdown file's first heading, else the file name without its suffix."""

@@ -18,7 +18,7 @@ from django.db.models import F, Min, Q
 from django.utils import timezone
 
 from claw import ratelimit
-from knowledge import embeddings
+from knowledge import embeddings, extract
 from knowledge.chunking import TextChunk, chunk_text
 from knowledge.embeddings import EmbeddingUnavailable
 from knowledge.models import Chunk, Document, KnowledgeBase, content_hash
@@ -135,6 +135,55 @@ def vectorize_queue(kb_id: int) -> str:
     if provider is not None and provider.remote:
         return REMOTE_QUEUE
     return ledger.route_queue(VECTORIZE)
+
+
+CONTEXT_KNOWLEDGE_BASE = "Writing job context"
+
+
+def ready_knowledge_bases(owner) -> list[KnowledgeBase]:
+    """The owner's knowledge bases that have at least one ready document."""
+    return list(
+        KnowledgeBase.objects.filter(owner=owner, documents__status=Status.READY)
+        .distinct()
+        .order_by("id")
+    )
+
+
+def add_context_files(owner, files: dict[str, str]) -> list[Document]:
+    """Texts sent with a request as {file name: text} (the old API's
+    context_files), as documents of the owner's "Writing job context" knowledge
+    base, created on first use. A file already there with the same title and text
+    is reused. Not vectorized here: whoever searches them calls vectorize_now."""
+    kb = KnowledgeBase.objects.filter(
+        owner=owner, name=CONTEXT_KNOWLEDGE_BASE
+    ).order_by("id").first() or create_knowledge_base(
+        owner,
+        name=CONTEXT_KNOWLEDGE_BASE,
+        description="Texts sent inline with writing jobs (context_files).",
+    )
+    documents = []
+    for name, raw in files.items():
+        title, text = extract.text_of_named(name, raw)
+        if not text.strip(BLANK):
+            raise InvalidInput(f"context_files: {name!r} has no text")
+        existing = Document.objects.filter(
+            knowledge_base=kb, title=title[:300], content_hash=content_hash(text)
+        ).first()
+        documents.append(
+            existing
+            or add_document(
+                kb, title=title[:300], content=text, source=name[:500], vectorize=False
+            )
+        )
+    return documents
+
+
+def vectorize_now(documents) -> None:
+    """Vectorize in this process the documents that are not ready (a job about to
+    search texts it was just given); idempotent, as the task is."""
+    for document in documents:
+        if document.status != Status.READY:
+            vectorize_document(document.pk)
 
 
 def add_document(

@@ -363,13 +363,20 @@ class TaskRecordAdmin(OperationsViews, admin.ModelAdmin):
         self._apply(request, queryset, services.cancel, "Cancelled")
 
     def _apply(self, request, queryset, operation, verb: str) -> None:
-        changed, skipped = 0, {}
+        changed, skipped, refused = 0, {}, {}
         for record in queryset.iterator(chunk_size=500):
             try:
                 operation(record)
                 changed += 1
-            except services.InvalidTransition:
-                skipped[record.state] = skipped.get(record.state, 0) + 1
+            except services.InvalidTransition as exc:
+                if (
+                    operation is services.retry
+                    and record.state in TaskRecord.RETRYABLE_STATES
+                ):
+                    # refused by its domain (a writing job): say why
+                    refused[str(exc)] = refused.get(str(exc), 0) + 1
+                else:
+                    skipped[record.state] = skipped.get(record.state, 0) + 1
         reasons = ", ".join(f"{n} {state}" for state, n in sorted(skipped.items()))
         level = messages.SUCCESS if changed else messages.WARNING
         self.message_user(
@@ -378,6 +385,8 @@ class TaskRecordAdmin(OperationsViews, admin.ModelAdmin):
             + (f" not in an allowed state ({reasons})." if skipped else "."),
             level,
         )
+        for reason, n in list(refused.items())[:5]:
+            self.message_user(request, f"Refused {n}: {reason}", messages.WARNING)
 
 
 class TaskRecordInline(GenericTabularInline):

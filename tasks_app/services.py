@@ -588,6 +588,11 @@ def retry(
     The new attempt gets a new celery_id; events and results of earlier attempts
     stay. Edited arguments replace the stored ones (secret-looking keys redacted,
     as in submit).
+
+    A task whose domain object must be reopened first (a failed writing job) has
+    a `before_retry(record)` method, called in the same transaction: it reopens
+    what the new attempt reruns, or raises InvalidTransition with the reason the
+    record cannot be retried.
     """
     new_args = record.args if args is None else list(args)
     new_kwargs = record.kwargs if kwargs is None else dict(kwargs)
@@ -623,6 +628,11 @@ def retry(
             raise InvalidTransition(
                 f"Task #{record.pk} is {record.state}, not retryable"
             )
+        before_retry = getattr(
+            registered_tasks().get(record.name), "before_retry", None
+        )
+        if before_retry is not None:
+            before_retry(record)  # may refuse: the UPDATE above rolls back
         ledger_writes.add_event(new_id, Kind.QUEUED, {"retry_of": previous})
     record.refresh_from_db()
     # As in submit(): edited secrets are stored redacted and travel in the message.

@@ -90,6 +90,16 @@ class ConversationSerializer(serializers.ModelSerializer):
             field = self.fields["knowledge_bases"].child_relation
             field.queryset = KnowledgeBase.objects.filter(owner=owner)
 
+    def to_internal_value(self, data):
+        # DRF's many-field takes any iterable, so {} passed as an empty list
+        if isinstance(data, dict) and not isinstance(
+            data.get("knowledge_bases", []), list
+        ):
+            raise serializers.ValidationError(
+                {"knowledge_bases": ["Expected a list of knowledge base ids."]}
+            )
+        return super().to_internal_value(data)
+
     def get_links(self, obj: Conversation) -> dict:
         return {
             "self": reverse("conversation-detail", args=[obj.pk]),

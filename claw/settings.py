@@ -74,6 +74,7 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "tasks_app",
     "knowledge",
+    "writing",
     "claw",
 ]
 
@@ -302,7 +303,7 @@ EMBEDDING_OPENAI_MODEL = os.environ.get(
 EMBEDDING_ST_MODEL = os.environ.get("EMBEDDING_ST_MODEL", "all-MiniLM-L6-v2")
 # --- end of Knowledge ---------------------------------------------------------
 
-# --- Writing jobs (knowledge app: outlines and documents) --------------------
+# --- Writing jobs (writing app: outlines and documents) --------------------
 # A section that fails is left out of the document, marked missing, instead of
 # failing the whole job (the default of each job; a request may say otherwise).
 JOBS_ALLOW_MISSING_SECTIONS = env_bool("JOBS_ALLOW_MISSING_SECTIONS", False)
@@ -354,9 +355,9 @@ SPECTACULAR_SETTINGS = {
         "MessageStatusEnum": "claw.models.Message.Status",
         "NotificationStatusEnum": "claw.models.Notification.Status",
         "DocumentStatusEnum": "knowledge.models.Document.Status",
-        "WritingSectionStatusEnum": "knowledge.models.WritingSection.Status",
-        "WritingJobKindEnum": "knowledge.models.WritingJob.Kind",
-        "WritingJobStateEnum": "knowledge.models.WritingJob.State",
+        "WritingSectionStatusEnum": "writing.models.WritingSection.Status",
+        "WritingJobKindEnum": "writing.models.WritingJob.Kind",
+        "WritingJobStateEnum": "writing.models.WritingJob.State",
         # the task API's names, as they were before writing jobs had their own
         "StateEnum": "tasks_app.models.TaskState",
         "KindEnum": "tasks_app.models.TaskEvent.Kind",

@@ -295,7 +295,3 @@ class DocumentAdmin(admin.ModelAdmin):
             f"skipped {skipped} without vectors.",
             messages.SUCCESS if queued else messages.WARNING,
         )
-
-
-# Writing jobs have their own module (the admin of one more model family).
-from knowledge import admin_jobs  # noqa: E402, F401

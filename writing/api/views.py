@@ -10,18 +10,18 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
 
-from knowledge import jobs
-from knowledge.api.job_serializers import (
+from knowledge.api.serializers import INT64_MAX
+from knowledge.api.views import SUBMIT, invalid
+from tasks_app.api import idempotency
+from tasks_app.api.permissions import OwnedQuerysetMixin
+from writing import jobs
+from writing.api.serializers import (
     DocumentRequestSerializer,
     JobDetailSerializer,
     JobSerializer,
     OutlineRequestSerializer,
 )
-from knowledge.api.serializers import INT64_MAX
-from knowledge.api.views import SUBMIT, invalid
-from knowledge.models import WritingJob
-from tasks_app.api import idempotency
-from tasks_app.api.permissions import OwnedQuerysetMixin
+from writing.models import WritingJob
 
 SUBMITTED = {
     202: JobDetailSerializer,

@@ -278,7 +278,7 @@ KNOWLEDGE_MAX_UPLOAD_BYTES = env_int("KNOWLEDGE_MAX_UPLOAD_BYTES", 5 * 1024 * 10
 # dimension 384 take about 150 MB); least recently searched knowledge bases go first.
 KNOWLEDGE_SEARCH_CACHE_MB = env_int("KNOWLEDGE_SEARCH_CACHE_MB", 256)
 # Starts of knowledge.vectorize_document across the whole cluster, counted like
-# AI_RATE_LIMIT's (claw/ratelimit.py; Celery's own rate_limit would count per
+# AI_RATE_LIMIT's (tasks_app/ratelimit.py; Celery's own rate_limit would count per
 # worker). Over the limit a run is deferred, not failed; empty means no limit.
 KNOWLEDGE_VECTORIZE_RATE_LIMIT = parse_rate(
     "KNOWLEDGE_VECTORIZE_RATE_LIMIT",

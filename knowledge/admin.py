@@ -15,7 +15,7 @@ from django.utils.html import format_html
 
 from knowledge import embeddings, search, services
 from knowledge.models import Document, KnowledgeBase
-from tasks_app.admin import TaskRecordInline, state_badge
+from tasks_app.admin_widgets import TaskRecordInline, state_badge
 
 # Document states drawn with the task badge of the matching ledger state.
 BADGE_STATE = {

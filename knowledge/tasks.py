@@ -7,28 +7,21 @@ import time
 
 from celery import chord
 from celery.exceptions import ChordError
-from celery.utils.time import get_exponential_backoff_interval
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
 
 from claw.celery import app
-from claw.ratelimit import RateLimited
 from knowledge import services
 from knowledge.embeddings import EmbeddingUnavailable
 from knowledge.models import Document
+from tasks_app import fanout, retries
 from tasks_app import services as ledger
 from tasks_app.progress import report_progress
+from tasks_app.ratelimit import RateLimited
+from tasks_app.retries import DATABASE_ERRORS
 
-DATABASE_ERRORS = (OperationalError, InterfaceError)
 # Tasks that replace themselves with a chord and wait for it under their own id
 # (update_knowledge_base, generate_document_from_outline).
-FAN_OUT = {
-    "autoretry_for": DATABASE_ERRORS,
-    "max_retries": 2,
-    "retry_backoff": settings.KNOWLEDGE_RETRY_BACKOFF,
-    "soft_time_limit": 180,
-    "time_limit": 300,
-}
+FAN_OUT = fanout.parent_options(retry_backoff=settings.KNOWLEDGE_RETRY_BACKOFF)
 
 
 VECTORIZE_RETRIES = 3  # of transient embedding errors (deferrals have their own)
@@ -91,8 +84,11 @@ def vectorize_document_task(
     except EmbeddingUnavailable as exc:  # not the final attempt
         raise self.retry(
             kwargs={**(self.request.kwargs or {}), "failures": failures + 1},
-            countdown=get_exponential_backoff_interval(
-                settings.KNOWLEDGE_RETRY_BACKOFF, failures, 300, full_jitter=True
+            countdown=retries.backoff(
+                failures,
+                base=settings.KNOWLEDGE_RETRY_BACKOFF,
+                maximum=300,
+                full_jitter=True,
             ),
             max_retries=self.request.retries + 1,
             exc=exc,

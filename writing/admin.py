@@ -6,7 +6,7 @@ from django.contrib import admin, messages
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from tasks_app.admin import TaskRecordInline, state_badge
+from tasks_app.admin_widgets import TaskRecordInline, state_badge
 from writing import jobs
 from writing.models import WritingJob, WritingSection
 

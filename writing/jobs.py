@@ -28,10 +28,14 @@ from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from claw import llm
-from knowledge import search, services
-from knowledge.embeddings import EmbeddingError, EmbeddingUnavailable
-from knowledge.models import Chunk, KnowledgeBase
+from claw import services as llm  # the AI providers, as conversations offer them
+from knowledge import services
+from knowledge.services import (
+    Chunk,
+    EmbeddingError,
+    EmbeddingUnavailable,
+    KnowledgeBase,
+)
 from tasks_app import services as ledger
 from tasks_app.models import TaskEvent, TaskRecord
 from tasks_app.progress import TaskCancelled, report_progress
@@ -408,7 +412,9 @@ def retrieve(job: WritingJob) -> list[dict]:
         documents.setdefault(document.knowledge_base_id, []).append(document.pk)
     for kb in KnowledgeBase.objects.filter(pk__in=list(documents)):
         scopes.append((kb, {"document_ids": documents[kb.pk]}))
-    hits = search.search_many(scopes, job.task_prompt, k=settings.JOBS_OUTLINE_PASSAGES)
+    hits = services.search_many(
+        scopes, job.task_prompt, k=settings.JOBS_OUTLINE_PASSAGES
+    )
     passages = [
         {
             "chunk_id": hit.chunk_id,

@@ -18,9 +18,9 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.db import transaction
 from django.utils import timezone
 
-from claw import llm
+from claw import services as llm  # the AI providers, as conversations offer them
 from knowledge import services
-from knowledge.models import Chunk, KnowledgeBase
+from knowledge.services import Chunk, KnowledgeBase
 from tasks_app import services as ledger
 from tasks_app.progress import TaskCancelled, report_progress
 from writing import jobs, outlines

@@ -13,17 +13,26 @@ from celery.exceptions import ChordError
 from django.conf import settings
 
 from claw.celery import app
-from claw.llm import LLMUnavailable
-from claw.tasks import backoff
-from knowledge.embeddings import EmbeddingUnavailable
-from knowledge.tasks import DATABASE_ERRORS, FAN_OUT
+from claw.services import LLMUnavailable
+from knowledge.services import EmbeddingUnavailable
+from tasks_app import fanout, retries
 from tasks_app import services as ledger
 from tasks_app.base import POISONED, LedgerTask
 from tasks_app.progress import TaskCancelled, report_progress
+from tasks_app.retries import DATABASE_ERRORS
 from writing import jobs, sections
 from writing.models import WritingJob, WritingSection
 
 Status = WritingSection.Status
+# Its database-error retries back off as the knowledge tasks' (README).
+FAN_OUT = fanout.parent_options(retry_backoff=settings.KNOWLEDGE_RETRY_BACKOFF)
+
+
+def backoff(failures: int) -> float:
+    # the AI providers' backoff, as for replies
+    return retries.backoff(
+        failures, base=settings.AI_RETRY_BACKOFF, maximum=settings.AI_RETRY_BACKOFF_MAX
+    )
 
 
 def _job_pk(args, kwargs) -> int:
@@ -89,7 +98,7 @@ def generate_outline_from_query_task(self, job_pk: int) -> dict:
 
     Transient provider and database errors retry with backoff; anything else,
     and the last retry, fails the job (JobTask.on_failure). The countdown comes
-    from claw.tasks.backoff, as for replies and sections: Celery's retry_backoff
+    from tasks_app.retries.backoff, as for replies and sections: Celery's retry_backoff
     needs whole seconds (random.randrange), and AI_RETRY_BACKOFF may be 0.5.
     """
     try:

@@ -356,3 +356,14 @@ def test_serializers_that_build_their_fields_once_answer_as_a_fresh_build(
         "PENDING",
         f"/api/v1/tasks/{message.task_id}/",
     )
+
+
+def test_knowledge_bases_must_be_a_list_not_an_object(alice):
+    # DRF's many-related field takes any iterable: {} passed as "no knowledge
+    # bases" (found by the schema fuzzing).
+    response = client_for(alice).post(
+        "/api/v1/conversations/", {"knowledge_bases": {}}, format="json"
+    )
+
+    assert response.status_code == 400
+    assert "knowledge_bases" in response.json()

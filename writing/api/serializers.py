@@ -12,9 +12,13 @@ from drf_spectacular.extensions import (
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from claw.api.serializers import OwnedReferenceField, StrictIntegerField
-from knowledge.api.serializers import INT64_MAX, TextField
-from knowledge.models import Document, KnowledgeBase
+from knowledge.services import Document, KnowledgeBase
+from tasks_app.api.fields import (
+    INT64_MAX,
+    OwnedReferenceField,
+    StrictIntegerField,
+    TextField,
+)
 from tasks_app.api.serializers import TaskRecordSerializer
 from writing import jobs, outlines
 from writing.models import WritingJob, WritingSection

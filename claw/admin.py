@@ -12,7 +12,7 @@ from django.utils.text import Truncator
 
 from claw import conversations, services
 from claw.models import Conversation, Message, Notification
-from tasks_app.admin import TaskRecordInline, state_badge
+from tasks_app.admin_widgets import TaskRecordInline, state_badge
 
 TOTALS_ROWS = 31  # days, users or conversations shown in each usage table
 

@@ -6,4 +6,8 @@ class ClawConfig(AppConfig):
     verbose_name = "Conversations"
 
     def ready(self) -> None:
-        from claw import signals  # noqa: F401  (connects the task-failure alert)
+        from claw import services, signals  # noqa: F401  (connects the task-failure alert)
+        from tasks_app import alerts
+
+        # the platform's staff alerts reach staff as notifications and e-mail
+        alerts.register_notifier(services.send_staff_alert)

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 from django.conf import settings
 
-from claw.httpclient import shared_client
+from tasks_app.httpclient import shared_client
 
 
 class LLMError(Exception):

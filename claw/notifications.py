@@ -102,10 +102,3 @@ def _post_webhook(notification: Notification) -> None:
         raise PermanentDeliveryError(
             f"{notification.channel} webhook answered {resp.status_code}: {resp.text[:300]}"
         )
-
-
-def notify_staff(subject: str, body: str, *, dedupe_key: str):
-    """Entry point used by tasks_app.alerts; the work is in claw.services."""
-    from claw.services import notify_staff as _notify_staff
-
-    return _notify_staff(subject, body, dedupe_key=dedupe_key)

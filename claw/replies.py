@@ -13,9 +13,10 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db.models import Q
 
-from claw import conversations, llm, ratelimit
+from claw import conversations, llm
 from claw.models import Conversation, Message
-from knowledge.search import SearchHit, search_many
+from knowledge.services import SearchHit, search_many
+from tasks_app import ratelimit
 from tasks_app.progress import TaskCancelled, report_progress
 
 RATE_LIMIT_KEY = "claw.generate_ai_response"

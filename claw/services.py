@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-import hashlib
-
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.cache import cache
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from claw.models import AlertClaim, Notification
+from claw import llm
+
+# What other domains (writing) use of the AI providers: they import this module
+# only (tests/test_architecture.py), so these names are its public face.
+from claw.llm import Completion as Completion
+from claw.llm import ExtractiveProvider as ExtractiveProvider
+from claw.llm import LLMRejected as LLMRejected
+from claw.llm import LLMUnavailable as LLMUnavailable
+from claw.llm import Passage as Passage
+from claw.models import Notification
 from claw.notifications import PermanentDeliveryError, TransientDeliveryError, deliver
 from tasks_app import services as ledger
 
@@ -93,40 +99,15 @@ def mark_read(notification: Notification) -> Notification:
     return notification
 
 
-def _dedupe_digest(dedupe_key: str) -> str:
-    return hashlib.sha256(dedupe_key.encode()).hexdigest()
+def get_provider():
+    """The configured AI provider (claw.llm.get_provider, looked up at each call)."""
+    return llm.get_provider()
 
 
-def _claim_alert(digest: str, window: int) -> bool:
-    """Claim the right to send this alert now: the first claim of a window wins.
-
-    The row's unique key settles the first-ever race (the loser's get_or_create
-    finds the winner's row), and the conditional UPDATE the later ones.
-    """
-    now = timezone.now()
-    _, created = AlertClaim.objects.get_or_create(key=digest, defaults={"sent_at": now})
-    if created:
-        return True
-    since = now - timezone.timedelta(seconds=window)
-    return bool(
-        AlertClaim.objects.filter(key=digest, sent_at__lt=since).update(sent_at=now)
-    )
-
-
-def notify_staff(subject: str, body: str, *, dedupe_key: str) -> list[Notification]:
-    """Alert every staff user once per dedupe key per STAFF_ALERT_WINDOW.
-
-    1. ``cache.add`` turns away the rest of a burst cheaply, within one process
-       (or every process, with a shared CACHE_URL);
-    2. an AlertClaim row is the real guard: processes whose caches are separate
-       (locmem on the embedded stack, several workers) still send once.
-    """
-    window = settings.STAFF_ALERT_WINDOW
-    digest = _dedupe_digest(dedupe_key)
-    if not cache.add("claw:staff-alert:" + digest, 1, timeout=window):
-        return []
-    if not _claim_alert(digest, window):
-        return []
+def send_staff_alert(subject: str, body: str, *, dedupe_key: str = "") -> list:
+    """The notifier of the platform's staff alerts (tasks_app.alerts, which
+    de-duplicates them; registered in ClawConfig.ready): a system notification
+    to every active staff user, and e-mail to STAFF_ALERT_EMAILS."""
     sent = []
     for user in get_user_model().objects.filter(is_staff=True, is_active=True):
         sent.append(notify(user, Notification.Channel.SYSTEM, subject, body))

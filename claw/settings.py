@@ -84,6 +84,7 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "tasks_app",
     "knowledge",
+    "writing",
     "claw",
 ]
 
@@ -292,7 +293,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 6 * KNOWLEDGE_MAX_UPLOAD_BYTES + 64 * 1024
 # dimension 384 take about 150 MB); least recently searched knowledge bases go first.
 KNOWLEDGE_SEARCH_CACHE_MB = env_int("KNOWLEDGE_SEARCH_CACHE_MB", 256)
 # Starts of knowledge.vectorize_document across the whole cluster, counted like
-# AI_RATE_LIMIT's (claw/ratelimit.py; Celery's own rate_limit would count per
+# AI_RATE_LIMIT's (tasks_app/ratelimit.py; Celery's own rate_limit would count per
 # worker). Over the limit a run is deferred, not failed; empty means no limit.
 KNOWLEDGE_VECTORIZE_RATE_LIMIT = parse_rate(
     "KNOWLEDGE_VECTORIZE_RATE_LIMIT",
@@ -317,7 +318,7 @@ EMBEDDING_OPENAI_MODEL = os.environ.get(
 EMBEDDING_ST_MODEL = os.environ.get("EMBEDDING_ST_MODEL", "all-MiniLM-L6-v2")
 # --- end of Knowledge ---------------------------------------------------------
 
-# --- Writing jobs (knowledge app: outlines and documents) --------------------
+# --- Writing jobs (writing app: outlines and documents) --------------------
 # A section that fails is left out of the document, marked missing, instead of
 # failing the whole job (the default of each job; a request may say otherwise).
 JOBS_ALLOW_MISSING_SECTIONS = env_bool("JOBS_ALLOW_MISSING_SECTIONS", False)
@@ -374,9 +375,9 @@ SPECTACULAR_SETTINGS = {
         "MessageStatusEnum": "claw.models.Message.Status",
         "NotificationStatusEnum": "claw.models.Notification.Status",
         "DocumentStatusEnum": "knowledge.models.Document.Status",
-        "WritingSectionStatusEnum": "knowledge.models.WritingSection.Status",
-        "WritingJobKindEnum": "knowledge.models.WritingJob.Kind",
-        "WritingJobStateEnum": "knowledge.models.WritingJob.State",
+        "WritingSectionStatusEnum": "writing.models.WritingSection.Status",
+        "WritingJobKindEnum": "writing.models.WritingJob.Kind",
+        "WritingJobStateEnum": "writing.models.WritingJob.State",
         # the task API's names, as they were before writing jobs had their own
         "StateEnum": "tasks_app.models.TaskState",
         "KindEnum": "tasks_app.models.TaskEvent.Kind",

@@ -26,7 +26,7 @@ def alert_staff_on_task_failure(sender=None, task_id=None, exception=None, **kwa
     name = getattr(sender, "name", str(sender))
     if name == "claw.send_notification":
         return  # an alert about failing alerts would loop
-    from claw.services import notify_staff
+    from tasks_app.alerts import notify_staff
 
     kind = type(exception).__name__
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import time
 
 from django.conf import settings
@@ -11,9 +10,10 @@ from claw import conversations, replies, services
 from claw.celery import app
 from claw.llm import LLMUnavailable
 from claw.notifications import TransientDeliveryError
-from claw.ratelimit import RateLimited
-from knowledge.embeddings import EmbeddingUnavailable
+from knowledge.services import EmbeddingUnavailable
+from tasks_app import retries
 from tasks_app.base import LedgerTask
+from tasks_app.ratelimit import RateLimited
 
 
 @app.task(
@@ -31,11 +31,10 @@ def send_notification(self, notification_id: int) -> str:
 
 
 def backoff(failures: int) -> float:
-    """Exponential backoff with jitter: between half and all of base * 2**n."""
-    ceiling = min(
-        settings.AI_RETRY_BACKOFF_MAX, settings.AI_RETRY_BACKOFF * 2**failures
+    """The AI providers' backoff (AI_RETRY_BACKOFF, at most AI_RETRY_BACKOFF_MAX)."""
+    return retries.backoff(
+        failures, base=settings.AI_RETRY_BACKOFF, maximum=settings.AI_RETRY_BACKOFF_MAX
     )
-    return random.uniform(ceiling / 2, ceiling)
 
 
 class ReplyTask(LedgerTask):

@@ -11,6 +11,7 @@ from tasks_app.health import health
 api_v1 = [
     path("", include("tasks_app.api.urls")),
     path("", include("knowledge.api.urls")),
+    path("", include("writing.api.urls")),
     path("", include("claw.api.urls")),
 ]
 

@@ -15,7 +15,7 @@ from django.utils.html import format_html
 
 from knowledge import embeddings, search, services
 from knowledge.models import Document, KnowledgeBase
-from tasks_app.admin import TaskRecordInline, state_badge
+from tasks_app.admin_widgets import TaskRecordInline, state_badge
 
 # Document states drawn with the task badge of the matching ledger state.
 BADGE_STATE = {
@@ -295,7 +295,3 @@ class DocumentAdmin(admin.ModelAdmin):
             f"skipped {skipped} without vectors.",
             messages.SUCCESS if queued else messages.WARNING,
         )
-
-
-# Writing jobs have their own module (the admin of one more model family).
-from knowledge import admin_jobs  # noqa: E402, F401

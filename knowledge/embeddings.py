@@ -25,7 +25,7 @@ import httpx
 import numpy as np
 from django.conf import settings
 
-from claw.httpclient import shared_client
+from tasks_app.httpclient import shared_client
 
 HASHING, SENTENCE_TRANSFORMERS, OPENAI = "hashing", "sentence-transformers", "openai"
 HASHING_MODEL = "v1"  # the feature scheme below; change it and stored vectors differ

@@ -17,12 +17,20 @@ from django.db import transaction
 from django.db.models import F, Min, Q
 from django.utils import timezone
 
-from claw import ratelimit
 from knowledge import embeddings, extract
 from knowledge.chunking import TextChunk, chunk_text
+
+# What other domains (conversations, writing) use of knowledge: they import this
+# module only (tests/test_architecture.py), so these names are its public face.
+from knowledge.chunking import sentence_spans as sentence_spans
+from knowledge.embeddings import EmbeddingError as EmbeddingError
 from knowledge.embeddings import EmbeddingUnavailable
 from knowledge.models import Chunk, Document, KnowledgeBase, content_hash
+from knowledge.search import SearchHit as SearchHit
+from knowledge.search import search_many as search_many
+from tasks_app import ratelimit
 from tasks_app import services as ledger
+from tasks_app.api.fields import BLANK
 from tasks_app.models import TaskRecord
 from tasks_app.progress import TaskCancelled, report_progress
 
@@ -37,7 +45,6 @@ MODES = (INCREMENTAL, FULL, REBUILD)
 Status = Document.Status
 HASH_LOOKUP_BATCH = 500
 # What "blank" means for names: the API's schema publishes the same set.
-BLANK = " \t\n\r"
 
 
 class InvalidInput(ValueError):

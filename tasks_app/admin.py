@@ -6,7 +6,6 @@ import json
 
 from django.conf import settings
 from django.contrib import admin, messages
-from django.contrib.contenttypes.admin import GenericTabularInline
 from django.core.paginator import Paginator
 from django.db.models import Q
 from django.urls import NoReverseMatch, reverse
@@ -17,17 +16,8 @@ from django_celery_results.models import TaskResult
 
 from tasks_app import services
 from tasks_app.admin_views import OperationsViews
+from tasks_app.admin_widgets import progress_bar, state_badge
 from tasks_app.models import StaffAlert, TaskRecord
-
-BADGE_COLOURS = {
-    "PENDING": "#6c757d",
-    "STARTED": "#0d6efd",
-    "RETRY": "#fd7e14",
-    "SUCCESS": "#198754",
-    "FAILURE": "#dc3545",
-    "REVOKED": "#495057",
-    "LOST": "#6f42c1",
-}
 
 
 class EstimatedCountPaginator(Paginator):
@@ -52,30 +42,6 @@ class EstimatedCountPaginator(Paginator):
     def capped(self) -> bool:
         """More matches than were counted (the list says "more than <limit>")."""
         return self.count > self.limit
-
-
-def state_badge(state: str, label: str) -> str:
-    return format_html(
-        '<span class="claw-badge" style="background:{};color:#fff;padding:2px 6px;'
-        'border-radius:4px;font-size:11px">{}</span>',
-        BADGE_COLOURS.get(state, "#6c757d"),
-        label,
-    )
-
-
-def progress_bar(record: TaskRecord) -> str:
-    percent = record.progress_percent
-    if percent is None:
-        return "–"
-    return format_html(
-        '<div class="claw-progress" title="{}" style="width:110px;background:#e9ecef;'
-        'border-radius:3px"><div style="width:{}%;background:#0d6efd;height:10px;'
-        'border-radius:3px"></div></div><small>{}/{}</small>',
-        record.progress_message,
-        percent,
-        record.progress_current,
-        record.progress_total,
-    )
 
 
 # A search or a filter stops counting its matches here: counting the first
@@ -389,28 +355,6 @@ class TaskRecordAdmin(OperationsViews, admin.ModelAdmin):
             self.message_user(request, f"Refused {n}: {reason}", messages.WARNING)
 
 
-class TaskRecordInline(GenericTabularInline):
-    """The tasks that worked on a domain object (documents, messages, ...)."""
-
-    model = TaskRecord
-    ct_field = "content_type"
-    ct_fk_field = "object_id"
-    fields = ("record_link", "name", "state", "progress_message", "created_at")
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-    max_num = 0
-    ordering = ("-id",)
-
-    @admin.display(description="Task")
-    def record_link(self, obj: TaskRecord) -> str:
-        url = reverse("admin:tasks_app_taskrecord_change", args=[obj.pk])
-        return format_html('<a href="{}">#{}</a>', url, obj.pk)
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-
 @admin.register(StaffAlert)
 class StaffAlertAdmin(admin.ModelAdmin):
     list_display = (
@@ -427,6 +371,6 @@ class StaffAlertAdmin(admin.ModelAdmin):
         return False
 
 
-# Replaces django-celery-beat's PeriodicTask admin; imported last because it uses
-# state_badge above, and after django_celery_beat's admin (INSTALLED_APPS order).
+# Replaces django-celery-beat's PeriodicTask admin; imported after
+# django_celery_beat's admin (INSTALLED_APPS order).
 from tasks_app import admin_schedules  # noqa: E402, F401

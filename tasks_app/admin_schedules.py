@@ -12,7 +12,7 @@ from django_celery_beat.admin import PeriodicTaskAdmin as BeatPeriodicTaskAdmin
 from django_celery_beat.models import PeriodicTask
 
 from tasks_app import services
-from tasks_app.admin import state_badge
+from tasks_app.admin_widgets import state_badge
 from tasks_app.models import TaskRecord
 
 

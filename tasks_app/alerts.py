@@ -1,39 +1,98 @@
-"""Staff alerts from the health check: logged, sent as a system notification, and
-de-duplicated through StaffAlert rows."""
+"""Staff alerts: the platform's one de-duplication of them, and the hook through
+which a domain delivers them.
+
+- notify_staff(subject, body, dedupe_key=...): send once per key per
+  STAFF_ALERT_WINDOW (claim(): a cache.add, then an AlertClaim row), such as the
+  alert of a task that failed for good.
+- raise_alert(key, subject, body): the health check's alerts, which stay active
+  until a check no longer raises them (StaffAlert rows): sent when raised, then
+  again every CLAW_ALERT_REPEAT_MINUTES while active.
+
+Either is logged and handed to the notifiers a domain registered
+(register_notifier; the conversations domain sends a system notification to
+every staff user, and e-mail). The platform imports no domain.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from tasks_app.models import StaffAlert
+from tasks_app.models import AlertClaim, StaffAlert
 
 logger = logging.getLogger("tasks_app.alerts")
 
 
-def _notify(subject: str, body: str, key: str) -> bool:
-    """Send through claw.notifications.notify_staff; log only if it is missing.
+Notifier = Callable[..., object]  # notify(subject, body, *, dedupe_key)
+_notifiers: list[Notifier] = []
 
-    Imported lazily: the notification app must not be a hard dependency of the
-    task platform, and a broken notifier must not break the health check.
+
+def register_notifier(notify: Notifier) -> None:
+    """Deliver staff alerts through notify(subject, body, dedupe_key=...) too
+    (a domain's AppConfig.ready)."""
+    if notify not in _notifiers:
+        _notifiers.append(notify)
+
+
+def _notify(subject: str, body: str, key: str) -> bool:
+    """Hand an alert to every notifier; log only if none is registered. A broken
+    notifier must not break the health check or the worker."""
+    if not _notifiers:
+        logger.warning(
+            "No notify_staff registered (notify_staff unavailable; alert logged only)"
+        )
+        return False
+    sent = True
+    for notify in _notifiers:
+        try:
+            notify(subject, body, dedupe_key=key)
+        except Exception:
+            logger.exception("Could not send staff alert %s", key)
+            sent = False
+    return sent
+
+
+def claim(key: str, window: float) -> bool:
+    """Claim the right to send alert key now: the first claim of a window wins.
+
+    An AlertClaim row is the guard that holds across processes whose caches are
+    separate (locmem on the embedded stack, several workers): its unique key
+    settles the first-ever race (the loser's get_or_create finds the winner's
+    row), and a conditional UPDATE the later ones.
     """
-    try:
-        from claw.notifications import notify_staff
-    except ImportError:
-        logger.warning("claw.notifications.notify_staff unavailable; alert logged only")
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    now = timezone.now()
+    _, created = AlertClaim.objects.get_or_create(key=digest, defaults={"sent_at": now})
+    if created:
+        return True
+    since = now - timedelta(seconds=window)
+    return bool(
+        AlertClaim.objects.filter(key=digest, sent_at__lt=since).update(sent_at=now)
+    )
+
+
+def notify_staff(subject: str, body: str, *, dedupe_key: str) -> bool:
+    """Alert staff once per dedupe_key per STAFF_ALERT_WINDOW; whether it was sent.
+
+    ``cache.add`` turns away the rest of a burst cheaply, within one process (or
+    every process, with a shared CACHE_URL); claim() is the real guard.
+    """
+    window = settings.STAFF_ALERT_WINDOW
+    digest = hashlib.sha256(dedupe_key.encode()).hexdigest()
+    if not cache.add("claw:staff-alert:" + digest, 1, timeout=window):
         return False
-    try:
-        notify_staff(subject, body, dedupe_key=key)
-    except Exception:
-        logger.exception("Could not send staff alert %s", key)
+    if not claim(dedupe_key, window):
         return False
-    return True
+    logger.error("STAFF ALERT %s: %s\n%s", dedupe_key, subject, body)
+    return _notify(subject, body, dedupe_key)
 
 
 def raise_alert(key: str, subject: str, body: str = "") -> bool:

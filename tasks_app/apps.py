@@ -56,7 +56,7 @@ def visibility_timeout_check(app_configs, **kwargs) -> list:
 
 def _longest_deferral() -> float:
     """Seconds a task over a cluster-wide rate limit may be deferred at most."""
-    from claw.ratelimit import MAX_WINDOWS_AHEAD
+    from tasks_app.ratelimit import MAX_WINDOWS_AHEAD
 
     rates = (settings.AI_RATE_LIMIT, settings.KNOWLEDGE_VECTORIZE_RATE_LIMIT)
     return max(((MAX_WINDOWS_AHEAD + 1) * r[1] for r in rates if r), default=0)

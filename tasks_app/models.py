@@ -215,3 +215,37 @@ class StaffAlert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.subject} ({'active' if self.active else 'resolved'})"
+
+
+class RateLimitWindow(models.Model):
+    """The database counter of a cluster-wide rate limit: one row per limit key.
+
+    Used when there is no Redis (the embedded stack); tasks_app.ratelimit rolls the
+    window and counts starts with conditional UPDATEs on this row.
+    """
+
+    key = models.CharField(max_length=200, unique=True)
+    window = models.BigIntegerField(help_text="Index of the current window.")
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        # The table it had in the claw app, kept by the move (state only).
+        db_table = "claw_ratelimitwindow"
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.count} in window {self.window}"
+
+
+class AlertClaim(models.Model):
+    """One row per staff-alert key: the claim that makes a burst send one alert,
+    across processes whose caches are not shared."""
+
+    key = models.CharField(max_length=64, unique=True)
+    sent_at = models.DateTimeField()
+
+    class Meta:
+        # The table it had in the claw app, kept by the move (state only).
+        db_table = "claw_alertclaim"
+
+    def __str__(self) -> str:
+        return f"{self.key} sent {self.sent_at:%Y-%m-%d %H:%M:%S}"

@@ -19,11 +19,11 @@ from drf_spectacular.generators import SchemaGenerator
 
 from claw import conversations
 from claw.models import Notification
-from knowledge import jobs
 from knowledge import services as knowledge
 from tasks_app import services as ledger
 from tasks_app.models import TaskRecord
 from tasks_app.tests.test_api import client_for
+from writing import jobs
 
 pytestmark = pytest.mark.django_db
 STAFF_ONLY = {

@@ -2,52 +2,18 @@ from __future__ import annotations
 
 from django.urls import reverse
 from rest_framework import serializers
-from rest_framework.exceptions import NotFound
 
 from claw.models import Conversation, Message, Notification
-from knowledge.api.serializers import TextField
-from knowledge.models import KnowledgeBase
+from knowledge.services import KnowledgeBase
+from tasks_app.api.fields import (
+    OwnedReferenceField,
+    StrictFloatField,
+    StrictIntegerField,
+    TextField,
+)
 from tasks_app.api.serializers import FieldsBuiltOnce, TaskRecordSerializer
 
 MAX_CONTENT = 20_000  # characters of one message
-
-
-# Numbers as the schema states them: DRF would read "5" as 5 and 1.5 as a pk of 1,
-# and a client sending the wrong type should hear so (the schema fuzzing's
-# negative cases check it). Text: knowledge.api's TextField, for the same reason.
-class StrictIntegerField(serializers.IntegerField):
-    def to_internal_value(self, data):
-        if isinstance(data, bool) or not isinstance(data, int):
-            self.fail("invalid")
-        return super().to_internal_value(data)
-
-
-class StrictFloatField(serializers.FloatField):
-    def to_internal_value(self, data):
-        if isinstance(data, bool) or not isinstance(data, int | float):
-            self.fail("invalid")
-        return super().to_internal_value(data)
-
-
-class OwnedReferenceField(serializers.PrimaryKeyRelatedField):
-    """An id of one of the caller's objects. One that does not exist or is someone
-    else's is a 404 naming the field, as the object's own URL would answer (and
-    as the knowledge API answers); it does not say which of the two."""
-
-    def __init__(self, **kwargs):
-        kwargs.setdefault("pk_field", StrictIntegerField(min_value=1))
-        super().__init__(**kwargs)
-
-    def to_internal_value(self, data):
-        try:
-            return super().to_internal_value(data)
-        except serializers.ValidationError as exc:
-            if exc.get_codes() != ["does_not_exist"]:
-                raise
-            # a list item's own field name is "": name the list
-            name = self.field_name or self.parent.field_name
-            label = self.queryset.model._meta.verbose_name
-            raise NotFound({name: f"No such {label}: {data}."}) from None
 
 
 class ConversationSerializer(serializers.ModelSerializer):
@@ -89,16 +55,6 @@ class ConversationSerializer(serializers.ModelSerializer):
         if owner is not None and owner.is_authenticated:
             field = self.fields["knowledge_bases"].child_relation
             field.queryset = KnowledgeBase.objects.filter(owner=owner)
-
-    def to_internal_value(self, data):
-        # DRF's many-field takes any iterable, so {} passed as an empty list
-        if isinstance(data, dict) and not isinstance(
-            data.get("knowledge_bases", []), list
-        ):
-            raise serializers.ValidationError(
-                {"knowledge_bases": ["Expected a list of knowledge base ids."]}
-            )
-        return super().to_internal_value(data)
 
     def get_links(self, obj: Conversation) -> dict:
         return {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from django.db import transaction
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -61,20 +60,23 @@ def submit_reply(request, conversation: Conversation, content: str) -> Response:
     With an Idempotency-Key, a repeat of the request answers with the messages
     and task of the first one (see tasks_app.api.idempotency).
     """
-    key = idempotency.key_from(request)
-    with transaction.atomic():
+
+    def replay(previous):
+        try:
+            return conversations.replay(previous, conversation, content)
+        except conversations.DifferentRequest:
+            raise idempotency.KeyReused() from None
+
+    submission = idempotency.submit_once(
+        request,
+        conversations.TASK_NAME,
+        lambda key: conversations.post_message(
+            conversation, content, idempotency_key=key
+        ),
         # keys are the conversation owner's, as its tasks are (post_message)
-        owner = conversation.owner
-        previous = idempotency.claim(owner, key, conversations.TASK_NAME)
-        if previous is not None:
-            try:
-                submission = conversations.replay(previous, conversation, content)
-            except conversations.DifferentRequest:
-                raise idempotency.KeyReused() from None
-        else:
-            submission = conversations.post_message(
-                conversation, content, idempotency_key=key
-            )
+        owner=conversation.owner,
+        replay=replay,
+    )
     body = SubmissionSerializer(submission).data
     return Response(body, status=status.HTTP_202_ACCEPTED)
 

@@ -358,11 +358,12 @@ def test_serializers_that_build_their_fields_once_answer_as_a_fresh_build(
     )
 
 
-def test_knowledge_bases_must_be_a_list(alice):
+def test_knowledge_bases_must_be_a_list_not_an_object(alice):
+    # DRF's many-related field takes any iterable: {} passed as "no knowledge
+    # bases" (found by the schema fuzzing).
     response = client_for(alice).post(
         "/api/v1/conversations/", {"knowledge_bases": {}}, format="json"
     )
+
     assert response.status_code == 400
-    assert response.json() == {
-        "knowledge_bases": ["Expected a list of knowledge base ids."]
-    }
+    assert "knowledge_bases" in response.json()

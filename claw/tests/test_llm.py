@@ -8,7 +8,6 @@ import time
 
 import pytest
 
-from claw.httpclient import shared_client
 from claw.llm import (
     Completion,
     DeadlineExceeded,
@@ -21,6 +20,7 @@ from claw.llm import (
     estimate_tokens,
 )
 from claw.tests.conftest import chunk
+from tasks_app.httpclient import shared_client
 
 MESSAGES = [{"role": "user", "content": "What is CLAW?"}]
 

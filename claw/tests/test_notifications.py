@@ -14,6 +14,7 @@ from claw import services
 from claw.models import Notification
 from claw.notifications import PermanentDeliveryError, TransientDeliveryError
 from claw.tests.conftest import in_threads
+from tasks_app import alerts
 from tasks_app import services as ledger
 from tasks_app.models import TaskRecord
 from tests.harness import wait_for
@@ -131,8 +132,8 @@ def test_a_burst_of_staff_alerts_with_one_key_sends_one_alert_per_staff_user(
     User.objects.create_user("worker")
     with django_capture_on_commit_callbacks(execute=True):
         for _ in range(50):
-            services.notify_staff("Queue stuck", "details", dedupe_key="stuck:default")
-        services.notify_staff("Other", "details", dedupe_key="other")
+            alerts.notify_staff("Queue stuck", "details", dedupe_key="stuck:default")
+        alerts.notify_staff("Other", "details", dedupe_key="other")
     subjects = sorted(
         Notification.objects.values_list("recipient__username", "subject").order_by()
     )
@@ -169,23 +170,23 @@ def test_a_burst_seen_by_processes_with_separate_caches_still_alerts_once(
     for _ in range(3):
         # each call as if from another worker process: its own empty locmem cache
         cache.clear()
-        services.notify_staff("Disk full", "details", dedupe_key="disk")
+        alerts.notify_staff("Disk full", "details", dedupe_key="disk")
     assert Notification.objects.filter(subject="Disk full").count() == 1
 
 
 def test_concurrent_claims_of_one_alert_key_let_exactly_one_send(transactional_db):
-    won = in_threads(lambda: services._claim_alert("same-key", 900), 6)
+    won = in_threads(lambda: alerts.claim("same-key", 900), 6)
     assert sorted(won) == [False] * 5 + [True]
 
 
 def test_an_alert_key_sends_again_after_its_window(settings):
     settings.STAFF_ALERT_WINDOW = 60
-    assert services._claim_alert("k", 60) is True
-    assert services._claim_alert("k", 60) is False
-    from claw.models import AlertClaim
+    assert alerts.claim("k", 60) is True
+    assert alerts.claim("k", 60) is False
+    from tasks_app.models import AlertClaim
 
     AlertClaim.objects.update(sent_at=timezone.now() - timezone.timedelta(seconds=61))
-    assert services._claim_alert("k", 60) is True
+    assert alerts.claim("k", 60) is True
 
 
 @pytest.mark.django_db(transaction=True)
@@ -228,7 +229,7 @@ def test_a_staff_alert_says_how_many_retries_the_task_had(retries, wording):
     from claw import signals
 
     task = SimpleNamespace(name="tests.flaky", request=SimpleNamespace(retries=retries))
-    with patch("claw.services.notify_staff") as notify:
+    with patch("tasks_app.alerts.notify_staff") as notify:
         signals.alert_staff_on_task_failure(
             sender=task, task_id="abc", exception=OSError("gone")
         )

@@ -1,62 +1,15 @@
 from __future__ import annotations
 
-from django.core.validators import ProhibitNullCharactersValidator, RegexValidator
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound
-from rest_framework.fields import empty
 
 from knowledge import embeddings, search, services
 from knowledge.models import Document, KnowledgeBase
+from tasks_app.api.fields import INT64_MAX, TextField
 from tasks_app.api.serializers import TaskRecordSerializer
 from tasks_app.models import TaskRecord
-
-INT64_MAX = 2**63 - 1
-
-
-class VisibleText(RegexValidator):
-    """Has a character other than space, tab, CR, LF (or NUL, which is dropped).
-
-    The pattern is what the OpenAPI schema publishes (JSON Schema patterns match
-    anywhere); the check itself is plain Python.
-    """
-
-    def __init__(self):
-        super().__init__(r"[^\x00 \t\n\r]")
-
-    def __call__(self, value):
-        if not str(value).strip("\x00" + services.BLANK):
-            raise serializers.ValidationError("Must not be blank.")
-
-
-class TextField(serializers.CharField):
-    """Text validated exactly as its schema says: not trimmed (trimming would let a
-    value through maxLength, or make it blank, unlike the schema), strings only
-    (DRF would accept a number), and NUL
-    characters, which PostgreSQL cannot store, dropped after validation instead of
-    refused. visible: it must have a character other than blanks."""
-
-    def __init__(self, *, visible: bool = True, **kwargs):
-        kwargs.setdefault("trim_whitespace", False)
-        kwargs.setdefault("allow_blank", not visible)
-        super().__init__(**kwargs)
-        self.validators = [
-            v
-            for v in self.validators
-            if not isinstance(v, ProhibitNullCharactersValidator)
-        ]
-        if visible:
-            self.validators.append(VisibleText())
-
-    def to_internal_value(self, data):
-        if not isinstance(data, str):  # DRF would turn 42 into "42"
-            self.fail("invalid")
-        return super().to_internal_value(data)
-
-    def run_validation(self, data=empty):
-        value = super().run_validation(data)
-        return value.replace("\x00", "") if isinstance(value, str) else value
 
 
 @extend_schema_field(OpenApiTypes.INT)

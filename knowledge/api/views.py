@@ -6,7 +6,6 @@ import re
 from collections.abc import Callable
 
 from django.conf import settings
-from django.db import transaction
 from django.db.models import Count, Sum
 from django.db.models.functions import Coalesce
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -15,7 +14,6 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import APIException, NotFound, ValidationError
 from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle, UserRateThrottle
 
 from knowledge import embeddings, extract, search, services
 from knowledge.api.serializers import (
@@ -43,8 +41,6 @@ SUBMITTED = {
 }
 TOO_LARGE = {413: {"description": "Larger than KNOWLEDGE_MAX_UPLOAD_BYTES."}}
 CREATED = {201: DocumentCreatedSerializer, **TOO_LARGE}
-# Submissions also count against API_THROTTLE_SUBMIT (the viewsets' throttle_scope).
-SUBMIT = {"throttle_classes": [UserRateThrottle, ScopedRateThrottle]}
 
 
 class PayloadTooLarge(APIException):
@@ -80,19 +76,12 @@ def check_body_size(request, field: str) -> None:
 def submitted(request, task_name: str, submit: Callable[[str | None], TaskRecord]):
     """202 with the task submit(key) queues; a repeated Idempotency-Key answers
     with the first request's task instead (tasks_app.api.idempotency)."""
-    key = idempotency.key_from(request)
-    with transaction.atomic():
-        record = idempotency.claim(request.user, key, task_name) or submit(key)
+    record = idempotency.submit_once(request, task_name, submit)
     return Response(TaskRecordSerializer(record).data, status=status.HTTP_202_ACCEPTED)
 
 
 def created(document: Document) -> Response:
     return Response(DocumentCreatedSerializer(document).data, status=201)
-
-
-def invalid(exc: services.InvalidInput) -> ValidationError:
-    field, _, message = str(exc).partition(": ")
-    return ValidationError({field: message} if message else str(exc))
 
 
 def own_documents(kb: KnowledgeBase, ids: list[int]) -> list[int]:
@@ -133,7 +122,7 @@ class KnowledgeBaseViewSet(OwnedQuerysetMixin, viewsets.ModelViewSet):
                 self.request.user, **serializer.validated_data
             )
         except services.InvalidInput as exc:
-            raise invalid(exc) from None
+            raise idempotency.invalid(exc) from None
         serializer.instance = self.get_queryset().get(pk=created.pk)
 
     def perform_update(self, serializer):
@@ -142,7 +131,7 @@ class KnowledgeBaseViewSet(OwnedQuerysetMixin, viewsets.ModelViewSet):
                 serializer.instance, **serializer.validated_data
             )
         except services.InvalidInput as exc:
-            raise invalid(exc) from None
+            raise idempotency.invalid(exc) from None
         serializer.instance = self.get_queryset().get(pk=serializer.instance.pk)
 
     def perform_destroy(self, instance):
@@ -153,7 +142,7 @@ class KnowledgeBaseViewSet(OwnedQuerysetMixin, viewsets.ModelViewSet):
         parameters=[idempotency.PARAMETER],
         responses=SUBMITTED,
     )
-    @action(detail=True, methods=["post"], url_path="update", **SUBMIT)
+    @action(detail=True, methods=["post"], url_path="update", **idempotency.SUBMIT)
     def start_update(self, request, pk=None):
         kb = self.get_object()
         body = UpdateRequestSerializer(data=request.data)
@@ -169,7 +158,7 @@ class KnowledgeBaseViewSet(OwnedQuerysetMixin, viewsets.ModelViewSet):
     @extend_schema(
         request=None, parameters=[idempotency.PARAMETER], responses=SUBMITTED
     )
-    @action(detail=True, methods=["delete"], url_path="vectors", **SUBMIT)
+    @action(detail=True, methods=["delete"], url_path="vectors", **idempotency.SUBMIT)
     def delete_vectors(self, request, pk=None):
         kb = self.get_object()
         return submitted(
@@ -322,7 +311,7 @@ class DocumentViewSet(
     @extend_schema(
         request=None, parameters=[idempotency.PARAMETER], responses=SUBMITTED
     )
-    @action(detail=True, methods=["post"], **SUBMIT)
+    @action(detail=True, methods=["post"], **idempotency.SUBMIT)
     def vectorize(self, request, pk=None):
         document = self.get_object()
         return submitted(
@@ -336,7 +325,7 @@ class DocumentViewSet(
     @extend_schema(
         request=None, parameters=[idempotency.PARAMETER], responses=SUBMITTED
     )
-    @action(detail=True, methods=["delete"], url_path="vectors", **SUBMIT)
+    @action(detail=True, methods=["delete"], url_path="vectors", **idempotency.SUBMIT)
     def delete_vectors(self, request, pk=None):
         document = self.get_object()
         return submitted(

@@ -296,8 +296,8 @@ def test_stored_vectors_loads_one_vector_per_text_however_many_share_it(
 def test_a_vectorize_over_the_rate_limit_is_deferred_then_gives_up(kb, settings):
     from celery.exceptions import Retry
 
-    from claw.ratelimit import RateLimited
     from knowledge import tasks
+    from tasks_app.ratelimit import RateLimited
 
     settings.KNOWLEDGE_MAX_DEFERRALS = 2
     document = services.add_document(kb, title="T", content=TEXT, vectorize=False)

@@ -1,7 +1,7 @@
 """The cluster-wide rate limit of knowledge.vectorize_document with real workers.
 
 Celery's own rate_limit would count per worker; the shared counter
-(claw/ratelimit.py) holds across them. A small window (3 starts per 2 s) keeps the
+(tasks_app/ratelimit.py) holds across them. A small window (3 starts per 2 s) keeps the
 test to seconds; the default is 5 starts a minute (KNOWLEDGE_VECTORIZE_RATE_LIMIT).
 """
 

@@ -1,14 +1,14 @@
 """The Idempotency-Key header of submission endpoints.
 
 The same key from the same user returns the first submission's task, never a
-second one. A submission view does, in one transaction:
+second one. Every submission view calls submit_once(), which does in one
+transaction:
 
-    key = idempotency.key_from(request)
-    with transaction.atomic():
-        previous = idempotency.claim(request.user, key, task_name)
-        if previous is not None:
-            return <the response for previous>    # replay, nothing written
-        ... write domain rows, services.submit(..., idempotency_key=key)
+    key = key_from(request)
+    previous = claim(owner, key, task_name)
+    if previous is not None:
+        return replay(previous)          # nothing written
+    return submit(key)                   # domain rows, services.submit(..., key)
 
 claim() serialises requests that carry the same (user, key), so two concurrent
 retries of one request cannot both write their domain rows before one of them
@@ -19,15 +19,21 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
+from typing import Any
 
-from django.db import connection
+from django.db import connection, transaction
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework import status
 from rest_framework.exceptions import APIException, ValidationError
+from rest_framework.throttling import ScopedRateThrottle, UserRateThrottle
 
 from tasks_app.models import TaskRecord
 
 HEADER = "Idempotency-Key"
+# Submission actions also count against API_THROTTLE_SUBMIT (their viewset's
+# throttle_scope "submit"): @action(..., **SUBMIT).
+SUBMIT = {"throttle_classes": [UserRateThrottle, ScopedRateThrottle]}
 # Printable ASCII without spaces, as Stripe and the IETF draft use (UUIDs fit).
 KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
 
@@ -80,3 +86,28 @@ def claim(user, key: str | None, task_name: str) -> TaskRecord | None:
     if previous is not None and previous.name != task_name:
         raise KeyReused()
     return previous
+
+
+def submit_once(
+    request,
+    task_name: str,
+    submit: Callable[[str | None], Any],
+    *,
+    owner=None,
+    replay: Callable[[TaskRecord], Any] | None = None,
+) -> Any:
+    """submit(key) under the request's Idempotency-Key, or, for a key used before
+    by owner (default: the caller) for task_name, replay(the first request's
+    record) (default: that record), with nothing written."""
+    key = key_from(request)
+    with transaction.atomic():
+        previous = claim(owner or request.user, key, task_name)
+        if previous is not None:
+            return replay(previous) if replay else previous
+        return submit(key)
+
+
+def invalid(exc: Exception) -> ValidationError:
+    """400 naming the field of a domain's "field: message" input error."""
+    field, _, message = str(exc).partition(": ")
+    return ValidationError({field: message} if message else str(exc))

@@ -352,7 +352,7 @@ def test_an_active_alert_is_sent_again_after_the_repeat_window(settings):
 
 @pytest.mark.django_db
 def test_alerts_are_logged_only_while_notify_staff_is_missing(caplog):
-    with patch.dict("sys.modules", {"claw.notifications": None}):
+    with patch.object(alerts, "_notifiers", []):
         assert alerts.raise_alert("missing-notifier", "subject", "body")
     assert "notify_staff unavailable; alert logged only" in caplog.text
     assert "STAFF ALERT missing-notifier: subject" in caplog.text
@@ -364,7 +364,7 @@ def test_alerts_go_to_notify_staff_with_their_dedupe_key():
     from unittest.mock import MagicMock
 
     notifications = SimpleNamespace(notify_staff=MagicMock())
-    with patch.dict("sys.modules", {"claw.notifications": notifications}):
+    with patch.object(alerts, "_notifiers", [notifications.notify_staff]):
         assert alerts.raise_alert("backlog:default", "Backlog", "body")
     notifications.notify_staff.assert_called_once_with(
         "Backlog", "body", dedupe_key="backlog:default"

@@ -176,8 +176,8 @@ def test_staff_read_a_writing_job_and_cancel_another_in_a_real_browser(
 ):
     from unittest.mock import patch
 
-    from knowledge import jobs, sections
     from knowledge import services as knowledge
+    from writing import jobs, sections
 
     staff = django_user_model.objects.create_superuser("jobs", password="jobs-pass-123")
     kb = knowledge.create_knowledge_base(staff, name="Teas")
@@ -207,13 +207,13 @@ def test_staff_read_a_writing_job_and_cancel_another_in_a_real_browser(
     sections.finish_document(written.pk, celery_id=written.task.celery_id)
     page = browser_page
     base = live_server.url
-    log_in(page, base, "jobs", "jobs-pass-123", "/admin/knowledge/writingjob/")
+    log_in(page, base, "jobs", "jobs-pass-123", "/admin/writing/writingjob/")
 
     # the list, then the written job: outline, sections, document, references, tasks
     page.wait_for_selector("#result_list")
     assert "2 of 2 sections" in page.inner_text("#result_list")
     shot(page, "08-writing-jobs")
-    page.goto(f"{base}/admin/knowledge/writingjob/{written.pk}/change/")
+    page.goto(f"{base}/admin/writing/writingjob/{written.pk}/change/")
     assert "Made how" in page.inner_text(".claw-outline")
     assert page.locator("table.claw-sections tr").count() == 3
     assert "## References" in page.inner_text("pre.claw-document")
@@ -221,7 +221,7 @@ def test_staff_read_a_writing_job_and_cancel_another_in_a_real_browser(
     shot(page, "09-writing-job")
 
     # cancel the one still pending
-    page.goto(f"{base}/admin/knowledge/writingjob/")
+    page.goto(f"{base}/admin/writing/writingjob/")
     page.check(f"#result_list input[value='{running.pk}']")
     page.select_option("select[name=action]", "cancel_selected")
     page.click("button[name=index]")

@@ -6,9 +6,9 @@ from django.contrib import admin, messages
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from knowledge import jobs
-from knowledge.models import WritingJob, WritingSection
-from tasks_app.admin import TaskRecordInline, state_badge
+from tasks_app.admin_widgets import TaskRecordInline, state_badge
+from writing import jobs
+from writing.models import WritingJob, WritingSection
 
 # Job states and section statuses drawn with the badge of the matching task state.
 BADGES = {
@@ -128,10 +128,10 @@ class WritingJobAdmin(admin.ModelAdmin):
     actions = ("cancel_selected",)
 
     def has_add_permission(self, request) -> bool:
-        return False  # jobs come from the API (knowledge.jobs)
+        return False  # jobs come from the API (writing.jobs)
 
     def has_change_permission(self, request, obj=None) -> bool:
-        return False  # written by knowledge.jobs only; the detail page is a view
+        return False  # written by writing.jobs only; the detail page is a view
 
     def delete_model(self, request, obj: WritingJob) -> None:
         jobs.delete_job(obj)

@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 
-from claw.models import RateLimitWindow
+from tasks_app.models import RateLimitWindow
 
 logger = logging.getLogger(__name__)
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from knowledge import jobs, services
-from knowledge.models import WritingJob
+from knowledge import services
 from knowledge.tests.conftest import add_ready
 from tasks_app.models import TaskRecord
 from tasks_app.tests.test_api import client_for
+from writing import jobs
+from writing.models import WritingJob
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_broker")]
 OUTLINE = "/api/v1/jobs/outline/"

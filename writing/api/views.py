@@ -3,25 +3,23 @@ POST /jobs/{job_id}/cancel/, GET /jobs/."""
 
 from __future__ import annotations
 
-from django.db import transaction
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
 
-from knowledge import jobs
-from knowledge.api.job_serializers import (
+from tasks_app.api import idempotency
+from tasks_app.api.fields import INT64_MAX
+from tasks_app.api.permissions import OwnedQuerysetMixin
+from writing import jobs
+from writing.api.serializers import (
     DocumentRequestSerializer,
     JobDetailSerializer,
     JobSerializer,
     OutlineRequestSerializer,
 )
-from knowledge.api.serializers import INT64_MAX
-from knowledge.api.views import SUBMIT, invalid
-from knowledge.models import WritingJob
-from tasks_app.api import idempotency
-from tasks_app.api.permissions import OwnedQuerysetMixin
+from writing.models import WritingJob
 
 SUBMITTED = {
     202: JobDetailSerializer,
@@ -142,7 +140,7 @@ class JobViewSet(
         responses=SUBMITTED,
         operation_id="jobs_outline_create",
     )
-    @action(detail=False, methods=["post"], url_path="outline", **SUBMIT)
+    @action(detail=False, methods=["post"], url_path="outline", **idempotency.SUBMIT)
     def outline(self, request):
         body = OutlineRequestSerializer(data=request.data, context={"request": request})
         body.is_valid(raise_exception=True)
@@ -166,7 +164,7 @@ class JobViewSet(
         responses=SUBMITTED,
         operation_id="jobs_document_create",
     )
-    @action(detail=False, methods=["post"], url_path="document", **SUBMIT)
+    @action(detail=False, methods=["post"], url_path="document", **idempotency.SUBMIT)
     def document(self, request):
         body = DocumentRequestSerializer(
             data=request.data, context={"request": request}
@@ -204,18 +202,21 @@ class JobViewSet(
         """202 with the new job; 200 with the job that the same job_id or
         Idempotency-Key already started (tasks_app.api.idempotency's claim
         serialises requests with one key)."""
-        key = idempotency.key_from(request)
         try:
-            with transaction.atomic():
-                idempotency.claim(request.user, key, task_name)
-                started = start(key)
+            # a repeated key finds its job through start() (jobs._start)
+            started = idempotency.submit_once(
+                request,
+                task_name,
+                start,
+                replay=lambda previous: start(previous.idempotency_key),
+            )
         except jobs.JobConflict as exc:
             raise Conflict(exc) from None
         except jobs.NotOwned as exc:
             field, _, message = str(exc).partition(": ")
             raise NotFound({field: message}) from None
         except jobs.InvalidInput as exc:
-            raise invalid(exc) from None
+            raise idempotency.invalid(exc) from None
         code = status.HTTP_202_ACCEPTED if started.created else status.HTTP_200_OK
         return Response(self._detail(started.job), status=code)
 

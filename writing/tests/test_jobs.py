@@ -1,4 +1,4 @@
-"""knowledge.jobs: writing jobs' services, with the task bodies run in-process."""
+"""writing.jobs: writing jobs' services, with the task bodies run in-process."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ from django.test import override_settings
 
 from claw import llm
 from claw.tests.conftest import in_threads
-from knowledge import jobs, sections, services, tasks
-from knowledge.models import Chunk, Document, WritingJob, WritingSection
+from knowledge import services
+from knowledge.models import Chunk, Document
 from knowledge.tests.conftest import add_ready
 from tasks_app.models import TaskRecord
+from writing import jobs, sections, tasks
+from writing.models import WritingJob, WritingSection
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_broker")]
 State = WritingJob.State

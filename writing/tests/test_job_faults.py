@@ -21,13 +21,14 @@ import pytest
 from django_celery_results.models import TaskResult
 
 from claw.tests.conftest import ScriptedServer, sse
-from knowledge import jobs, services
-from knowledge.models import WritingJob, WritingSection
+from knowledge import services
 from knowledge.tests.conftest import add_ready
 from tasks_app import services as ledger
 from tasks_app.models import TaskRecord
 from tests.harness import CeleryProcess, wait_for
 from tests.reliability.conftest import FAULT_ENV, report
+from writing import jobs
+from writing.models import WritingJob, WritingSection
 
 pytestmark = [pytest.mark.worker]
 QUEUE = "jobs_llm"

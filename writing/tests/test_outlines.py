@@ -1,4 +1,4 @@
-"""knowledge.writing: outlines and documents as data (no database)."""
+"""outlines.outlines: outlines and documents as data (no database)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from knowledge import writing
+from writing import outlines
 
 
 def passage(chunk_id: int, document_id: int, title: str, text: str, score=0.5):
@@ -30,7 +30,7 @@ PASSAGES = [
 
 
 def test_an_extractive_outline_has_a_section_per_document_best_first():
-    outline = writing.extractive_outline(
+    outline = outlines.extractive_outline(
         "Write a guide to tea and coffee. Keep it short.", PASSAGES, max_sections=5
     )
 
@@ -47,9 +47,9 @@ def test_an_extractive_outline_has_a_section_per_document_best_first():
 
 
 def test_an_extractive_outline_is_deterministic_and_bounded():
-    first = writing.extractive_outline("Tea", PASSAGES, max_sections=2)
+    first = outlines.extractive_outline("Tea", PASSAGES, max_sections=2)
 
-    assert first == writing.extractive_outline("Tea", PASSAGES, max_sections=2)
+    assert first == outlines.extractive_outline("Tea", PASSAGES, max_sections=2)
     assert len(first["sections"]) == 2
     assert {p["chunk_id"] for s in first["sections"] for p in s["passages"]} == {
         11,
@@ -69,7 +69,7 @@ def test_a_models_outline_gets_its_passages_by_number():
         }
     )
 
-    outline = writing.parse_model_outline(
+    outline = outlines.parse_model_outline(
         f"```json\n{answer}\n```", PASSAGES, max_sections=5
     )
 
@@ -102,31 +102,33 @@ def test_a_models_outline_gets_its_passages_by_number():
     ],
 )
 def test_an_invalid_model_outline_says_what_is_wrong(answer, message):
-    with pytest.raises(writing.OutlineInvalid, match=message):
-        writing.parse_model_outline(answer, PASSAGES, max_sections=5)
+    with pytest.raises(outlines.OutlineInvalid, match=message):
+        outlines.parse_model_outline(answer, PASSAGES, max_sections=5)
 
 
 def test_an_extractive_section_quotes_and_cites_its_passages():
-    text = writing.extractive_section(
+    text = outlines.extractive_section(
         {"heading": "Tea", "key_points": ["Steamed"], "passages": PASSAGES[:2]}
     )
 
     assert text.startswith("- Steamed\n")
-    assert writing.EXTRACTIVE_LABEL in text
+    assert outlines.EXTRACTIVE_LABEL in text
     assert "> Green tea is steamed. It stays green. [1]" in text
     assert "> Coffee beans are roasted. Roasting darkens them. [2]" in text
 
 
 def test_merge_renumbers_citations_over_the_document_and_lists_cited_passages():
     sections = [
-        writing.WrittenSection("Tea", [PASSAGES[0], PASSAGES[2]], "Green [2] and [1]."),
-        writing.WrittenSection("Missing", [PASSAGES[1]], error="LLMRejected: no"),
-        writing.WrittenSection(
+        outlines.WrittenSection(
+            "Tea", [PASSAGES[0], PASSAGES[2]], "Green [2] and [1]."
+        ),
+        outlines.WrittenSection("Missing", [PASSAGES[1]], error="LLMRejected: no"),
+        outlines.WrittenSection(
             "More tea", [PASSAGES[2], PASSAGES[3]], "## More tea\nAgain [1], [7]."
         ),
     ]
 
-    merged = writing.merge("Drinks", sections)
+    merged = outlines.merge("Drinks", sections)
 
     assert [r["chunk_id"] for r in merged.references] == [12, 11]
     assert [r["n"] for r in merged.references] == [1, 2]
@@ -142,18 +144,18 @@ def test_merge_renumbers_citations_over_the_document_and_lists_cited_passages():
 def test_passages_far_below_the_best_are_not_relevant():
     scored = [passage(n, n, "T", "x", score) for n, score in enumerate([0.5, 0.2, 0.1])]
 
-    assert [p["score"] for p in writing.relevant(scored, ratio=0.25)] == [0.5, 0.2]
-    assert len(writing.relevant(scored, ratio=0)) == 3
+    assert [p["score"] for p in outlines.relevant(scored, ratio=0.25)] == [0.5, 0.2]
+    assert len(outlines.relevant(scored, ratio=0)) == 3
     negative = [passage(1, 1, "T", "x", -0.1)]
-    assert writing.relevant(negative, ratio=0) == []
-    assert writing.relevant([], ratio=0.25) == []
+    assert outlines.relevant(negative, ratio=0) == []
+    assert outlines.relevant([], ratio=0.25) == []
 
 
 def test_nul_characters_of_a_models_outline_are_dropped():
     answer = '{"title": "T\\u0000ea", "sections": [{"heading": "\\u0000H"}]}'
 
-    outline = writing.parse_model_outline(answer, PASSAGES, max_sections=5)
+    outline = outlines.parse_model_outline(answer, PASSAGES, max_sections=5)
 
     assert (outline["title"], outline["sections"][0]["heading"]) == ("Tea", "H")
-    with pytest.raises(writing.OutlineInvalid, match="title"):
-        writing.parse_model_outline('{"title": "\\u0000"}', PASSAGES, max_sections=5)
+    with pytest.raises(outlines.OutlineInvalid, match="title"):
+        outlines.parse_model_outline('{"title": "\\u0000"}', PASSAGES, max_sections=5)

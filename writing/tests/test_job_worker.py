@@ -10,14 +10,16 @@ import pytest
 from django.conf import settings
 from django.utils import timezone
 
-from knowledge import jobs, sections, services
-from knowledge.models import Chunk, Document, WritingJob
+from knowledge import services
+from knowledge.models import Chunk, Document
 from knowledge.tests.conftest import add_ready
 from tasks_app import maintenance
 from tasks_app import services as ledger
 from tasks_app.models import TaskRecord
 from tasks_app.tests.test_api import client_for
 from tests.harness import wait_for
+from writing import jobs, sections
+from writing.models import WritingJob
 
 pytestmark = [pytest.mark.worker]
 

@@ -12,11 +12,16 @@ from drf_spectacular.extensions import (
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from claw.api.serializers import OwnedReferenceField, StrictIntegerField
-from knowledge import jobs, writing
-from knowledge.api.serializers import INT64_MAX, TextField
-from knowledge.models import Document, KnowledgeBase, WritingJob, WritingSection
+from knowledge.services import Document, KnowledgeBase
+from tasks_app.api.fields import (
+    INT64_MAX,
+    OwnedReferenceField,
+    StrictIntegerField,
+    TextField,
+)
 from tasks_app.api.serializers import TaskRecordSerializer
+from writing import jobs, outlines
+from writing.models import WritingJob, WritingSection
 
 PROMPT_MAX = 4000
 JOB_ID_HELP = (
@@ -69,19 +74,19 @@ class PassageSerializer(serializers.Serializer):
 
 
 class SectionSerializer(serializers.Serializer):
-    heading = TextField(max_length=writing.HEADING_MAX)
+    heading = TextField(max_length=outlines.HEADING_MAX)
     key_points = serializers.ListField(
-        child=TextField(max_length=writing.KEY_POINT_MAX),
-        max_length=writing.KEY_POINTS_MAX,
+        child=TextField(max_length=outlines.KEY_POINT_MAX),
+        max_length=outlines.KEY_POINTS_MAX,
         default=list,
     )
     passages = serializers.ListField(
-        child=PassageSerializer(), max_length=writing.PASSAGES_MAX, default=list
+        child=PassageSerializer(), max_length=outlines.PASSAGES_MAX, default=list
     )
 
 
 class OutlineSerializer(serializers.Serializer):
-    title = TextField(max_length=writing.TITLE_MAX)
+    title = TextField(max_length=outlines.TITLE_MAX)
     sections = serializers.ListField(
         child=SectionSerializer(),
         min_length=1,

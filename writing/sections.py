@@ -6,7 +6,7 @@ knowledge.finish_document; these are their bodies, and what ends a job whose
 sections stopped outside them (refused, revoked, re-queued alone, a broken
 chord). A section is rewritten from empty on every run, and a job is finished
 once (a conditional UPDATE on its state, under a row lock). The rest of a job's
-life (submitting, the outline, cancelling, reading) is knowledge.jobs.
+life (submitting, the outline, cancelling, reading) is writing.jobs.
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.db import transaction
 from django.utils import timezone
 
-from claw import llm
-from knowledge import jobs, services, writing
-from knowledge.jobs import DOCUMENT_TASK, FINISH_TASK, OUTLINE_TASK, SECTION_TASK
-from knowledge.models import Chunk, KnowledgeBase, WritingJob, WritingSection
+from claw import services as llm  # the AI providers, as conversations offer them
+from knowledge import services
+from knowledge.services import Chunk, KnowledgeBase
 from tasks_app import services as ledger
 from tasks_app.progress import TaskCancelled, report_progress
+from writing import jobs, outlines
+from writing.jobs import DOCUMENT_TASK, FINISH_TASK, OUTLINE_TASK, SECTION_TASK
+from writing.models import WritingJob, WritingSection
 
 logger = logging.getLogger(__name__)
 State = WritingJob.State
@@ -155,8 +157,8 @@ def compose_section(section: WritingSection) -> str:
     }
     provider = llm.get_provider()
     if provider.name == llm.ExtractiveProvider.name:
-        return writing.extractive_section(outline)
-    messages = writing.section_messages(section.job.title, outline)
+        return outlines.extractive_section(outline)
+    messages = outlines.section_messages(section.job.title, outline)
     text = jobs.complete(provider, messages, section.passages, step=0, total=1)
     text = text.replace("\x00", "")  # PostgreSQL cannot store it
     if not text.strip():
@@ -223,7 +225,7 @@ def finish_alone(job_pk: int) -> None:
 def section_errors(sections: list[WritingSection], limit: int = 20) -> str:
     named = [
         f"section {s.position + 1} {s.heading!r}: "
-        + writing.shorten(s.error or s.status, 300)
+        + outlines.shorten(s.error or s.status, 300)
         for s in sections[:limit]
     ]
     more = len(sections) - limit
@@ -259,10 +261,10 @@ def finish_document(job_pk: int, *, celery_id: str) -> dict:
         )
         jobs.fail_job(job_pk, error=summary)
         raise jobs.JobFailed(summary)
-    merged = writing.merge(
+    merged = outlines.merge(
         job.title,
         [
-            writing.WrittenSection(
+            outlines.WrittenSection(
                 s.heading,
                 s.passages,
                 s.content,
@@ -287,7 +289,7 @@ def _current(references: list[dict]) -> list[dict]:
     ]
 
 
-def _store_document(job: WritingJob, merged: writing.Merged) -> dict:
+def _store_document(job: WritingJob, merged: outlines.Merged) -> dict:
     references = _current(merged.references)
     with transaction.atomic():
         if (

@@ -13,7 +13,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from knowledge.chunking import sentence_spans
+from knowledge.services import sentence_spans
 
 TITLE_MAX = 300
 HEADING_MAX = 300

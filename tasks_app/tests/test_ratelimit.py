@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from claw import ratelimit
 from claw.tests.conftest import in_threads
+from tasks_app import ratelimit
 from tests.test_smoke_embedded import embedded_env, manage
 
 BACKENDS = ["database", "redis"]
@@ -88,7 +88,7 @@ def test_concurrent_callers_never_take_more_than_the_limit(transactional_db, bac
 CONCURRENT_ON_SQLITE = """
 import json, threading
 from django.db import close_old_connections
-from claw import ratelimit
+from tasks_app import ratelimit
 from claw.tests.conftest import in_threads
 allowed, barrier = [], threading.Barrier(6)
 def caller():

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('tasks_app', '0003_taskrecord_name_trigram'),
+        ('tasks_app', '0004_ratelimit_alertclaim'),
     ]
 
     operations = [

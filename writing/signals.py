@@ -1,10 +1,10 @@
-"""Celery signal receivers of writing jobs; each hands off to knowledge.sections."""
+"""Celery signal receivers of writing jobs; each hands off to writing.sections."""
 
 from __future__ import annotations
 
 from celery import signals
 
-from knowledge import sections
+from writing import sections
 
 
 @signals.task_revoked.connect

@@ -1,4 +1,4 @@
-"""The only writer of writing jobs (with knowledge.sections, which writes a
+"""The only writer of writing jobs (with writing.sections, which writes a
 document job's sections and finishes it): API, admin and the job tasks all come
 through these two.
 
@@ -28,13 +28,19 @@ from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from claw import llm
-from knowledge import search, services, writing
-from knowledge.embeddings import EmbeddingError, EmbeddingUnavailable
-from knowledge.models import Chunk, KnowledgeBase, WritingJob, WritingSection
+from claw import services as llm  # the AI providers, as conversations offer them
+from knowledge import services
+from knowledge.services import (
+    Chunk,
+    EmbeddingError,
+    EmbeddingUnavailable,
+    KnowledgeBase,
+)
 from tasks_app import services as ledger
 from tasks_app.models import TaskEvent, TaskRecord
 from tasks_app.progress import TaskCancelled, report_progress
+from writing import outlines
+from writing.models import WritingJob, WritingSection
 
 logger = logging.getLogger(__name__)
 
@@ -406,7 +412,9 @@ def retrieve(job: WritingJob) -> list[dict]:
         documents.setdefault(document.knowledge_base_id, []).append(document.pk)
     for kb in KnowledgeBase.objects.filter(pk__in=list(documents)):
         scopes.append((kb, {"document_ids": documents[kb.pk]}))
-    hits = search.search_many(scopes, job.task_prompt, k=settings.JOBS_OUTLINE_PASSAGES)
+    hits = services.search_many(
+        scopes, job.task_prompt, k=settings.JOBS_OUTLINE_PASSAGES
+    )
     passages = [
         {
             "chunk_id": hit.chunk_id,
@@ -419,7 +427,7 @@ def retrieve(job: WritingJob) -> list[dict]:
         }
         for kb_id, hit in hits
     ]
-    return writing.relevant(passages, ratio=settings.JOBS_MIN_RELATIVE_SCORE)
+    return outlines.relevant(passages, ratio=settings.JOBS_MIN_RELATIVE_SCORE)
 
 
 def llm_passages(passages: list[dict]) -> list[llm.Passage]:
@@ -453,7 +461,7 @@ def generate_outline(job_pk: int) -> dict:
     2. Search its knowledge bases with the task prompt (EmbeddingUnavailable
        propagates for the task to retry).
     3. The extractive provider builds the outline from the passages; a model is
-       asked for JSON, which must be a valid outline (writing.OutlineInvalid).
+       asked for JSON, which must be a valid outline (outlines.OutlineInvalid).
     4. The outline is stored and the job succeeds. Failures raise JobFailed; the
        task's failure hook ends the job failed with the message.
     """
@@ -471,7 +479,7 @@ def generate_outline(job_pk: int) -> dict:
     except TaskCancelled:
         cancelled_by_task(job_pk)
         raise
-    except writing.OutlineInvalid as exc:
+    except outlines.OutlineInvalid as exc:
         raise JobFailed(f"The model did not give a valid outline: {exc}") from exc
     except llm.LLMRejected as exc:
         raise JobFailed(f"LLMRejected: {exc}") from exc
@@ -495,10 +503,12 @@ def build_outline(job: WritingJob, passages: list[dict]) -> dict:
     provider = llm.get_provider()
     limit = settings.JOBS_MAX_SECTIONS
     if provider.name == llm.ExtractiveProvider.name:
-        return writing.extractive_outline(job.task_prompt, passages, max_sections=limit)
-    messages = writing.outline_messages(job.task_prompt, max_sections=limit)
+        return outlines.extractive_outline(
+            job.task_prompt, passages, max_sections=limit
+        )
+    messages = outlines.outline_messages(job.task_prompt, max_sections=limit)
     text = complete(provider, messages, passages, step=1, total=2)
-    return writing.parse_model_outline(text, passages, max_sections=limit)
+    return outlines.parse_model_outline(text, passages, max_sections=limit)
 
 
 # --- cancelling and reading ------------------------------------------------------

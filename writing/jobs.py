@@ -175,13 +175,34 @@ def _start(owner, *, kind, job_id, request_hash, fields, fill, idempotency_key, 
     return Started(job, created=True)
 
 
-def outline_request(task_prompt, knowledge_bases, documents) -> dict:
-    return {
+def outline_request(task_prompt, knowledge_bases, documents, context_files=None):
+    """What the client asked for (a repeated job_id must ask the same)."""
+    request = {
         "kind": WritingJob.Kind.OUTLINE,
         "task_prompt": task_prompt,
         "knowledge_bases": sorted(kb.pk for kb in knowledge_bases),
         "documents": sorted(document.pk for document in documents),
     }
+    if context_files:
+        request["context_files"] = sorted(context_files.items())
+    return request
+
+
+NOTHING_TO_DRAW_ON = (
+    "knowledge_base_ids: there is nothing to draw on: you have no knowledge base "
+    "with a ready document. Add documents to a knowledge base (POST "
+    "/api/v1/documents/ or /api/v1/documents/upload/) and wait until they are "
+    "ready, name them (knowledge_base_ids, document_ids), or send the texts with "
+    "the request as context_files ({file name: text}). The extractive provider "
+    "only quotes sources; with LLM_PROVIDER=openai an outline is written from the "
+    "prompt alone."
+)
+
+
+def writes_without_sources() -> bool:
+    """Whether the configured provider can write an outline from a prompt alone
+    (a model can; the offline extractive provider only quotes passages)."""
+    return llm.get_provider().name != llm.ExtractiveProvider.name
 
 
 def start_outline_job(
@@ -190,18 +211,32 @@ def start_outline_job(
     task_prompt: str,
     knowledge_bases=(),
     documents=(),
+    context_files: dict[str, str] | None = None,
     job_id: str | None = None,
     idempotency_key: str | None = None,
     queue: str | None = None,
 ) -> Started:
     """An outline job over whole knowledge bases and/or some documents, with its
-    task submitted after commit (services.submit); or the job job_id names."""
+    task submitted after commit (services.submit); or the job job_id names.
+
+    context_files ({file name: text}, the old API's inline sources) are stored as
+    documents of the owner's context knowledge base and searched with the rest.
+    With no source named at all (the old API's default), the job draws on all the
+    owner's knowledge bases that have a ready document; with none of those either,
+    a model writes from the prompt alone and the extractive provider refuses
+    (InvalidInput naming knowledge_base_ids, saying what to add).
+    """
     if not task_prompt or not task_prompt.strip(services.BLANK):
         raise InvalidInput("task_prompt: must not be blank")
+    request_hash = fingerprint(
+        outline_request(task_prompt, knowledge_bases, documents, context_files)
+    )
+    if context_files:
+        documents = [*documents, *services.add_context_files(owner, context_files)]
     if not knowledge_bases and not documents:
-        raise InvalidInput(
-            "knowledge_base_ids: give knowledge bases or context documents to search"
-        )
+        knowledge_bases = services.ready_knowledge_bases(owner)
+    if not knowledge_bases and not documents and not writes_without_sources():
+        raise InvalidInput(NOTHING_TO_DRAW_ON)
 
     def fill(job: WritingJob) -> None:
         job.knowledge_bases.set(knowledge_bases)
@@ -211,9 +246,7 @@ def start_outline_job(
         owner,
         kind=WritingJob.Kind.OUTLINE,
         job_id=job_id,
-        request_hash=fingerprint(
-            outline_request(task_prompt, knowledge_bases, documents)
-        ),
+        request_hash=request_hash,
         fields={"task_prompt": task_prompt, "progress_total": 2},
         fill=fill,
         idempotency_key=idempotency_key,
@@ -469,12 +502,17 @@ def generate_outline(job_pk: int) -> dict:
     if job is None:
         return {"job": job_pk, "status": "skipped"}
     try:
+        # texts sent with the request (context_files) are searched at once
+        services.vectorize_now(job.context_documents.all())
         passages = retrieve(job)
         report_progress(1, 2, f"retrieved {len(passages)} passages")
-        if not passages:
+        if not passages and (has_sources(job) or not writes_without_sources()):
             raise JobFailed(
                 "No passage of the job's knowledge bases matches the prompt"
+                if has_sources(job)
+                else NOTHING_TO_DRAW_ON.partition(": ")[2]
             )
+        # no sources at all: a model writes the outline from the prompt alone
         outline = build_outline(job, passages)
     except TaskCancelled:
         cancelled_by_task(job_pk)
@@ -497,6 +535,10 @@ def generate_outline(job_pk: int) -> dict:
     )
     status = "succeeded" if finished else "ended meanwhile"
     return {"job": job.job_id, "status": status, "sections": len(outline["sections"])}
+
+
+def has_sources(job: WritingJob) -> bool:
+    return job.knowledge_bases.exists() or job.context_documents.exists()
 
 
 def build_outline(job: WritingJob, passages: list[dict]) -> dict:

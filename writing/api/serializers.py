@@ -6,7 +6,6 @@ from __future__ import annotations
 from django.conf import settings
 from django.urls import reverse
 from drf_spectacular.extensions import (
-    OpenApiSerializerExtension,
     OpenApiSerializerFieldExtension,
 )
 from drf_spectacular.utils import extend_schema_field
@@ -24,6 +23,7 @@ from writing import jobs, outlines
 from writing.models import WritingJob, WritingSection
 
 PROMPT_MAX = 4000
+CONTEXT_FILES_MAX = 50
 JOB_ID_HELP = (
     "Your id for the job (unique among your jobs; default: a new one). Posting the "
     "same job_id again answers with that job (200) instead of starting another."
@@ -131,8 +131,8 @@ class OutlineOrJobFieldExtension(OpenApiSerializerFieldExtension):
 
 
 class OutlineRequestSerializer(serializers.Serializer):
-    """Knowledge bases and documents must be yours; at least one of the two lists
-    must name something (the schema says so with anyOf)."""
+    """Knowledge bases and documents must be yours. Sources are optional (as in
+    the old API): with none, the job draws on all your ready knowledge bases."""
 
     job_id = JobIdField(required=False)
     task_prompt = TextField(
@@ -150,6 +150,14 @@ class OutlineRequestSerializer(serializers.Serializer):
         max_length=200,
         help_text="And/or only these documents of your knowledge bases.",
     )
+    context_files = serializers.DictField(
+        child=TextField(),
+        required=False,
+        allow_empty=False,
+        help_text="The old API's inline sources, {file name: text} (.md and .html "
+        "by their suffix): kept as documents of your knowledge base 'Writing job "
+        "context' and searched with the rest.",
+    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -161,26 +169,21 @@ class OutlineRequestSerializer(serializers.Serializer):
         documents = self.fields["document_ids"].child
         documents.queryset = Document.objects.filter(knowledge_base__owner=request.user)
 
-    def validate(self, data):
-        if not data.get("knowledge_base_ids") and not data.get("document_ids"):
+    def validate_context_files(self, files: dict[str, str]) -> dict[str, str]:
+        if len(files) > CONTEXT_FILES_MAX:
+            raise serializers.ValidationError(f"At most {CONTEXT_FILES_MAX} files.")
+        for name in files:
+            if not name.strip() or len(name) > 500:
+                raise serializers.ValidationError(
+                    f"A file name must have 1 to 500 characters: {name[:50]!r}."
+                )
+        size = sum(len(text.encode()) for text in files.values())
+        if size > settings.KNOWLEDGE_MAX_UPLOAD_BYTES:
             raise serializers.ValidationError(
-                {"knowledge_base_ids": "Give knowledge_base_ids or document_ids."}
+                f"Larger than the limit of {settings.KNOWLEDGE_MAX_UPLOAD_BYTES} "
+                "bytes in all."
             )
-        return data
-
-
-class OutlineRequestExtension(OpenApiSerializerExtension):
-    target_class = OutlineRequestSerializer
-
-    def map_serializer(self, auto_schema, direction):
-        schema = auto_schema._map_serializer(
-            self.target, direction, bypass_extensions=True
-        )
-        schema["anyOf"] = [
-            {"required": [name], "properties": {name: {"minItems": 1}}}
-            for name in ("knowledge_base_ids", "document_ids")
-        ]
-        return schema
+        return files
 
 
 class DocumentRequestSerializer(serializers.Serializer):

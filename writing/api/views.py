@@ -153,6 +153,7 @@ class JobViewSet(
                 task_prompt=data["task_prompt"],
                 knowledge_bases=data.get("knowledge_base_ids", []),
                 documents=data.get("document_ids", []),
+                context_files=data.get("context_files"),
                 job_id=data.get("job_id"),
                 idempotency_key=key,
             ),

@@ -125,7 +125,7 @@ class WritingJobAdmin(admin.ModelAdmin):
         ),
     )
     inlines = (JobTaskInline,)
-    actions = ("cancel_selected",)
+    actions = ("cancel_selected", "retry_selected")
 
     def has_add_permission(self, request) -> bool:
         return False  # jobs come from the API (writing.jobs)
@@ -253,6 +253,23 @@ class WritingJobAdmin(admin.ModelAdmin):
             + (f" already finished ({reasons})." if skipped else "."),
             messages.SUCCESS if cancelled else messages.WARNING,
         )
+
+    @admin.action(description="Retry selected failed jobs (from where they failed)")
+    def retry_selected(self, request, queryset) -> None:
+        retried, refused = 0, {}
+        for job in queryset.select_related("task"):
+            try:
+                jobs.retry_job(job)
+                retried += 1
+            except jobs.NotRetryable as exc:
+                refused[str(exc)] = refused.get(str(exc), 0) + 1
+        self.message_user(
+            request,
+            f"Retried {retried} job(s); skipped {sum(refused.values())}.",
+            messages.SUCCESS if retried else messages.WARNING,
+        )
+        for reason, n in list(refused.items())[:5]:
+            self.message_user(request, f"Skipped {n}: {reason}", messages.WARNING)
 
 
 @admin.register(WritingSection)

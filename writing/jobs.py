@@ -556,6 +556,65 @@ def build_outline(job: WritingJob, passages: list[dict]) -> dict:
 # --- cancelling and reading ------------------------------------------------------
 
 
+# --- retrying ---------------------------------------------------------------------
+
+
+class NotRetryable(Exception):
+    """The job cannot be retried, and why (API: 409)."""
+
+
+def reopen_for_retry(job_pk: int, record: TaskRecord) -> None:
+    """Before a new attempt of a job's own task (tasks_app.services.retry calls
+    JobTask.before_retry, in its transaction): a failed job becomes pending again
+    so the attempt reruns it from where it failed: the outline, or a document's
+    sections not done (sections.plan_sections). A job that succeeded or was
+    cancelled refuses, saying why; an active one (its task was lost) carries on.
+    """
+    job = WritingJob.objects.select_for_update().filter(pk=job_pk).first()
+    if job is None:
+        raise ledger.InvalidTransition(f"Task #{record.pk}: its writing job is gone")
+    if job.state in WritingJob.ACTIVE_STATES:
+        return
+    if job.state != State.FAILED:
+        raise ledger.InvalidTransition(
+            f"Task #{record.pk} belongs to writing job {job.job_id!r}, which "
+            f"{job.state}: only a failed job is rerun (post a new job instead)"
+        )
+    WritingJob.objects.filter(pk=job_pk).update(
+        state=State.PENDING, error="", finished_at=None
+    )
+
+
+def section_not_retryable(job_pk: int, position: int, record: TaskRecord):
+    """A section's task is not retried alone (its job would stay failed): the
+    job's retry rewrites every failed section and merges."""
+    job = WritingJob.objects.select_related("task").filter(pk=job_pk).first()
+    name = repr(job.job_id) if job else f"#{job_pk}"
+    job_task = f"its task #{job.task_id}, " if job and job.task_id else ""
+    return ledger.InvalidTransition(
+        f"Task #{record.pk} writes section {position} of writing job {name}: retry "
+        f"the job instead ({job_task}or POST /api/v1/jobs/<job_id>/retry/), which "
+        "rewrites every failed section and merges the document"
+    )
+
+
+def retry_job(job: WritingJob) -> WritingJob:
+    """Rerun a failed job from where it failed, through a new attempt of its own
+    task (NotRetryable, saying why, otherwise)."""
+    if job.state != State.FAILED:
+        raise NotRetryable(
+            f"Job {job.job_id!r} is {job.state}: only a failed job can be retried"
+        )
+    if job.task is None:
+        raise NotRetryable(f"Job {job.job_id!r} has no task to retry")
+    try:
+        ledger.retry(job.task)
+    except ledger.InvalidTransition as exc:
+        raise NotRetryable(str(exc)) from None
+    job.refresh_from_db()
+    return job
+
+
 def job_records(job: WritingJob):
     """Every task record that worked on the job: its task and the sections'."""
     return TaskRecord.objects.filter(

@@ -52,6 +52,10 @@ class JobTask(LedgerTask):
             jobs.fail_job(_job_pk(args, kwargs), error=f"Its task was {POISONED}.")
         super().before_start(task_id, args, kwargs)
 
+    def before_retry(self, record) -> None:
+        # tasks_app.services.retry: reopen the failed job for the new attempt
+        jobs.reopen_for_retry(_job_pk(record.args, record.kwargs), record)
+
     def on_failure(self, exc, task_id, args, kwargs, einfo):
         if isinstance(exc, jobs.JobFailed):
             error = str(exc)
@@ -72,6 +76,10 @@ class SectionTask(LedgerTask):
         elif refusal == "poisoned":
             self._stopped(args, Status.FAILED, f"Its task was {POISONED}.")
         super().before_start(task_id, args, kwargs)
+
+    def before_retry(self, record) -> None:
+        # tasks_app.services.retry: refused, the job's retry reruns its sections
+        raise jobs.section_not_retryable(record.args[0], record.args[1], record)
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):
         # The body returns failures as outcomes; this is what escaped it (such

@@ -135,6 +135,24 @@ class JobViewSet(
         return Response(self._detail(job), status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(
+        request=None,
+        parameters=[JOB_ID, OWNER],
+        responses={
+            202: JobDetailSerializer,
+            409: {"description": "Only a failed job can be retried; says why not."},
+        },
+    )
+    @action(detail=True, methods=["post"], **idempotency.SUBMIT)
+    def retry(self, request, job_id=None):
+        """Rerun a failed job from where it failed: its outline, or the sections
+        not written (then the merge)."""
+        try:
+            job = jobs.retry_job(self.get_object())
+        except jobs.NotRetryable as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response(self._detail(job), status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
         request=OutlineRequestSerializer,
         parameters=[idempotency.PARAMETER],
         responses=SUBMITTED,

@@ -12,10 +12,14 @@ import pytest
 from rest_framework.authtoken.models import Token
 
 from claw import conversations
+from knowledge import services as knowledge
+from knowledge.tests.conftest import add_ready
 from tasks_app import services, workers
 from tasks_app.models import TaskRecord
 from tasks_app.tests.test_api import client_for, record_of
 from tests.harness import BASE_DIR
+from writing import jobs
+from writing.models import WritingJob
 
 State = TaskRecord.State
 pytestmark = pytest.mark.django_db
@@ -176,8 +180,10 @@ def test_every_readme_curl_line_works_against_a_live_server(
         "CHAT": str(chat.pk),
         "WORKER": "w1@host",
     }
+    kb = knowledge.create_knowledge_base(staff, name="AI")
+    add_ready(kb, "人工智能概述", "人工智能是计算机科学的一个分支。")
     lines = readme_curl_lines()
-    assert len(lines) == 10
+    assert len(lines) == 12
 
     bodies = []
     for line in lines:
@@ -186,6 +192,8 @@ def test_every_readme_curl_line_works_against_a_live_server(
         )
         assert done.returncode == 0, (line, done.stderr)
         bodies.append(json.loads(done.stdout))
+        if "/jobs/outline" in line:  # what the worker would do before the next
+            jobs.generate_outline(WritingJob.objects.get(job_id="test_job_001").pk)
 
     assert bodies[0]["id"] == failed.pk
     assert [r["id"] for r in bodies[2]["results"]] == [failed.pk]
@@ -193,3 +201,5 @@ def test_every_readme_curl_line_works_against_a_live_server(
     assert bodies[4]["state"] == "REVOKED"  # cancelled
     assert bodies[5]["user_message"]["content"] == "你好"
     assert bodies[8] == bodies[9] == {"replies": answer}
+    assert bodies[10]["job_id"] == "test_job_001" and bodies[10]["kind"] == "outline"
+    assert bodies[11]["job_id"] == "test_doc_001" and bodies[11]["kind"] == "document"

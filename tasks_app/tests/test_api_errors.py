@@ -72,6 +72,7 @@ def test_field_errors_are_lists_of_readable_messages(alice):
     queue = api.get("/api/v1/tasks/?queue=nope").json()
     created = api.get("/api/v1/tasks/?created_after=yesterday").json()
     channel = api.get("/api/v1/notifications/?channel=fax").json()
+    kind = api.get("/api/v1/jobs/?kind=essay").json()
     assert state == {
         "state": [
             "Must be one of: PENDING, STARTED, RETRY, SUCCESS, FAILURE, REVOKED, LOST."
@@ -81,6 +82,7 @@ def test_field_errors_are_lists_of_readable_messages(alice):
     assert "(" not in queue["queue"][0] and "[" not in state["state"][0]
     assert isinstance(created["created_after"], list)
     assert isinstance(channel["channel"], list)
+    assert kind == {"kind": ["Must be one of: outline, document."]}
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
 
-from tasks_app.api import idempotency
+from tasks_app.api import errors, idempotency
 from tasks_app.api.fields import INT64_MAX
 from tasks_app.api.permissions import OwnedQuerysetMixin
 from writing import jobs
@@ -49,7 +49,7 @@ FILTERS = [
 def _choice(request, name: str, choices) -> str | None:
     value = request.query_params.get(name)
     if value is not None and value not in choices:
-        raise ValidationError({name: f"Must be one of {list(choices)}."})
+        raise ValidationError({name: errors.one_of(choices)})
     return value
 
 

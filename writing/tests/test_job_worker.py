@@ -214,3 +214,33 @@ def test_a_job_task_whose_chord_never_called_back_is_merged_when_requeued(
     assert job.state == "succeeded", job.error
     assert job.content.startswith("# Teas\n\n## Green\n")
     assert not TaskRecord.objects.filter(name=jobs.SECTION_TASK).exists()
+
+
+def test_a_failed_outline_retried_through_the_api_succeeds_on_a_real_worker(
+    transactional_db, celery_worker, alice
+):
+    kb = services.create_knowledge_base(alice, name="Empty at first")
+    api = client_for(alice)
+    response = api.post(
+        "/api/v1/jobs/outline",
+        {"job_id": "again", "task_prompt": "Tea.", "knowledge_base_ids": [kb.pk]},
+        format="json",
+    )
+    assert response.status_code == 202, response.json()
+
+    def state():
+        job = WritingJob.objects.get(owner=alice, job_id="again")
+        return job if job.is_final and job.task.is_final else None
+
+    failed = wait_for(state, 60, interval=0.2, message="the job to fail")
+    assert failed.state == WritingJob.State.FAILED and "No passage" in failed.error
+    add_ready(kb, "Tea", "Green tea is steamed. Black tea is oxidised.")
+
+    retried = api.post("/api/v1/jobs/again/retry/")
+
+    assert retried.status_code == 202, retried.json()
+    job = wait_for(state, 60, interval=0.2, message="the retried job to end")
+    assert job.state == WritingJob.State.SUCCEEDED, job.error
+    assert job.task.state == "SUCCESS" and job.task.attempts == 2
+    kinds = list(job.task.events.values_list("kind", flat=True))
+    assert kinds.count("queued") == 2 and kinds[-1] == "succeeded"

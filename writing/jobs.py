@@ -36,6 +36,7 @@ from knowledge.services import (
     EmbeddingUnavailable,
     KnowledgeBase,
 )
+from tasks_app import fanout
 from tasks_app import services as ledger
 from tasks_app.models import TaskEvent, TaskRecord
 from tasks_app.progress import TaskCancelled, report_progress
@@ -543,11 +544,9 @@ def cancel_job(job: WritingJob) -> WritingJob:
         for record in job_records(job).filter(state__in=TaskRecord.ACTIVE_STATES):
             with contextlib.suppress(ledger.InvalidTransition):
                 ledger.cancel(record)  # one that finished meanwhile needs none
-        waiting = TaskRecord.objects.filter(
-            pk=job.task_id, state=TaskRecord.State.STARTED, children__isnull=False
+        fanout.cancel_waiting_parents(
+            TaskRecord.objects.filter(pk=job.task_id), reason="job cancelled"
         )
-        for record in waiting.distinct():
-            ledger.mark_revoked(record.celery_id, reason="job cancelled")
     job.refresh_from_db()
     return job
 

@@ -6,8 +6,28 @@ class ClawConfig(AppConfig):
     verbose_name = "Conversations"
 
     def ready(self) -> None:
-        from claw import services, signals  # noqa: F401  (connects the task-failure alert)
-        from tasks_app import alerts
+        from claw import conversations, services, signals  # noqa: F401  (signals: the task-failure alert)
+        from tasks_app import alerts, lifecycle
+        from tasks_app.checks import between, register_setting_rules
+        from tasks_app.models import TaskState
 
+        # a reply task that ends outside its body fails its message
+        lifecycle.on_end(
+            conversations.TASK_NAME,
+            handler=conversations.reply_ended,
+            states=(TaskState.FAILURE, TaskState.REVOKED),
+        )
+
+        register_setting_rules(
+            "claw",
+            [
+                (
+                    "AI_RATE_LIMIT_BACKEND",
+                    lambda v: v in ("auto", "redis", "database"),
+                    "auto, redis or database",
+                ),
+                ("AI_PASSAGES", between(1, 100), "between 1 and 100"),
+            ],
+        )
         # the platform's staff alerts reach staff as notifications and e-mail
         alerts.register_notifier(services.send_staff_alert)

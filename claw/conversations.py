@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from claw.models import Conversation, Message
 from tasks_app import services as ledger
+from tasks_app.lifecycle import Ended
 from tasks_app.models import TaskRecord
 
 TASK_NAME = "claw.generate_ai_response"
@@ -224,6 +225,26 @@ def wait_for_retry(message_id: int, *, error: str) -> None:
     Message.objects.filter(pk=message_id, status__in=Message.ACTIVE_STATUSES).update(
         status=Status.PENDING, error=error[:2000]
     )
+
+
+def reply_ended(ended: Ended) -> None:
+    """The reply task's lifecycle handler (FAILURE, REVOKED): keeps the message in
+    step with a run that ended outside the body, which nobody else will mark.
+
+    Refused by the ledger (cancelled while queued, or stopped after its worker
+    process died too often): "Not generated: task <why>."; terminated while it
+    ran: "Cancelled while generating."; failed after its retries: the error
+    (LLMRejected carries the provider's own message).
+    """
+    if not ended.record.args:
+        return
+    if ended.refusal or (ended.state == TaskRecord.State.REVOKED and not ended.started):
+        error = f"Not generated: task {ended.refusal or 'cancelled'}."
+    elif ended.state == TaskRecord.State.REVOKED:
+        error = "Cancelled while generating."
+    else:
+        error = ended.error
+    fail_reply(ended.record.args[0], error=error)
 
 
 def fail_reply(message_id: int, *, error: str, text: str | None = None) -> bool:

@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 from django.conf import settings
 
+from tasks_app import httpclient
 from tasks_app.httpclient import shared_client
 
 
@@ -362,7 +363,9 @@ def _events(resp: httpx.Response, deadline: float | None) -> Iterator[Any]:
         except ValueError as exc:
             raise LLMUnavailable(f"malformed stream event: {data[:200]}") from exc
         if event.get("error"):
-            raise LLMUnavailable(_message(event) or "provider error in stream")
+            raise LLMUnavailable(
+                httpclient.error_message(event) or "provider error in stream"
+            )
         yield event
 
 
@@ -388,24 +391,10 @@ def _cut_at(deadline: float | None, resp: httpx.Response) -> Iterator[None]:
         _cutter.forget(token)
 
 
-def _message(payload: Any) -> str:
-    if isinstance(payload, dict):
-        err = payload.get("error", payload)
-        if isinstance(err, dict):
-            return str(err.get("message") or err)
-        return str(err)
-    return str(payload)
-
-
 def _http_error(resp: httpx.Response) -> LLMError:
-    try:
-        detail = _message(resp.json())
-    except ValueError:
-        detail = resp.text[:500]
-    msg = f"LLM provider answered {resp.status_code}: {detail}"
-    if resp.status_code == 429 or resp.status_code >= 500:
-        return LLMUnavailable(msg)
-    return LLMRejected(msg)
+    return httpclient.status_error(
+        resp, "LLM provider", transient=LLMUnavailable, permanent=LLMRejected
+    )
 
 
 PROVIDERS = {"extractive": ExtractiveProvider, "openai": OpenAIProvider}

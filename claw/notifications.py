@@ -14,6 +14,7 @@ from django.conf import settings
 from django.core.mail import send_mail
 
 from claw.models import Notification
+from tasks_app import httpclient
 
 
 class DeliveryError(Exception):
@@ -86,13 +87,9 @@ def _post_webhook(notification: Notification) -> None:
     }
     try:
         resp = httpx.post(url, json=payload, timeout=settings.NOTIFY_WEBHOOK_TIMEOUT)
-    except httpx.TimeoutException as exc:
-        raise TransientDeliveryError(
-            f"{notification.channel} webhook timed out"
-        ) from exc
     except httpx.TransportError as exc:
-        raise TransientDeliveryError(
-            f"{notification.channel} webhook unreachable: {exc}"
+        raise httpclient.transport_error(
+            exc, f"{notification.channel} webhook", transient=TransientDeliveryError
         ) from exc
     if resp.status_code >= 500:
         raise TransientDeliveryError(

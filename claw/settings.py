@@ -15,9 +15,23 @@ from django.core.exceptions import ImproperlyConfigured
 from kombu import Exchange, Queue
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(os.environ.get("CLAW_VAR_DIR", BASE_DIR / "var"))
 
-env = environ.Env()
+# The environment is read through these helpers only; django-environ parses the
+# URL-shaped values (DATABASE_URL, CACHE_URL, EMAIL_URL) once they are read.
+
+
+def env_str(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from None
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -48,10 +62,12 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+VAR_DIR = Path(env_str("CLAW_VAR_DIR", BASE_DIR / "var"))
+
 DEBUG = env_bool("DEBUG", False)
-SECRET_KEY = os.environ.get("SECRET_KEY", "")
+SECRET_KEY = env_str("SECRET_KEY", "")
 SECRET_KEY_FILE = VAR_DIR / "secret_key"
-if not SECRET_KEY and "DATABASE_URL" not in os.environ and SECRET_KEY_FILE.exists():
+if not SECRET_KEY and not env_str("DATABASE_URL", "") and SECRET_KEY_FILE.exists():
     # The embedded stack: the key `make run` generated, so that manage.py in the
     # checkout (changepassword, issue_token, the maintenance commands) works
     # without exporting anything. A deployment with a DATABASE_URL never reads it.
@@ -119,7 +135,9 @@ TEMPLATES = [
 
 # --- Database ---------------------------------------------------------------
 DATABASES = {
-    "default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'claw.sqlite3'}")
+    "default": environ.Env.db_url_config(
+        env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'claw.sqlite3'}")
+    )
 }
 _db = DATABASES["default"]
 if _db["ENGINE"] == "django.db.backends.sqlite3":
@@ -153,12 +171,12 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 LANGUAGE_CODE = "en-us"
-TIME_ZONE = os.environ.get("TIME_ZONE", "Asia/Shanghai")
+TIME_ZONE = env_str("TIME_ZONE", "Asia/Shanghai")
 USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", VAR_DIR / "static"))
+STATIC_ROOT = Path(env_str("STATIC_ROOT", VAR_DIR / "static"))
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
@@ -183,21 +201,21 @@ SECURE_REDIRECT_EXEMPT = [r"^health$"]
 X_FRAME_OPTIONS = "DENY"
 
 # --- Email (console by default; SMTP from EMAIL_URL) ------------------------
-vars().update(env.email("EMAIL_URL", default="consolemail://"))
-DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "claw@localhost")
+vars().update(environ.Env.email_url_config(env_str("EMAIL_URL", "consolemail://")))
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "claw@localhost")
 STAFF_ALERT_EMAILS = env_list("STAFF_ALERT_EMAILS", [])
 
 # --- Notifications and LLM providers (claw app) ------------------------------
-NOTIFY_PUSH_WEBHOOK_URL = os.environ.get("NOTIFY_PUSH_WEBHOOK_URL", "")
-NOTIFY_SMS_WEBHOOK_URL = os.environ.get("NOTIFY_SMS_WEBHOOK_URL", "")
-NOTIFY_WEBHOOK_TIMEOUT = float(os.environ.get("NOTIFY_WEBHOOK_TIMEOUT", "10"))
+NOTIFY_PUSH_WEBHOOK_URL = env_str("NOTIFY_PUSH_WEBHOOK_URL", "")
+NOTIFY_SMS_WEBHOOK_URL = env_str("NOTIFY_SMS_WEBHOOK_URL", "")
+NOTIFY_WEBHOOK_TIMEOUT = env_float("NOTIFY_WEBHOOK_TIMEOUT", 10)
 # Seconds during which staff alerts with the same dedupe key are sent once.
 STAFF_ALERT_WINDOW = env_int("STAFF_ALERT_WINDOW", 900)
-LLM_PROVIDER = os.environ.get("LLM_PROVIDER", "extractive")
-LLM_BASE_URL = os.environ.get("LLM_BASE_URL", "https://api.openai.com/v1")
-LLM_API_KEY = os.environ.get("LLM_API_KEY", "")
-LLM_MODEL = os.environ.get("LLM_MODEL", "gpt-4o-mini")
-LLM_TIMEOUT = float(os.environ.get("LLM_TIMEOUT", "60"))
+LLM_PROVIDER = env_str("LLM_PROVIDER", "extractive")
+LLM_BASE_URL = env_str("LLM_BASE_URL", "https://api.openai.com/v1")
+LLM_API_KEY = env_str("LLM_API_KEY", "")
+LLM_MODEL = env_str("LLM_MODEL", "gpt-4o-mini")
+LLM_TIMEOUT = env_float("LLM_TIMEOUT", 60)
 
 # --- Conversations (claw app: AI replies) -----------------------------------
 
@@ -225,32 +243,30 @@ def parse_rate(name: str, value: str) -> tuple[int, float] | None:
 
 # Starts of claw.generate_ai_response across the whole cluster (Celery's own
 # rate_limit counts per worker). Over the limit a reply is deferred, not failed.
-AI_RATE_LIMIT = parse_rate("AI_RATE_LIMIT", os.environ.get("AI_RATE_LIMIT", "10/60"))
+AI_RATE_LIMIT = parse_rate("AI_RATE_LIMIT", env_str("AI_RATE_LIMIT", "10/60"))
 # Where the shared counter lives: "redis" (the broker's Redis), "database" (a row
 # updated conditionally; works on SQLite), or "auto" (Redis if the broker is Redis).
-AI_RATE_LIMIT_BACKEND = os.environ.get("AI_RATE_LIMIT_BACKEND", "auto")
-if AI_RATE_LIMIT_BACKEND not in ("auto", "redis", "database"):
-    raise ImproperlyConfigured("AI_RATE_LIMIT_BACKEND must be auto, redis or database")
+AI_RATE_LIMIT_BACKEND = env_str("AI_RATE_LIMIT_BACKEND", "auto")
+# (auto, redis or database: system check claw.E101)
 # A reply deferred this many times fails; each deferral is one delivery, and the
 # ledger's poisoned-task guard counts deliveries against max_retries.
 AI_MAX_DEFERRALS = env_int("AI_MAX_DEFERRALS", 30)
 # Transient provider errors (timeouts, 429, 5xx): retries with exponential backoff
 # (AI_RETRY_BACKOFF * 2**n seconds, jittered, at most AI_RETRY_BACKOFF_MAX).
 AI_TRANSIENT_RETRIES = 3
-AI_RETRY_BACKOFF = float(os.environ.get("AI_RETRY_BACKOFF", "5"))
-AI_RETRY_BACKOFF_MAX = float(os.environ.get("AI_RETRY_BACKOFF_MAX", "120"))
+AI_RETRY_BACKOFF = env_float("AI_RETRY_BACKOFF", 5)
+AI_RETRY_BACKOFF_MAX = env_float("AI_RETRY_BACKOFF_MAX", 120)
 # At the soft limit a reply keeps what has streamed, marked truncated. The deadline
 # does the same from inside the stream, for pools without soft limits (threads);
 # keep it below the soft limit.
 AI_REPLY_SOFT_TIME_LIMIT = env_int("AI_REPLY_SOFT_TIME_LIMIT", 120)
 AI_REPLY_TIME_LIMIT = env_int("AI_REPLY_TIME_LIMIT", 180)
-AI_REPLY_DEADLINE = float(os.environ.get("AI_REPLY_DEADLINE", "110"))
+AI_REPLY_DEADLINE = env_float("AI_REPLY_DEADLINE", 110)
 # Minimum seconds between two writes of the streamed text to the message.
-AI_STREAM_SAVE_INTERVAL = float(os.environ.get("AI_STREAM_SAVE_INTERVAL", "0.5"))
+AI_STREAM_SAVE_INTERVAL = env_float("AI_STREAM_SAVE_INTERVAL", 0.5)
 # Passages retrieved per reply (best scores over all attached knowledge bases).
 AI_PASSAGES = env_int("AI_PASSAGES", 5)
-if not 1 <= AI_PASSAGES <= 100:  # knowledge.search.MAX_K
-    raise ImproperlyConfigured("AI_PASSAGES must be between 1 and 100")
+# (1 to 100, knowledge.search.MAX_K: system check claw.E102)
 # --- end of Conversations ---------------------------------------------------
 
 # --- AI worker pool (a pool made for waiting) --------------------------------
@@ -260,12 +276,9 @@ if not 1 <= AI_PASSAGES <= 100:  # knowledge.search.MAX_K
 # Celery's soft and hard time limits need prefork. On threads a reply's stream
 # ends at AI_REPLY_DEADLINE (claw.llm cuts a stream that goes quiet), every other
 # wait has its own timeout, and cancel stops it at its next progress write.
-CELERY_AI_POOL = os.environ.get("CELERY_AI_POOL", "threads")
-if CELERY_AI_POOL not in ("threads", "prefork"):
-    raise ImproperlyConfigured("CELERY_AI_POOL must be threads or prefork")
+CELERY_AI_POOL = env_str("CELERY_AI_POOL", "threads")
 CELERY_AI_CONCURRENCY = env_int("CELERY_AI_CONCURRENCY", 32)
-if CELERY_AI_CONCURRENCY < 1:
-    raise ImproperlyConfigured("CELERY_AI_CONCURRENCY must be at least 1")
+# (threads or prefork, and at least 1: system checks tasks_app.E101, E102)
 # PostgreSQL statement_timeout of this process's connections, in seconds (0:
 # none). A thread cannot be killed at a hard time limit, so docker-compose.yml
 # sets it for worker-ai: a statement stuck behind a lock fails instead of holding
@@ -297,7 +310,7 @@ KNOWLEDGE_SEARCH_CACHE_MB = env_int("KNOWLEDGE_SEARCH_CACHE_MB", 256)
 # worker). Over the limit a run is deferred, not failed; empty means no limit.
 KNOWLEDGE_VECTORIZE_RATE_LIMIT = parse_rate(
     "KNOWLEDGE_VECTORIZE_RATE_LIMIT",
-    os.environ.get("KNOWLEDGE_VECTORIZE_RATE_LIMIT", "5/m"),
+    env_str("KNOWLEDGE_VECTORIZE_RATE_LIMIT", "5/m"),
 )
 # A vectorize deferred this many times fails its document. A deferral waits at
 # most 10 windows, so 100 covers a run about 1,000 windows down the line.
@@ -307,15 +320,13 @@ KNOWLEDGE_RETRY_BACKOFF = env_int("KNOWLEDGE_RETRY_BACKOFF", 10)
 # Texts per embedding call; progress is reported after each batch.
 EMBEDDING_BATCH_SIZE = env_int("EMBEDDING_BATCH_SIZE", 64)
 # The openai provider: any OpenAI-compatible /v1/embeddings endpoint.
-EMBEDDING_BASE_URL = os.environ.get("EMBEDDING_BASE_URL", "https://api.openai.com/v1")
-EMBEDDING_API_KEY = os.environ.get("EMBEDDING_API_KEY", "")
-EMBEDDING_TIMEOUT = float(os.environ.get("EMBEDDING_TIMEOUT", "30"))
-EMBEDDING_OPENAI_MODEL = os.environ.get(
-    "EMBEDDING_OPENAI_MODEL", "text-embedding-3-small"
-)
+EMBEDDING_BASE_URL = env_str("EMBEDDING_BASE_URL", "https://api.openai.com/v1")
+EMBEDDING_API_KEY = env_str("EMBEDDING_API_KEY", "")
+EMBEDDING_TIMEOUT = env_float("EMBEDDING_TIMEOUT", 30)
+EMBEDDING_OPENAI_MODEL = env_str("EMBEDDING_OPENAI_MODEL", "text-embedding-3-small")
 # The sentence-transformers provider: a model name in the local Hugging Face cache
 # or a path; it is never downloaded.
-EMBEDDING_ST_MODEL = os.environ.get("EMBEDDING_ST_MODEL", "all-MiniLM-L6-v2")
+EMBEDDING_ST_MODEL = env_str("EMBEDDING_ST_MODEL", "all-MiniLM-L6-v2")
 # --- end of Knowledge ---------------------------------------------------------
 
 # --- Writing jobs (writing app: outlines and documents) --------------------
@@ -324,22 +335,22 @@ EMBEDDING_ST_MODEL = os.environ.get("EMBEDDING_ST_MODEL", "all-MiniLM-L6-v2")
 JOBS_ALLOW_MISSING_SECTIONS = env_bool("JOBS_ALLOW_MISSING_SECTIONS", False)
 # Passages an outline job retrieves (best scores over its knowledge bases; 1-100).
 JOBS_OUTLINE_PASSAGES = env_int("JOBS_OUTLINE_PASSAGES", 12)
-if not 1 <= JOBS_OUTLINE_PASSAGES <= 100:  # knowledge.search.MAX_K
-    raise ImproperlyConfigured("JOBS_OUTLINE_PASSAGES must be between 1 and 100")
+# (1 to 100, knowledge.search.MAX_K: system check writing.E101)
 # Passages scoring below this share of the best one are left out of an outline
 # (search always returns its k best, however unrelated); 0 keeps them all.
-JOBS_MIN_RELATIVE_SCORE = float(os.environ.get("JOBS_MIN_RELATIVE_SCORE", "0.25"))
+JOBS_MIN_RELATIVE_SCORE = env_float("JOBS_MIN_RELATIVE_SCORE", 0.25)
 # Most sections of an outline, generated or posted.
 JOBS_MAX_SECTIONS = env_int("JOBS_MAX_SECTIONS", 20)
-if not 1 <= JOBS_MAX_SECTIONS <= 100:
-    raise ImproperlyConfigured("JOBS_MAX_SECTIONS must be between 1 and 100")
+# (1 to 100: system check writing.E102)
 # Time limits of one section's task (knowledge.write_section), in seconds.
 JOBS_SECTION_SOFT_TIME_LIMIT = env_int("JOBS_SECTION_SOFT_TIME_LIMIT", 120)
 JOBS_SECTION_TIME_LIMIT = env_int("JOBS_SECTION_TIME_LIMIT", 180)
 # --- end of Writing jobs --------------------------------------------------------
 
 # --- Cache (the cluster-wide rate limit and locks need a shared one) ---------
-CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
+CACHES = {
+    "default": environ.Env.cache_url_config(env_str("CACHE_URL", "locmemcache://"))
+}
 
 # --- REST framework ---------------------------------------------------------
 REST_FRAMEWORK = {
@@ -356,8 +367,8 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "tasks_app.api.errors.exception_handler",
     "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {
-        "user": os.environ.get("API_THROTTLE_USER", "600/min"),
-        "submit": os.environ.get("API_THROTTLE_SUBMIT", "120/min"),
+        "user": env_str("API_THROTTLE_USER", "600/min"),
+        "submit": env_str("API_THROTTLE_SUBMIT", "120/min"),
     },
 }
 SPECTACULAR_SETTINGS = {
@@ -390,7 +401,7 @@ SPECTACULAR_SETTINGS = {
 
 # --- Celery -----------------------------------------------------------------
 BROKER_DIR = VAR_DIR / "broker"
-CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
 IS_FILESYSTEM_BROKER = CELERY_BROKER_URL.startswith("filesystem")
 IS_REDIS_BROKER = CELERY_BROKER_URL.startswith(("redis", "rediss"))
 
@@ -477,7 +488,7 @@ CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_WORKER_POOL_RESTARTS = True  # admin "pool restart" needs it
 # Seconds the Workers page, GET /api/v1/workers/ and /health wait for workers to
 # answer (one broadcast each); the health check's LOST decision waits 1 s.
-CLAW_WORKER_REPLY_TIMEOUT = float(os.environ.get("CLAW_WORKER_REPLY_TIMEOUT", "0.5"))
+CLAW_WORKER_REPLY_TIMEOUT = env_float("CLAW_WORKER_REPLY_TIMEOUT", 0.5)
 # Task events (for Flower or `celery events`) cost 3-4 broker publishes per task;
 # nothing in CLAW reads them (the ledger is the history), so they are opt-in.
 # Worker heartbeats are sent either way.
@@ -524,7 +535,7 @@ CELERY_TASK_DEFAULT_PRIORITY = 5
 
 # --- The ledger -------------------------------------------------------------
 # Minimum seconds between two progress writes of one task (the last one always lands).
-CLAW_PROGRESS_INTERVAL = float(os.environ.get("CLAW_PROGRESS_INTERVAL", "0.5"))
+CLAW_PROGRESS_INTERVAL = env_float("CLAW_PROGRESS_INTERVAL", 0.5)
 # Redeliveries of one attempt after its worker died, before the ledger stops it.
 CLAW_MAX_REDELIVERIES = env_int("CLAW_MAX_REDELIVERIES", 3)
 # Seconds the dashboard's and the stats API's aggregates (and the dashboard's
@@ -550,7 +561,7 @@ LOGGING = {
         }
     },
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         "kombu.connection": {"filters": ["no_default_hostname"]},
@@ -583,7 +594,7 @@ def parse_retention_overrides(value: str) -> dict[str, dict[str, int]]:
 # Per-task exceptions to the retention above, e.g.
 # "claw.send_notification:SUCCESS=1,knowledge.vectorize_document:FAILURE=180".
 CLAW_RETENTION_OVERRIDES = parse_retention_overrides(
-    os.environ.get("CLAW_RETENTION_OVERRIDES", "")
+    env_str("CLAW_RETENTION_OVERRIDES", "")
 )
 # check_task_health: a PENDING record older than this whose message is not in the
 # broker is re-published (broker data loss).
@@ -591,7 +602,7 @@ CLAW_REPUBLISH_PENDING_AFTER = env_int("CLAW_REPUBLISH_PENDING_AFTER", 300)
 # Staff alerts raised by check_task_health; an active alert is re-sent at most once
 # per CLAW_ALERT_REPEAT_MINUTES.
 CLAW_ALERT_BACKLOG = env_int("CLAW_ALERT_BACKLOG", 1000)
-CLAW_ALERT_FAILURE_RATIO = float(os.environ.get("CLAW_ALERT_FAILURE_RATIO", "0.25"))
+CLAW_ALERT_FAILURE_RATIO = env_float("CLAW_ALERT_FAILURE_RATIO", 0.25)
 CLAW_ALERT_FAILURE_MIN_TASKS = env_int("CLAW_ALERT_FAILURE_MIN_TASKS", 20)
 CLAW_ALERT_MISSED_RUN_GRACE = env_int("CLAW_ALERT_MISSED_RUN_GRACE", 600)
 CLAW_ALERT_REPEAT_MINUTES = env_int("CLAW_ALERT_REPEAT_MINUTES", 240)

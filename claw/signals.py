@@ -1,11 +1,10 @@
-"""Staff alerts when a task fails for good (retries exhausted; not on each retry),
-and replies whose task was terminated."""
+"""Staff alerts when a task fails for good (retries exhausted; not on each retry)."""
 
 from __future__ import annotations
 
 import logging
 
-from celery.signals import task_failure, task_revoked
+from celery.signals import task_failure
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +36,3 @@ def alert_staff_on_task_failure(sender=None, task_id=None, exception=None, **kwa
         )
     except Exception:  # never let alerting break the worker
         log.exception("Could not alert staff about task %s", task_id)
-
-
-@task_revoked.connect(dispatch_uid="claw.fail_reply_on_revoke")
-def fail_reply_on_revoke(sender=None, request=None, **kwargs):
-    # A cancel that terminates the pool process (prefork) leaves the body no
-    # chance to mark its reply; this runs in the worker's main process.
-    if getattr(sender, "name", None) != "claw.generate_ai_response":
-        return
-    from claw.conversations import fail_reply
-
-    args = getattr(request, "args", None) or []
-    if args:
-        fail_reply(args[0], error="Cancelled while generating.")

@@ -12,7 +12,6 @@ from claw.llm import LLMUnavailable
 from claw.notifications import TransientDeliveryError
 from knowledge.services import EmbeddingUnavailable
 from tasks_app import retries
-from tasks_app.base import LedgerTask
 from tasks_app.ratelimit import RateLimited
 
 
@@ -37,27 +36,9 @@ def backoff(failures: int) -> float:
     )
 
 
-class ReplyTask(LedgerTask):
-    """Keeps the assistant message in step with runs that end outside the body."""
-
-    def before_start(self, task_id, args, kwargs):
-        # The ledger refused this delivery: cancelled while queued, or stopped
-        # after its worker process died too often. Either way nobody will write
-        # the reply now.
-        refusal = getattr(self.request, "claw_refusal", None)
-        if refusal in ("cancelled", "poisoned"):
-            conversations.fail_reply(args[0], error=f"Not generated: task {refusal}.")
-        super().before_start(task_id, args, kwargs)
-
-    def on_failure(self, exc, task_id, args, kwargs, einfo):
-        # LLMRejected carries the provider's own message ("answered 400: ...").
-        conversations.fail_reply(args[0], error=f"{type(exc).__name__}: {exc}")
-
-
 @app.task(
     name="claw.generate_ai_response",
     bind=True,
-    base=ReplyTask,
     # Celery counts deferrals as retries, and the ledger stops an attempt after
     # max_retries + CLAW_MAX_REDELIVERIES + 1 deliveries: room for both. Transient
     # errors get their own budget of AI_TRANSIENT_RETRIES (the failures argument).
@@ -74,7 +55,7 @@ def generate_ai_response(self, message_id: int, failures: int = 0) -> dict:
        failures), up to AI_MAX_DEFERRALS.
     3. Transient provider errors, and transient errors embedding the question for
        search, retry with backoff, at most AI_TRANSIENT_RETRIES times; anything
-       else fails the reply at once (ReplyTask.on_failure).
+       else fails the reply at once (conversations.reply_ended).
 
     Both budgets are counted here, so each retry passes Celery a max_retries it
     cannot exceed.

@@ -25,6 +25,7 @@ import httpx
 import numpy as np
 from django.conf import settings
 
+from tasks_app import httpclient
 from tasks_app.httpclient import shared_client
 
 HASHING, SENTENCE_TRANSFORMERS, OPENAI = "hashing", "sentence-transformers", "openai"
@@ -214,13 +215,12 @@ class OpenAIProvider(Provider):
             )
         except httpx.UnsupportedProtocol as exc:
             raise EmbeddingRejected(f"EMBEDDING_BASE_URL is not usable: {exc}") from exc
-        except httpx.TimeoutException as exc:
-            raise EmbeddingUnavailable(
-                f"Embedding endpoint timed out after {timeout:g}s"
-            ) from exc
         except httpx.TransportError as exc:
-            raise EmbeddingUnavailable(
-                f"Embedding endpoint unreachable: {exc}"
+            raise httpclient.transport_error(
+                exc,
+                "Embedding endpoint",
+                transient=EmbeddingUnavailable,
+                timeout=timeout,
             ) from exc
         if response.status_code >= 400:
             raise _status_error(response)
@@ -228,16 +228,12 @@ class OpenAIProvider(Provider):
 
 
 def _status_error(response: httpx.Response) -> EmbeddingError:
-    try:
-        payload = response.json()
-        error = payload.get("error", payload) if isinstance(payload, dict) else payload
-        detail = error.get("message", error) if isinstance(error, dict) else error
-    except ValueError:
-        detail = response.text[:500]
-    message = f"Embedding endpoint answered {response.status_code}: {detail}"
-    if response.status_code == 429 or response.status_code >= 500:
-        return EmbeddingUnavailable(message)
-    return EmbeddingRejected(message)
+    return httpclient.status_error(
+        response,
+        "Embedding endpoint",
+        transient=EmbeddingUnavailable,
+        permanent=EmbeddingRejected,
+    )
 
 
 def _parse_embeddings(response: httpx.Response, expected: int) -> np.ndarray:

@@ -28,7 +28,7 @@ from knowledge.embeddings import EmbeddingUnavailable
 from knowledge.models import Chunk, Document, KnowledgeBase, content_hash
 from knowledge.search import SearchHit as SearchHit
 from knowledge.search import search_many as search_many
-from tasks_app import ratelimit
+from tasks_app import fanout, ratelimit
 from tasks_app import services as ledger
 from tasks_app.api.fields import BLANK
 from tasks_app.models import TaskRecord
@@ -593,7 +593,7 @@ def report_update_progress(update_celery_id: str) -> None:
     done = min(finished + 1, total)  # + this member, whose record is not final yet
     if done < total and done % max(1, total // 100):
         return
-    ledger.record_progress(
+    fanout.report_parent(
         update_celery_id, done, total, f"{done} of {total} documents vectorized"
     )
 
@@ -643,7 +643,7 @@ def fail_update(update_celery_id: str, *, kb_id: int | None, error: str) -> None
         .values_list("id", "error")
     )
     detail = f"; failed documents: {_name_documents(failed)}" if failed else ""
-    ledger.mark_failed(update_celery_id, error=f"Update stopped: {error}{detail}")
+    fanout.end_parent(update_celery_id, error=f"Update stopped: {error}{detail}")
 
 
 # --- deleting vectors ----------------------------------------------------------

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import time
 
-from celery import chord
-from celery.exceptions import ChordError
 from django.conf import settings
 
 from claw.celery import app
@@ -142,14 +140,14 @@ def update_knowledge_base_task(
         ).set(queue=queue, headers=ledger.target_header(Document(pk=document_id)))
         for document_id in document_ids
     ]
-    return self.replace(chord(members, update_callback(kb_id, mode)))
+    return fanout.replace_with_chord(self, members, update_callback(kb_id, mode))
 
 
 def update_callback(kb_id: int, mode: str):
     """The chord callback of an update, with the errback for a broken chord."""
-    callback = finish_update_task.s(kb_id=kb_id, mode=mode)
-    callback.link_error(update_broken_task.s())
-    return callback
+    return fanout.chord_callback(
+        finish_update_task.s(kb_id=kb_id, mode=mode), update_broken_task
+    )
 
 
 @app.task(name="knowledge.finish_knowledge_base_update")
@@ -157,14 +155,13 @@ def finish_update_task(outcomes: list[dict], *, kb_id: int, mode: str) -> dict:
     return services.finish_update(outcomes, kb_id=kb_id, mode=mode)
 
 
-@app.task(name="knowledge.knowledge_base_update_broken")
-def update_broken_task(request, exc, traceback) -> None:
-    # Called in the process that found the chord broken, with the callback's
-    # request (three arguments: Celery calls such errbacks directly). A callback
-    # that ran and raised UpdateFailed is recorded by the worker signals already.
-    if isinstance(exc, ChordError):
-        kb_id = (getattr(request, "kwargs", None) or {}).get("kb_id")
-        services.fail_update(request.id, kb_id=kb_id, error=str(exc))
+# Ends an update whose chord broke, naming the knowledge base's failed documents.
+update_broken_task = fanout.errback_task(
+    "knowledge.knowledge_base_update_broken",
+    lambda parent, kwargs, error: services.fail_update(
+        parent, kb_id=kwargs.get("kb_id"), error=error
+    ),
+)
 
 
 @app.task(

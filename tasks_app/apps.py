@@ -5,6 +5,8 @@ from django.conf import settings
 from django.core.checks import Error, Warning, register
 from django.db.models.signals import post_migrate
 
+from tasks_app.checks import register_setting_rules
+
 
 class TasksAppConfig(AppConfig):
     name = "tasks_app"
@@ -15,6 +17,17 @@ class TasksAppConfig(AppConfig):
         from tasks_app import signals, worker_commands  # noqa: F401
 
         post_migrate.connect(_install_schedules, sender=self)
+        register_setting_rules(
+            "tasks_app",
+            [
+                (
+                    "CELERY_AI_POOL",
+                    lambda v: v in ("threads", "prefork"),
+                    "threads or prefork",
+                ),
+                ("CELERY_AI_CONCURRENCY", lambda v: v >= 1, "at least 1"),
+            ],
+        )
 
 
 def _install_schedules(**kwargs) -> None:

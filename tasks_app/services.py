@@ -25,7 +25,7 @@ from django.db.models import Model
 from django.utils import timezone
 
 from claw.celery import app, broker_priority, platform_priority, registered_tasks
-from tasks_app import ledger_writes
+from tasks_app import ledger_writes, lifecycle
 from tasks_app.ledger_writes import Sql
 from tasks_app.models import TaskEvent, TaskRecord, TaskState
 
@@ -115,6 +115,8 @@ def _transition(
     data: dict | None = None,
     extra_filter: dict | None = None,
     also: ledger_writes.Statement | None = None,
+    ends: tuple[str, ...] = (),
+    context: dict | None = None,
     **updates: Any,
 ) -> bool:
     """Apply one conditional UPDATE and its event; return whether it applied.
@@ -122,8 +124,12 @@ def _transition(
     One statement on PostgreSQL, one transaction elsewhere (ledger_writes). `also`
     commits with it either way. Outside a transaction a lost connection is
     reconnected and the write tried again.
+
+    ends: the final states this transition can reach. Once it applied, the
+    domains' lifecycle handlers for them run after commit (tasks_app.lifecycle),
+    with context (what the caller knows of the run: its exception, a refusal).
     """
-    return ledger_writes.reconnecting(
+    applied = ledger_writes.reconnecting(
         ledger_writes.transition,
         celery_id,
         tuple(from_states),
@@ -133,6 +139,11 @@ def _transition(
         data=data,
         also=also,
     )
+    if applied and ends and lifecycle.wants(ends):
+        lifecycle.dispatch(
+            celery_id, {**lifecycle.run_context(celery_id), **(context or {})}
+        )
+    return applied
 
 
 # --- submitting ------------------------------------------------------------
@@ -397,7 +408,11 @@ def mark_started(celery_id: str, *, name: str, worker: str) -> str | None:
     if row is None:
         return None  # published before the ledger knew it; let it run untracked
     if row["cancel_requested"]:
-        mark_revoked(celery_id, reason="cancelled before it started")
+        mark_revoked(
+            celery_id,
+            reason="cancelled before it started",
+            context={"refusal": "cancelled", "name": name},
+        )
         return "cancelled"
     if row["state"] in TaskRecord.ACTIVE_STATES:
         mark_failed(
@@ -405,6 +420,7 @@ def mark_started(celery_id: str, *, name: str, worker: str) -> str | None:
             error=f"Stopped after {row['deliveries']} deliveries: the task's worker "
             "process died every time it ran it.",
             from_states=TaskRecord.ACTIVE_STATES,
+            context={"refusal": "poisoned", "name": name},
         )
         return "poisoned"
     return "finished"
@@ -444,6 +460,7 @@ def mark_succeeded(
         Kind.SUCCEEDED,
         extra_filter={"cancel_requested": False},
         also=also,
+        ends=(State.SUCCESS,),
         state=State.SUCCESS,
         finished_at=now,
         progress_current=Sql("progress_total"),
@@ -465,6 +482,8 @@ def _revoke_if_cancelled(celery_id: str, *, reason: str) -> bool:
         Kind.CANCELLED,
         data={"reason": reason},
         extra_filter={"cancel_requested": True},
+        ends=(State.REVOKED,),
+        context={"reason": reason},
         state=State.REVOKED,
         finished_at=timezone.now(),
     )
@@ -476,8 +495,11 @@ def mark_failed(
     error: str,
     traceback: str = "",
     from_states: Iterable[str] = (State.PENDING, State.STARTED, State.RETRY),
+    exc: BaseException | None = None,
+    context: dict | None = None,
 ) -> bool:
-    """Record a final failure; a cancelled record ends REVOKED instead."""
+    """Record a final failure; a cancelled record ends REVOKED instead. exc (the
+    run's exception, in its worker) goes to the lifecycle handlers."""
     final_state = Sql(
         "CASE WHEN cancel_requested THEN %s ELSE %s END",
         (State.REVOKED, State.FAILURE),
@@ -487,6 +509,8 @@ def mark_failed(
         from_states,
         Kind.FAILED,
         data={"error": error[:2000]},
+        ends=(State.FAILURE, State.REVOKED),
+        context={"exc": exc, **(context or {})},
         state=final_state,
         error=error,
         traceback=traceback,
@@ -494,13 +518,17 @@ def mark_failed(
     )
 
 
-def mark_revoked(celery_id: str, *, reason: str = "") -> bool:
+def mark_revoked(
+    celery_id: str, *, reason: str = "", context: dict | None = None
+) -> bool:
     """Any revoke (ours or `celery control revoke`) is final and sets the durable flag."""
     return _transition(
         celery_id,
         TaskRecord.ACTIVE_STATES,
         Kind.CANCELLED,
         data={"reason": reason},
+        ends=(State.REVOKED,),
+        context={"reason": reason, **(context or {})},
         state=State.REVOKED,
         cancel_requested=True,
         finished_at=timezone.now(),
@@ -530,6 +558,8 @@ def mark_lost(record: TaskRecord, *, reason: str) -> bool:
         [State.STARTED],
         Kind.LOST,
         data={"reason": reason},
+        ends=(State.LOST,),
+        context={"reason": reason, "name": record.name},
         state=State.LOST,
         error=reason,
         finished_at=timezone.now(),
@@ -562,6 +592,8 @@ def cancel(record: TaskRecord) -> TaskRecord:
             [State.PENDING, State.RETRY],
             Kind.CANCELLED,
             data={"reason": "cancelled while queued"},
+            ends=(State.REVOKED,),
+            context={"reason": "cancelled while queued", "name": record.name},
             state=State.REVOKED,
             finished_at=timezone.now(),
         )
@@ -589,8 +621,8 @@ def retry(
     stay. Edited arguments replace the stored ones (secret-looking keys redacted,
     as in submit).
 
-    A task whose domain object must be reopened first (a failed writing job) has
-    a `before_retry(record)` method, called in the same transaction: it reopens
+    A domain whose rows must be reopened first (a failed writing job) registers a
+    handler with lifecycle.on_retry, called in the same transaction: it reopens
     what the new attempt reruns, or raises InvalidTransition with the reason the
     record cannot be retried.
     """
@@ -628,11 +660,7 @@ def retry(
             raise InvalidTransition(
                 f"Task #{record.pk} is {record.state}, not retryable"
             )
-        before_retry = getattr(
-            registered_tasks().get(record.name), "before_retry", None
-        )
-        if before_retry is not None:
-            before_retry(record)  # may refuse: the UPDATE above rolls back
+        lifecycle.before_retry(record)  # may refuse: the UPDATE above rolls back
         ledger_writes.add_event(new_id, Kind.QUEUED, {"retry_of": previous})
     record.refresh_from_db()
     # As in submit(): edited secrets are stored redacted and travel in the message.

@@ -51,13 +51,23 @@ def on_task_postrun(**_):
 
 
 @signals.task_failure.connect
-def on_task_failure(task_id, exception, einfo=None, **_):
+def on_task_failure(task_id, exception, einfo=None, sender=None, **_):
     services.mark_failed(
-        task_id, error=repr(exception), traceback=str(einfo.traceback) if einfo else ""
+        task_id,
+        error=repr(exception),
+        traceback=str(einfo.traceback) if einfo else "",
+        exc=exception,
+        context={"name": getattr(sender, "name", None)},
     )
 
 
 @signals.task_revoked.connect
-def on_task_revoked(request, terminated=False, expired=False, **_):
+def on_task_revoked(request, terminated=False, expired=False, sender=None, **_):
     reason = "terminated" if terminated else "expired" if expired else "revoked"
-    services.mark_revoked(request.id, reason=reason)
+    # a terminated run never returns to its body: the domain hears of it from
+    # the lifecycle handlers, which need to know whether it was a chord member
+    in_chord = bool(getattr(request, "chord", None))
+    name = getattr(sender, "name", None)
+    services.mark_revoked(
+        request.id, reason=reason, context={"in_chord": in_chord, "name": name}
+    )

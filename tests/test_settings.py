@@ -67,3 +67,18 @@ def test_only_json_is_accepted(settings):
     from tasks_app.apps import json_only_check
 
     assert [e.id for e in json_only_check(None)] == ["tasks_app.E001"]
+
+
+def test_settings_out_of_range_are_system_check_errors_with_ids(tmp_path):
+    env = {
+        **embedded_env(tmp_path),
+        "JOBS_MAX_SECTIONS": "0",
+        "AI_PASSAGES": "101",
+        "CELERY_AI_POOL": "gevent",
+    }
+    done = run_check(env)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "writing.E102" in output and "JOBS_MAX_SECTIONS must be between" in output
+    assert "claw.E102" in output and "tasks_app.E101" in output
+    assert run_check(embedded_env(tmp_path)).returncode == 0

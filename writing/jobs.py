@@ -36,6 +36,7 @@ from knowledge.services import (
     EmbeddingUnavailable,
     KnowledgeBase,
 )
+from tasks_app import fanout
 from tasks_app import services as ledger
 from tasks_app.models import TaskEvent, TaskRecord
 from tasks_app.progress import TaskCancelled, report_progress
@@ -563,13 +564,15 @@ class NotRetryable(Exception):
     """The job cannot be retried, and why (API: 409)."""
 
 
-def reopen_for_retry(job_pk: int, record: TaskRecord) -> None:
+def reopen_for_retry(record: TaskRecord) -> None:
     """Before a new attempt of a job's own task (tasks_app.services.retry calls
-    JobTask.before_retry, in its transaction): a failed job becomes pending again
+    the handler writing.apps registers with lifecycle.on_retry, in its
+    transaction): a failed job becomes pending again
     so the attempt reruns it from where it failed: the outline, or a document's
     sections not done (sections.plan_sections). A job that succeeded or was
     cancelled refuses, saying why; an active one (its task was lost) carries on.
     """
+    job_pk = record.kwargs.get("job_pk") or record.args[0]
     job = WritingJob.objects.select_for_update().filter(pk=job_pk).first()
     if job is None:
         raise ledger.InvalidTransition(f"Task #{record.pk}: its writing job is gone")
@@ -585,13 +588,14 @@ def reopen_for_retry(job_pk: int, record: TaskRecord) -> None:
     )
 
 
-def section_not_retryable(job_pk: int, position: int, record: TaskRecord):
+def refuse_section_retry(record: TaskRecord):
     """A section's task is not retried alone (its job would stay failed): the
     job's retry rewrites every failed section and merges."""
+    job_pk, position = record.args[0], record.args[1]
     job = WritingJob.objects.select_related("task").filter(pk=job_pk).first()
     name = repr(job.job_id) if job else f"#{job_pk}"
     job_task = f"its task #{job.task_id}, " if job and job.task_id else ""
-    return ledger.InvalidTransition(
+    raise ledger.InvalidTransition(
         f"Task #{record.pk} writes section {position} of writing job {name}: retry "
         f"the job instead ({job_task}or POST /api/v1/jobs/<job_id>/retry/), which "
         "rewrites every failed section and merges the document"
@@ -644,11 +648,9 @@ def cancel_job(job: WritingJob) -> WritingJob:
         for record in job_records(job).filter(state__in=TaskRecord.ACTIVE_STATES):
             with contextlib.suppress(ledger.InvalidTransition):
                 ledger.cancel(record)  # one that finished meanwhile needs none
-        waiting = TaskRecord.objects.filter(
-            pk=job.task_id, state=TaskRecord.State.STARTED, children__isnull=False
+        fanout.cancel_waiting_parents(
+            TaskRecord.objects.filter(pk=job.task_id), reason="job cancelled"
         )
-        for record in waiting.distinct():
-            ledger.mark_revoked(record.celery_id, reason="job cancelled")
     job.refresh_from_db()
     return job
 

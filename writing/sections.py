@@ -21,10 +21,13 @@ from django.utils import timezone
 from claw import services as llm  # the AI providers, as conversations offer them
 from knowledge import services
 from knowledge.services import Chunk, KnowledgeBase
-from tasks_app import services as ledger
+from tasks_app import fanout
+from tasks_app.base import POISONED
+from tasks_app.lifecycle import Ended
+from tasks_app.models import TaskState
 from tasks_app.progress import TaskCancelled, report_progress
 from writing import jobs, outlines
-from writing.jobs import DOCUMENT_TASK, FINISH_TASK, OUTLINE_TASK, SECTION_TASK
+from writing.jobs import SECTION_TASK
 from writing.models import WritingJob, WritingSection
 
 logger = logging.getLogger(__name__)
@@ -108,7 +111,7 @@ def report_sections(job_pk: int) -> None:
     ).first()
     if celery_id:
         note = f" ({failed} failed)" if failed else ""
-        ledger.record_progress(
+        fanout.report_parent(
             celery_id,
             finished,
             len(statuses),
@@ -189,21 +192,45 @@ def section_stopped(
         finish_alone(job_pk)
 
 
-def task_revoked(name: str, args: list, kwargs: dict, *, in_chord: bool) -> None:
-    """A task of a job was revoked (terminated while it ran, or discarded as
-    revoked): its section is cancelled, or its job, if not ended already."""
-    if name == SECTION_TASK and len(args) >= 2:
-        section_stopped(
-            args[0],
-            args[1],
-            status=Status.CANCELLED,
-            error="Cancelled.",
-            alone=not in_chord,
-        )
-    elif name in (OUTLINE_TASK, DOCUMENT_TASK, FINISH_TASK):
-        job_pk = kwargs.get("job_pk", args[0] if args else None)
-        if job_pk is not None:
-            jobs.cancelled_by_task(job_pk)
+def job_task_ended(ended: Ended) -> None:
+    """The lifecycle handler of a job's task (FAILURE, REVOKED), for runs that end
+    outside the body: cancelled (through the task API or admin, not the job's
+    own cancel; refused, terminated or stopped), refused as poisoned, or failed
+    after its retries."""
+    record = ended.record
+    job_pk = record.kwargs.get("job_pk", record.args[0] if record.args else None)
+    if job_pk is None:
+        return
+    if ended.state == TaskState.REVOKED:
+        jobs.cancelled_by_task(job_pk)
+    elif ended.refusal == "poisoned":
+        jobs.fail_job(job_pk, error=f"Its task was {POISONED}.")
+    elif isinstance(ended.exc, jobs.JobFailed):
+        jobs.fail_job(job_pk, error=str(ended.exc))
+    else:
+        jobs.fail_job(job_pk, error=ended.error.rstrip(": "))
+
+
+def section_task_ended(ended: Ended) -> None:
+    """The lifecycle handler of a section's task (FAILURE, REVOKED): the section
+    ends cancelled or failed (the body returns its own failures as outcomes;
+    this is what escaped it, such as a database error). A run outside the chord
+    (re-queued by the health check) finishes the job when it is the last."""
+    args = ended.record.args
+    if len(args) < 2:
+        return
+    if ended.state == TaskState.REVOKED:
+        status, error = Status.CANCELLED, "Cancelled."
+    elif ended.refusal == "poisoned":
+        status, error = Status.FAILED, f"Its task was {POISONED}."
+    else:
+        status, error = Status.FAILED, ended.error
+    # Where the process that ended it did not know (a cancel while queued), a
+    # record published as a chord member has its group.
+    in_chord = (
+        ended.in_chord if ended.in_chord is not None else bool(ended.record.group_id)
+    )
+    section_stopped(args[0], args[1], status=status, error=error, alone=not in_chord)
 
 
 def finish_alone(job_pk: int) -> None:
@@ -335,13 +362,13 @@ def finish_waiting(job_pk: int, *, celery_id: str, broken: str = "") -> None:
     try:
         outcome = finish_document(job_pk, celery_id=celery_id)
     except jobs.JobFailed as exc:
-        ledger.mark_failed(celery_id, error=f"jobs.JobFailed: {exc}")
+        fanout.end_parent(celery_id, error=f"jobs.JobFailed: {exc}")
         return
     if outcome["status"] == "succeeded":
-        ledger.mark_succeeded(celery_id)
+        fanout.end_parent(celery_id)
     elif broken and outcome["status"] != "stale":
         # ended otherwise (cancelled): FAILURE, or REVOKED when it was cancelled
-        ledger.mark_failed(celery_id, error=f"Chord broken: {broken}")
+        fanout.end_parent(celery_id, error=f"Chord broken: {broken}")
 
 
 def chord_broken(job_pk: int, *, celery_id: str, error: str) -> None:

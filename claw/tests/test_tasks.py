@@ -1,14 +1,17 @@
-"""The reply task's own hooks and backoff (the runs themselves: test_reply_worker)."""
+"""The reply task's lifecycle handler and backoff (the runs themselves:
+test_reply_worker). The handler is driven through the ledger's transitions, as a
+worker's signal receivers drive it."""
 
 from __future__ import annotations
 
 import pytest
-from celery.exceptions import Ignore
 
 from claw import conversations
 from claw.llm import LLMRejected
 from claw.models import Message
-from claw.tasks import backoff, generate_ai_response
+from claw.tasks import backoff
+from tasks_app import services
+from tasks_app.models import TaskRecord
 
 pytestmark = pytest.mark.django_db
 
@@ -27,14 +30,19 @@ def test_backoff_grows_exponentially_with_jitter_up_to_its_maximum(settings):
 
 
 @pytest.mark.parametrize("refusal", ["cancelled", "poisoned"])
-def test_a_delivery_the_ledger_refuses_fails_its_reply(reply, refusal):
+def test_a_delivery_the_ledger_refuses_fails_its_reply(
+    reply, refusal, django_capture_on_commit_callbacks
+):
     # a reply cancelled while queued: no body will ever run to mark it
-    generate_ai_response.push_request(claw_refusal=refusal, id="x")
-    try:
-        with pytest.raises(Ignore):
-            generate_ai_response.before_start("x", (reply.pk,), {})
-    finally:
-        generate_ai_response.pop_request()
+    record = TaskRecord.objects.get(pk=reply.task_id)
+    if refusal == "cancelled":
+        TaskRecord.objects.filter(pk=record.pk).update(cancel_requested=True)
+    else:  # its worker process died on every delivery
+        TaskRecord.objects.filter(pk=record.pk).update(deliveries=99)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.mark_started(
+            record.celery_id, name=record.name, worker="w"
+        ) == (refusal)
 
     message = Message.objects.get(pk=reply.pk)
     assert (message.status, message.error) == (
@@ -43,10 +51,15 @@ def test_a_delivery_the_ledger_refuses_fails_its_reply(reply, refusal):
     )
 
 
-def test_a_run_that_fails_marks_its_reply_failed_with_the_error(reply):
+def test_a_run_that_fails_marks_its_reply_failed_with_the_error(
+    reply, django_capture_on_commit_callbacks
+):
     exc = LLMRejected("LLM provider answered 400: bad request")
+    record = TaskRecord.objects.get(pk=reply.task_id)
+    services.mark_started(record.celery_id, name=record.name, worker="w")
 
-    generate_ai_response.on_failure(exc, "x", (reply.pk,), {}, None)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.mark_failed(record.celery_id, error=repr(exc), exc=exc)
 
     message = Message.objects.get(pk=reply.pk)
     assert message.status == "failed"

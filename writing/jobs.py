@@ -589,10 +589,14 @@ def reopen_for_retry(record: TaskRecord) -> None:
 
 
 def refuse_section_retry(record: TaskRecord):
-    """A section's task is not retried alone (its job would stay failed): the
-    job's retry rewrites every failed section and merges."""
+    """A section's task of an ended job is not retried alone (the job would stay
+    failed): the job's retry rewrites every failed section and merges. While the
+    job is active (the health check re-queues a lost section, which then
+    finishes the job itself if it is the last) the retry goes ahead."""
     job_pk, position = record.args[0], record.args[1]
     job = WritingJob.objects.select_related("task").filter(pk=job_pk).first()
+    if job is not None and job.state in WritingJob.ACTIVE_STATES:
+        return
     name = repr(job.job_id) if job else f"#{job_pk}"
     job_task = f"its task #{job.task_id}, " if job and job.task_id else ""
     raise ledger.InvalidTransition(

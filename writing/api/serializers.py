@@ -153,7 +153,6 @@ class OutlineRequestSerializer(serializers.Serializer):
     context_files = serializers.DictField(
         child=TextField(),
         required=False,
-        allow_empty=False,
         help_text="The old API's inline sources, {file name: text} (.md and .html "
         "by their suffix): kept as documents of your knowledge base 'Writing job "
         "context' and searched with the rest.",
@@ -172,11 +171,6 @@ class OutlineRequestSerializer(serializers.Serializer):
     def validate_context_files(self, files: dict[str, str]) -> dict[str, str]:
         if len(files) > CONTEXT_FILES_MAX:
             raise serializers.ValidationError(f"At most {CONTEXT_FILES_MAX} files.")
-        for name in files:
-            if not name.strip() or len(name) > 500:
-                raise serializers.ValidationError(
-                    f"A file name must have 1 to 500 characters: {name[:50]!r}."
-                )
         size = sum(len(text.encode()) for text in files.values())
         if size > settings.KNOWLEDGE_MAX_UPLOAD_BYTES:
             raise serializers.ValidationError(

@@ -79,7 +79,7 @@ def test_context_files_are_searched_as_inline_sources(alice):
 
 def test_bad_context_files_are_a_400_naming_the_field(alice):
     api = client_for(alice)
-    for files in ({"a.txt": ""}, {"a.txt": 5}, ["not", "a", "mapping"], {}):
+    for files in ({"a.txt": ""}, {"a.txt": 5}, ["not", "a", "mapping"]):
         response = api.post(
             OLD_PATH, {"task_prompt": PROMPT, "context_files": files}, format="json"
         )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Case, Value, When
 from django.utils import timezone
 
 from claw.models import Conversation, Message
@@ -257,9 +257,11 @@ def fail_reply(message_id: int, *, error: str, text: str | None = None) -> bool:
     updates["finished_at"] = timezone.now()
     if text is not None:
         updates["content"] = text
+        updates["truncated"] = bool(text)
+    else:
+        # One statement: a reader must never see the failure without its flag.
+        updates["truncated"] = Case(
+            When(content="", then=Value(False)), default=Value(True)
+        )
     rows = Message.objects.filter(pk=message_id, status__in=Message.ACTIVE_STATUSES)
-    if not rows.update(**updates):
-        return False
-    rows = Message.objects.filter(pk=message_id).filter(~Q(content=""))
-    rows.update(truncated=True)
-    return True
+    return bool(rows.update(**updates))

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
+from billiard.exceptions import WorkerLostError
 from celery import Task
 from celery.exceptions import Ignore
+from celery.worker.request import Request
 
+logger = logging.getLogger(__name__)
 POISONED = "stopped: its worker process died every time it ran it"
 
 
@@ -12,11 +17,38 @@ class PoisonedTask(Exception):
     """Stored as the result of a task refused after too many deliveries."""
 
 
+class LedgerRequest(Request):
+    """A delivery as the worker's main process sees it."""
+
+    def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
+        # The pool process running it died (kill -9, out of memory): release its
+        # lease before the message goes back to the broker, so the redelivery
+        # takes the attempt over instead of being refused as a duplicate of a
+        # run that no longer exists.
+        exc = getattr(exc_info.exception, "exc", exc_info.exception)
+        if self.worker_pid and isinstance(
+            exc, WorkerLostError | SystemExit | KeyboardInterrupt
+        ):
+            from tasks_app import leases, services
+
+            try:
+                services.release_lease(
+                    self.id, process=leases.process_name(self.hostname, self.worker_pid)
+                )
+            except Exception as error:  # the lease then lapses on its own
+                logger.warning("Could not release the lease of %s: %r", self.id, error)
+        return super().on_failure(exc_info, send_failed_event, return_ok)
+
+
 class LedgerTask(Task):
+    Request = "tasks_app.base:LedgerRequest"
+
     def before_start(self, task_id, args, kwargs):
         # Set by the task_prerun receiver when the ledger refuses this delivery
-        # (cancelled, poisoned or already finished). Ignore acknowledges the
-        # message without running the task and without storing a result.
+        # (cancelled, poisoned, stale, duplicate or already finished). Ignore
+        # acknowledges the message without running the task and without storing
+        # a result: a stale or duplicate delivery leaves the result of the run
+        # that counts alone.
         refusal = getattr(self.request, "claw_refusal", None)
         if refusal:
             # The stored result must agree with the record: a cancelled delivery

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from celery import signals
 
-from tasks_app import connections, services, workers
+from tasks_app import connections, leases, services, workers
 
 
 @signals.worker_init.connect
@@ -32,9 +32,18 @@ def on_before_task_publish(body, routing_key=None, headers=None, properties=None
 @signals.task_prerun.connect
 def on_task_prerun(task_id, task, **_):
     # The refusal is read by LedgerTask.before_start, which can stop the run.
-    task.request.claw_refusal = services.mark_started(
-        task_id, name=task.name, worker=task.request.hostname or ""
+    request = task.request
+    hostname = request.hostname or ""
+    runner = leases.new_runner(hostname)
+    request.claw_refusal = services.mark_started(
+        task_id,
+        name=task.name,
+        worker=hostname,
+        runner=runner,
+        record_id=getattr(request, "claw_record", None),
     )
+    if request.claw_refusal is None:
+        leases.hold(task_id, runner)
 
 
 @signals.task_success.connect
@@ -46,7 +55,11 @@ def on_task_success(sender, **_):
 
 
 @signals.task_postrun.connect
-def on_task_postrun(**_):
+def on_task_postrun(task_id=None, task=None, **_):
+    # A refused copy leaves the lease to the run it was refused for (threads
+    # pool: both may share this process).
+    if task is not None and getattr(task.request, "claw_refusal", None) is None:
+        leases.drop(task_id)
     connections.recycle()
 
 

@@ -4,6 +4,7 @@ without a worker."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import timedelta
 from unittest import mock
@@ -143,7 +144,14 @@ def test_an_accepted_delivery_runs_with_no_refusal():
             assert task.request.claw_refusal is None
         finally:
             task.pop_request()
-    started.assert_called_once_with("abc", name="tests.add", worker="w1")
+    started.assert_called_once_with(
+        "abc",
+        name="tests.add",
+        worker="w1",
+        runner=mock.ANY,
+        record_id=None,
+    )
+    assert started.call_args.kwargs["runner"].startswith(f"w1:{os.getpid()}:")
 
 
 def test_a_poisoned_delivery_stores_failure_over_the_stale_started_result():

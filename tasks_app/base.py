@@ -6,7 +6,7 @@ import logging
 
 from billiard.exceptions import WorkerLostError
 from celery import Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Terminated
 from celery.worker.request import Request
 
 logger = logging.getLogger(__name__)
@@ -21,13 +21,13 @@ class LedgerRequest(Request):
     """A delivery as the worker's main process sees it."""
 
     def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
-        # The pool process running it died (kill -9, out of memory): release its
-        # lease before the message goes back to the broker, so the redelivery
-        # takes the attempt over instead of being refused as a duplicate of a
-        # run that no longer exists.
+        # The pool process running it died (kill -9, out of memory, terminated
+        # by a revoke or on a broker connection loss): release its lease before
+        # the message goes back to the broker, so the redelivery takes the
+        # attempt over instead of being refused as a duplicate of a dead run.
         exc = getattr(exc_info.exception, "exc", exc_info.exception)
         if self.worker_pid and isinstance(
-            exc, WorkerLostError | SystemExit | KeyboardInterrupt
+            exc, WorkerLostError | Terminated | SystemExit | KeyboardInterrupt
         ):
             from tasks_app import leases, services
 

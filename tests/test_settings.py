@@ -59,6 +59,16 @@ def test_a_rate_limit_window_past_the_visibility_timeout_is_warned_about(tmp_pat
     assert "W001" not in fine.stdout + fine.stderr
 
 
+def test_a_lease_not_shorter_than_the_visibility_timeout_is_warned_about(settings):
+    from tasks_app.apps import lease_check
+
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 60}
+    settings.CLAW_LEASE_SECONDS = 60
+    assert [w.id for w in lease_check(None)] == ["tasks_app.W002"]
+    settings.CLAW_LEASE_SECONDS = 20
+    assert lease_check(None) == []
+
+
 def test_only_json_is_accepted(settings):
     assert settings.CELERY_ACCEPT_CONTENT == ["json"]
     assert settings.CELERY_TASK_SERIALIZER == "json"

@@ -538,8 +538,8 @@ CELERY_TASK_DEFAULT_PRIORITY = 5
 CLAW_PROGRESS_INTERVAL = env_float("CLAW_PROGRESS_INTERVAL", 0.5)
 # Redeliveries of one attempt after its worker died, before the ledger stops it.
 CLAW_MAX_REDELIVERIES = env_int("CLAW_MAX_REDELIVERIES", 3)
-# Seconds a running attempt's lease lasts; its worker renews it every third of
-# that (and at each progress report). While the lease is live a second delivery
+# Seconds a running attempt's lease lasts; the process running it renews it
+# every third of that. While the lease is live a second delivery
 # of the attempt is refused; once it lapsed (the worker died) a redelivery takes
 # the attempt over. Keep it well below the visibility timeout (system check W002).
 CLAW_LEASE_SECONDS = env_float("CLAW_LEASE_SECONDS", 60)

@@ -33,7 +33,7 @@ class LedgerRequest(Request):
 
             try:
                 services.release_lease(
-                    self.id, process=leases.process_name(self.hostname, self.worker_pid)
+                    self.id, holder=leases.process_name(self.hostname, self.worker_pid)
                 )
             except Exception as error:  # the lease then lapses on its own
                 logger.warning("Could not release the lease of %s: %r", self.id, error)
@@ -42,6 +42,18 @@ class LedgerRequest(Request):
 
 class LedgerTask(Task):
     Request = "tasks_app.base:LedgerRequest"
+
+    def replace(self, sig):
+        # The replacing canvas's last task runs under this task's id while the
+        # record stays STARTED: it must find the lease free, or it would be
+        # refused as a duplicate of this run. Released before the canvas is sent.
+        runner = getattr(self.request, "claw_runner", None)
+        if runner:
+            from tasks_app import leases, services
+
+            leases.drop(self.request.id)
+            services.release_lease(self.request.id, holder=runner)
+        return super().replace(sig)
 
     def before_start(self, task_id, args, kwargs):
         # Set by the task_prerun receiver when the ledger refuses this delivery

@@ -532,13 +532,18 @@ def renew_leases(celery_ids: list[str], *, runner: str) -> int:
     ).update(lease_until=until)
 
 
-def release_lease(celery_id: str, *, process: str) -> bool:
-    """The process that ran the attempt died (its worker saw the pool process
-    go): a redelivery may take the attempt over at once instead of waiting for
-    the lease to lapse. process is leases.process_name of the dead process."""
+def release_lease(celery_id: str, *, holder: str) -> bool:
+    """The run holding the attempt's lease is over while the record stays
+    STARTED: its process died (the worker saw the pool process go), or it handed
+    the attempt on (Task.replace, a requeueing Reject). The next delivery may
+    then take the attempt over at once instead of waiting for the lease to lapse.
+
+    holder is the run's runner, or leases.process_name of a dead process (every
+    runner of that process).
+    """
     return bool(
         TaskRecord.objects.filter(
-            celery_id=celery_id, state=State.STARTED, runner__startswith=process
+            celery_id=celery_id, state=State.STARTED, runner__startswith=holder
         ).update(lease_until=None)
     )
 
@@ -665,8 +670,8 @@ def record_progress(
         progress_current=max(0, int(current)),
         progress_total=max(0, int(total)),
         progress_message=message[:500],
-        # a progress report is a sign of life too
-        lease_until=timezone.now() + timedelta(seconds=settings.CLAW_LEASE_SECONDS),
+        # No lease renewal here: a fan-out parent's progress is written by its
+        # members (tasks_app.fanout), not by a run of the parent.
     )
 
 

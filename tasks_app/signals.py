@@ -8,9 +8,13 @@ receiver shows up as a stale record (which check_task_health catches).
 
 from __future__ import annotations
 
-from celery import signals
+from celery import signals, states
 
 from tasks_app import connections, leases, services, workers
+
+# Trace states after which the record has left STARTED (or will, for RETRY), so
+# the run's lease needs no release.
+RUN_ENDED_RECORD = (states.SUCCESS, states.FAILURE, states.RETRY)
 
 
 @signals.worker_init.connect
@@ -43,6 +47,7 @@ def on_task_prerun(task_id, task, **_):
         record_id=getattr(request, "claw_record", None),
     )
     if request.claw_refusal is None:
+        request.claw_runner = runner
         leases.hold(task_id, runner)
 
 
@@ -55,11 +60,16 @@ def on_task_success(sender, **_):
 
 
 @signals.task_postrun.connect
-def on_task_postrun(task_id=None, task=None, **_):
+def on_task_postrun(task_id=None, task=None, state=None, **_):
     # A refused copy leaves the lease to the run it was refused for (threads
     # pool: both may share this process).
-    if task is not None and getattr(task.request, "claw_refusal", None) is None:
+    runner = getattr(task.request, "claw_runner", None) if task else None
+    if runner:
         leases.drop(task_id)
+        if state not in RUN_ENDED_RECORD:
+            # Ignored or rejected (requeued) with the record maybe still
+            # STARTED: the next delivery must not wait for this lease to lapse.
+            services.release_lease(task_id, holder=runner)
     connections.recycle()
 
 

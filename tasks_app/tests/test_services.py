@@ -242,7 +242,7 @@ def test_a_delivery_past_the_limit_is_refused_as_poisoned_and_fails(
                 record.celery_id, name=record.name, worker="w", runner=runner
             )
         )
-        services.release_lease(record.celery_id, process=f"w:{n}:")
+        services.release_lease(record.celery_id, holder=f"w:{n}:")
 
     record.refresh_from_db()
     assert results == [None, None, None, "poisoned"]
@@ -470,7 +470,7 @@ def test_a_redelivery_takes_over_once_the_lease_lapsed_or_was_released(
         )
         is None
     )
-    assert services.release_lease(record.celery_id, process="w2:20:")
+    assert services.release_lease(record.celery_id, holder="w2:20:")
     assert (
         services.mark_started(
             record.celery_id, name=record.name, worker="w3", runner="w3:30:c"

@@ -10,6 +10,7 @@ from celery.exceptions import Ignore, Terminated
 from celery.worker.request import Request
 
 logger = logging.getLogger(__name__)
+DUPLICATE = "duplicate"  # services.mark_started's refusal of a second copy
 POISONED = "stopped: its worker process died every time it ran it"
 
 
@@ -21,23 +22,34 @@ class LedgerRequest(Request):
     """A delivery as the worker's main process sees it."""
 
     def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
+        exc = getattr(exc_info.exception, "exc", exc_info.exception)
+        if isinstance(
+            exc, WorkerLostError | Terminated | SystemExit | KeyboardInterrupt
+        ):
+            self._release_lease()
+        if isinstance(exc, Ignore) and exc.args[:1] == (DUPLICATE,):
+            from tasks_app import broker_inspect
+
+            # Acknowledged, but Redis keeps its copy for the run this one was
+            # refused for (the same delivery tag).
+            broker_inspect.keep_copy_on_ack(self._message)
+        return super().on_failure(exc_info, send_failed_event, return_ok)
+
+    def _release_lease(self) -> None:
         # The pool process running it died (kill -9, out of memory, terminated
         # by a revoke or on a broker connection loss): release its lease before
         # the message goes back to the broker, so the redelivery takes the
         # attempt over instead of being refused as a duplicate of a dead run.
-        exc = getattr(exc_info.exception, "exc", exc_info.exception)
-        if self.worker_pid and isinstance(
-            exc, WorkerLostError | Terminated | SystemExit | KeyboardInterrupt
-        ):
-            from tasks_app import leases, services
+        if not self.worker_pid:
+            return
+        from tasks_app import leases, services
 
-            try:
-                services.release_lease(
-                    self.id, holder=leases.process_name(self.hostname, self.worker_pid)
-                )
-            except Exception as error:  # the lease then lapses on its own
-                logger.warning("Could not release the lease of %s: %r", self.id, error)
-        return super().on_failure(exc_info, send_failed_event, return_ok)
+        try:
+            services.release_lease(
+                self.id, holder=leases.process_name(self.hostname, self.worker_pid)
+            )
+        except Exception as error:  # the lease then lapses on its own
+            logger.warning("Could not release the lease of %s: %r", self.id, error)
 
 
 class LedgerTask(Task):

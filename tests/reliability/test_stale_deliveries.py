@@ -9,13 +9,15 @@ whether the worker holding it died or is still running it.
 from __future__ import annotations
 
 import signal
+import time
 
 import pytest
 
-from tasks_app import services
+from tasks_app import broker_inspect, services
 from tasks_app.models import TaskRecord
 from tests.harness import wait_for
 from tests.reliability.conftest import (
+    QUEUE,
     VISIBILITY,
     effects,
     report,
@@ -26,6 +28,11 @@ from tests.reliability.conftest import (
 pytestmark = [pytest.mark.reliability, pytest.mark.worker, pytest.mark.timeout(60)]
 State = TaskRecord.State
 REFUSED = "refused"  # TaskEvent.Kind.REFUSED, spelled out so main can run this
+
+
+def held(record) -> bool:
+    """Whether Redis still holds a message of the record's attempt."""
+    return record.celery_id in broker_inspect.queued_task_ids([QUEUE])
 
 
 def refusals(record) -> list:
@@ -86,7 +93,19 @@ def test_a_second_delivery_of_the_running_attempt_is_refused_and_recorded(
         done = refusals(record) and record.state == State.SUCCESS
         return done or effects().get(key, 0) >= 2  # the hole: both copies ran
 
-    wait_for(settled, 28, interval=0.25, message="both deliveries to be settled")
+    def refused_while_running():
+        record.refresh_from_db()
+        return refusals(record) or record.is_final
+
+    wait_for(refused_while_running, 20, interval=0.1, message="the second copy")
+    time.sleep(1)  # the refused copy is acknowledged just after its event
+    record.refresh_from_db()
+    if record.state == State.STARTED:
+        # Acknowledging the refused copy must not take away Redis' copy of the
+        # running one (same delivery tag): were its worker killed now, the
+        # attempt would come back after the visibility timeout.
+        assert held(record)
+    wait_for(settled, 20, interval=0.25, message="both deliveries to be settled")
 
     report("duplicate", effects=effects().get(key, 0), refused=len(refusals(record)))
     assert effects() == {key: 1}
@@ -96,3 +115,5 @@ def test_a_second_delivery_of_the_running_attempt_is_refused_and_recorded(
     assert refusal.celery_id == record.celery_id
     assert refusal.data["reason"] == "duplicate"
     assert refusal.data["running_on"].startswith(worker.hostname + ":")
+    # and the run's own acknowledgement removed it
+    wait_for(lambda: not held(record), 5, interval=0.1, message="the ack")

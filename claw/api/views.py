@@ -20,7 +20,7 @@ from claw.api.serializers import (
     SubmissionSerializer,
 )
 from claw.models import Conversation, Message, Notification
-from tasks_app.api import errors, idempotency
+from tasks_app.api import errors, idempotency, params
 from tasks_app.api.permissions import OwnedQuerysetMixin
 
 SUBMITTED = {
@@ -32,26 +32,6 @@ AFTER = OpenApiParameter(
     {"type": "integer", "minimum": 0},
     description="Only messages after this id",
 )
-
-
-def _strict_int(request, name: str) -> int | None:
-    value = request.query_params.get(name)
-    if value is None:
-        return None
-    # Beyond the id range Django's lookups match nothing (or everything) rather
-    # than fail, so any run of digits is a fine id.
-    if not value.isdigit():
-        raise ValidationError({name: "Must be a message id (an integer)."})
-    return int(value)
-
-
-def _strict_bool(request, name: str) -> bool | None:
-    value = request.query_params.get(name)
-    if value is None:
-        return None
-    if value not in ("true", "false"):
-        raise ValidationError({name: "Must be true or false."})
-    return value == "true"
 
 
 def submit_reply(request, conversation: Conversation, content: str) -> Response:
@@ -146,7 +126,9 @@ class ConversationViewSet(
             body.is_valid(raise_exception=True)
             return submit_reply(request, conversation, body.validated_data["content"])
         messages = conversation.messages.select_related("task")
-        after = _strict_int(request, "after")
+        after = params.id_param(
+            request, "after", "Must be a message id (an integer).", maximum=None
+        )
         if after is not None:
             messages = messages.filter(id__gt=after)
         page = self.paginate_queryset(messages.order_by("id"))
@@ -204,7 +186,7 @@ class NotificationViewSet(
     def filter_queryset(self, queryset):
         if self.action != "list":
             return queryset
-        unread = _strict_bool(self.request, "unread")
+        unread = params.bool_param(self.request, "unread")
         if unread is not None:
             queryset = queryset.filter(read_at__isnull=unread)
         channel = self.request.query_params.get("channel")

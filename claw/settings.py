@@ -251,6 +251,11 @@ AI_RATE_LIMIT_BACKEND = env_str("AI_RATE_LIMIT_BACKEND", "auto")
 # A reply deferred this many times fails; each deferral is one delivery, and the
 # ledger's poisoned-task guard counts deliveries against max_retries.
 AI_MAX_DEFERRALS = env_int("AI_MAX_DEFERRALS", 30)
+# Replies one user may have pending or generating at once, counted in the database
+# when a message is accepted (429 with Retry-After past it), so one user filling
+# the queue cannot make everyone else's replies wait out their deferrals. 0: no cap.
+AI_MAX_REPLIES_IN_FLIGHT = env_int("AI_MAX_REPLIES_IN_FLIGHT", 5)
+AI_IN_FLIGHT_RETRY_AFTER = env_int("AI_IN_FLIGHT_RETRY_AFTER", 10)
 # Transient provider errors (timeouts, 429, 5xx): retries with exponential backoff
 # (AI_RETRY_BACKOFF * 2**n seconds, jittered, at most AI_RETRY_BACKOFF_MAX).
 AI_TRANSIENT_RETRIES = 3

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import Throttled, ValidationError
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
@@ -47,12 +48,20 @@ def submit_reply(request, conversation: Conversation, content: str) -> Response:
         except conversations.DifferentRequest:
             raise idempotency.KeyReused() from None
 
+    def post(key):
+        try:
+            return conversations.post_message(
+                conversation, content, idempotency_key=key
+            )
+        except conversations.TooManyReplies as exc:
+            raise Throttled(
+                wait=settings.AI_IN_FLIGHT_RETRY_AFTER, detail=str(exc)
+            ) from None
+
     submission = idempotency.submit_once(
         request,
         conversations.TASK_NAME,
-        lambda key: conversations.post_message(
-            conversation, content, idempotency_key=key
-        ),
+        post,
         # keys are the conversation owner's, as its tasks are (post_message)
         owner=conversation.owner,
         replay=replay,

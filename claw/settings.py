@@ -352,9 +352,15 @@ JOBS_SECTION_SOFT_TIME_LIMIT = env_int("JOBS_SECTION_SOFT_TIME_LIMIT", 120)
 JOBS_SECTION_TIME_LIMIT = env_int("JOBS_SECTION_TIME_LIMIT", 180)
 # --- end of Writing jobs --------------------------------------------------------
 
-# --- Cache (the cluster-wide rate limit and locks need a shared one) ---------
+# --- Cache (API throttles, alert de-duplication, dashboard counts) -----------
+# Shared by every process by default: a per-process locmem cache would let each
+# gunicorn worker keep its own throttle counts (N workers, N times the rate). The
+# table is created by migrate (claw 0004); production points CACHE_URL at Redis.
+CACHE_TABLE = "claw_cache"
 CACHES = {
-    "default": environ.Env.cache_url_config(env_str("CACHE_URL", "locmemcache://"))
+    "default": environ.Env.cache_url_config(
+        env_str("CACHE_URL", f"dbcache://{CACHE_TABLE}")
+    )
 }
 
 # --- REST framework ---------------------------------------------------------

@@ -364,9 +364,12 @@ CACHES = {
 }
 
 # --- REST framework ---------------------------------------------------------
+# Days an API token lives from its issue (manage.py issue_token --days, or the
+# admin, may set another lifetime); 0: tokens never expire.
+API_TOKEN_DAYS = env_int("API_TOKEN_DAYS", 90)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "tasks_app.api.authentication.HashedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 import pytest
-from rest_framework.authtoken.models import Token
+
+from tasks_app import tokens
 
 # One "web process": two authenticated requests, printing their status codes.
 REQUESTS = """
@@ -38,7 +39,7 @@ def web_process(worker_env, token: str) -> list[int]:
 
 @pytest.mark.django_db(transaction=True)
 def test_a_user_throttled_in_one_process_is_throttled_in_the_next(worker_env, alice):
-    token = Token.objects.create(user=alice).key
+    _, token = tokens.issue(alice)
 
     first = web_process(worker_env, token)
     second = web_process(worker_env, token)

@@ -8,6 +8,7 @@ switch to PostgreSQL and Redis for production.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -96,6 +97,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI's files, served here, not from a CDN
+    "axes",  # locks out a username/IP pair after repeated failed logins
     "django_celery_results",
     "django_celery_beat",
     "tasks_app",
@@ -113,7 +115,24 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes requires: answers a locked-out login with 429.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Login lockout (django-axes): after AXES_FAILURE_LIMIT failed logins a username is
+# locked for that IP address for AXES_COOLOFF_MINUTES (keyed on both, so guessing
+# at the admin's name from elsewhere cannot lock the admin out everywhere);
+# `manage.py axes_reset` unlocks. Only logins through a web page are counted (see
+# claw.auth); API tokens are not passwords.
+AUTHENTICATION_BACKENDS = [
+    "claw.auth.WebLoginLockoutBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("AXES_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False  # no banner on every manage.py command
 
 ROOT_URLCONF = "claw.urls"
 WSGI_APPLICATION = "claw.wsgi.application"

@@ -84,7 +84,13 @@ print(json.dumps({
 @pytest.mark.worker
 def test_runstack_serves_a_healthy_stack_and_stops_every_child_on_ctrl_c(tmp_path):
     # no rate limit: twenty replies would otherwise wait for later windows
-    env = {**embedded_env(tmp_path), "HTTPS_ONLY": "false", "AI_RATE_LIMIT": ""}
+    # one user asks twenty questions at once to load both pools: no per-user cap
+    env = {
+        **embedded_env(tmp_path),
+        "HTTPS_ONLY": "false",
+        "AI_RATE_LIMIT": "",
+        "AI_MAX_REPLIES_IN_FLIGHT": "0",
+    }
     manage(env, "migrate", "--noinput")
     manage(env, "collectstatic", "--noinput", "-v", "0")
     created = manage(env, "ensure_admin")

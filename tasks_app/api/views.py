@@ -8,7 +8,12 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
@@ -218,7 +223,11 @@ class TaskRecordViewSet(
         request=RetrySerializer,
         responses={
             202: TaskRecordSerializer,
-            403: {"description": "args or kwargs sent by a user who is not staff."},
+            403: OpenApiResponse(
+                OpenApiTypes.OBJECT,
+                description="args or kwargs sent by a user who is not staff; the "
+                "body names them.",
+            ),
             **CONFLICT,
         },
     )

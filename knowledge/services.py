@@ -322,9 +322,7 @@ def ensure_owned(
         )
         ownership.ensure_owned(*_ids(owner), what=f"document {document_id}")
     if update:
-        ownership.ensure_owned(
-            ownership.acting_owner_id(update), what=f"update {update}"
-        )
+        ownership.ensure_same_owner(update, what=f"update {update}")
 
 
 def _ids(rows) -> list:

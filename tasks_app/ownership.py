@@ -52,7 +52,12 @@ def acting_owner_id(celery_id: str | None = None) -> int | None:
     return owner
 
 
-def _record_owner_id(celery_id: str | None, record_pk) -> int | None:
+def _record_owner_id(celery_id: str | None, record_pk=None) -> int | None:
+    row = _owner_row(celery_id, record_pk)
+    return None if row is None else _acting(row)
+
+
+def _owner_row(celery_id: str | None, record_pk=None) -> tuple | None:
     # The current attempt's id finds the record; the claw_record header (every
     # message submit() publishes carries it) also finds it for a delivery of
     # an earlier attempt, which must not run unrestricted either.
@@ -60,8 +65,10 @@ def _record_owner_id(celery_id: str | None, record_pk) -> int | None:
     row = TaskRecord.objects.filter(celery_id=celery_id).values_list(*fields).first()
     if row is None and str(record_pk or "").isdigit():
         row = TaskRecord.objects.filter(pk=int(record_pk)).values_list(*fields).first()
-    if row is None:
-        return None
+    return row
+
+
+def _acting(row: tuple) -> int | None:
     owner, staff, root_owner, root_staff = row
     if owner is None:
         owner, staff = root_owner, root_staff
@@ -83,3 +90,12 @@ def ensure_owned(
         return
     if any(owner_id != owner for owner_id in owner_ids):
         raise NotOwned(f"{what} does not belong to this task's owner")
+
+
+def ensure_same_owner(celery_id: str, *, what: str = "task") -> None:
+    """Raise NotOwned unless the record whose attempt is celery_id (the parent a
+    fan-out member reports its progress to) acts for the running task's owner.
+    No such record (an attempt since retried): nothing of anyone's to protect."""
+    row = _owner_row(celery_id)
+    if row is not None:
+        ensure_owned(_acting(row), what=what)

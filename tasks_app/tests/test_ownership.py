@@ -95,3 +95,14 @@ def test_no_lifecycle_handler_runs_for_a_refused_record(
             services.mark_failed(celery_id, error=repr(exc), exc=exc)
 
     assert [ended.record.celery_id for ended in called] == ["c-failed"]
+
+
+def test_a_member_reports_only_to_a_parent_of_its_own_owner(alice, bob):
+    root = record_of(bob, "c-update")
+    record_of(None, "c-member", root=root)
+    record_of(alice, "c-alices-update")
+    with running("c-member"):
+        ownership.ensure_same_owner("c-update")
+        ownership.ensure_same_owner("c-retried-since")  # no record: nothing to guard
+        with pytest.raises(NotOwned):
+            ownership.ensure_same_owner("c-alices-update")

@@ -28,7 +28,7 @@ from knowledge.embeddings import EmbeddingUnavailable
 from knowledge.models import Chunk, Document, KnowledgeBase, content_hash
 from knowledge.search import SearchHit as SearchHit
 from knowledge.search import search_many as search_many
-from tasks_app import fanout, ratelimit
+from tasks_app import fanout, ownership, ratelimit
 from tasks_app import services as ledger
 from tasks_app.api.fields import BLANK
 from tasks_app.models import TaskRecord
@@ -303,6 +303,32 @@ def submit_delete_vectors(
     )
 
 
+def ensure_owned(
+    *,
+    kb_id: int | None = None,
+    document_id: int | None = None,
+    update: str | None = None,
+) -> None:
+    """Raise ownership.NotOwned unless the knowledge base, the document (through
+    its knowledge base) and the update (a knowledge-base update's Celery id, whose
+    record a member reports to) belong to the running task's owner. Every
+    knowledge task calls this first, before it changes anything."""
+    if kb_id is not None:
+        owner = KnowledgeBase.objects.filter(pk=kb_id).values_list("owner_id")
+        ownership.ensure_owned(*_ids(owner), what=f"knowledge base {kb_id}")
+    if document_id is not None:
+        owner = Document.objects.filter(pk=document_id).values_list(
+            "knowledge_base__owner_id"
+        )
+        ownership.ensure_owned(*_ids(owner), what=f"document {document_id}")
+    if update:
+        ownership.ensure_same_owner(update, what=f"update {update}")
+
+
+def _ids(rows) -> list:
+    return [row[0] for row in rows]
+
+
 def _bump_version(kb_id: int) -> None:
     # Search caches a matrix per version; every change of vectors must bump it,
     # in the transaction that changes them.
@@ -564,6 +590,7 @@ def plan_update(kb_id: int, mode: str) -> list[int] | None:
     that have none, or that are not ready (failed, or stuck); full: every document (unchanged chunks reuse
     their vectors); rebuild: drop every vector first, then every document.
     """
+    ensure_owned(kb_id=kb_id)
     documents = update_candidates(kb_id, mode)
     if not KnowledgeBase.objects.filter(pk=kb_id).exists():
         return None
@@ -601,6 +628,7 @@ def report_update_progress(update_celery_id: str) -> None:
 def finish_update(outcomes: list[dict], *, kb_id: int, mode: str) -> dict:
     """Summarise the chord members' outcomes; raise UpdateFailed naming the failed
     documents, so the update's record ends FAILURE with that summary."""
+    ensure_owned(kb_id=kb_id)
     summary = {
         "knowledge_base": kb_id,
         "mode": mode,
@@ -637,6 +665,12 @@ def fail_update(update_celery_id: str, *, kb_id: int | None, error: str) -> None
     """End an update whose chord broke (a member failed outright, e.g. killed at
     its hard time limit), so its record never waits for a callback that will not
     run. Names the knowledge base's failed documents."""
+    # Called in-process by Celery (not the update's own run): the update's
+    # record says whose knowledge base it may be.
+    owner = KnowledgeBase.objects.filter(pk=kb_id).values_list("owner_id")
+    ownership.ensure_owned(
+        *_ids(owner), what=f"knowledge base {kb_id}", celery_id=update_celery_id
+    )
     failed = dict(
         Document.objects.filter(knowledge_base_id=kb_id, status=Status.FAILED)
         .order_by("id")
@@ -677,6 +711,7 @@ def delete_vectors(*, kb_id: int | None = None, document_id: int | None = None):
     """
     if (kb_id is None) == (document_id is None):
         raise InvalidInput("give kb_id or document_id")
+    ensure_owned(kb_id=kb_id, document_id=document_id)
     documents = (
         Document.objects.filter(knowledge_base_id=kb_id)
         if kb_id is not None

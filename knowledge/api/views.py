@@ -73,10 +73,22 @@ def check_body_size(request, field: str) -> None:
         )
 
 
-def submitted(request, task_name: str, submit: Callable[[str | None], TaskRecord]):
+def submitted(
+    request,
+    task_name: str,
+    submit: Callable[[str | None], TaskRecord],
+    target: KnowledgeBase | Document,
+    args: list | None = None,
+):
     """202 with the task submit(key) queues; a repeated Idempotency-Key answers
-    with the first request's task instead (tasks_app.api.idempotency)."""
-    record = idempotency.submit_once(request, task_name, submit)
+    with the first request's task instead, if that request was for the same
+    target and args, else 409 (tasks_app.api.idempotency)."""
+    record = idempotency.submit_once(
+        request,
+        task_name,
+        submit,
+        replay=lambda previous: idempotency.same_request(previous, target, args=args),
+    )
     return Response(TaskRecordSerializer(record).data, status=status.HTTP_202_ACCEPTED)
 
 
@@ -153,6 +165,9 @@ class KnowledgeBaseViewSet(OwnedQuerysetMixin, viewsets.ModelViewSet):
             lambda key: services.submit_update(
                 kb, body.validated_data["mode"], owner=request.user, idempotency_key=key
             ),
+            kb,
+            # the same key for another mode is another request
+            args=[kb.pk, body.validated_data["mode"]],
         )
 
     @extend_schema(
@@ -167,6 +182,7 @@ class KnowledgeBaseViewSet(OwnedQuerysetMixin, viewsets.ModelViewSet):
             lambda key: services.submit_delete_vectors(
                 kb=kb, owner=request.user, idempotency_key=key
             ),
+            kb,
         )
 
     @extend_schema(
@@ -320,6 +336,7 @@ class DocumentViewSet(
             lambda key: services.submit_vectorize(
                 document, owner=request.user, idempotency_key=key
             ),
+            document,
         )
 
     @extend_schema(
@@ -334,4 +351,5 @@ class DocumentViewSet(
             lambda key: services.submit_delete_vectors(
                 document=document, owner=request.user, idempotency_key=key
             ),
+            document,
         )

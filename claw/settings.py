@@ -543,6 +543,9 @@ CLAW_MAX_REDELIVERIES = env_int("CLAW_MAX_REDELIVERIES", 3)
 CLAW_STATS_CACHE_SECONDS = env_int("CLAW_STATS_CACHE_SECONDS", 15)
 # Seconds without a heartbeat after which beat counts as down.
 CLAW_BEAT_STALE_AFTER = env_int("CLAW_BEAT_STALE_AFTER", 120)
+# Seconds /health reuses its checks' results (a worker broadcast and a broker
+# connection), so requests to it cannot tie up web workers; 0 checks every time.
+CLAW_HEALTH_CACHE_SECONDS = env_int("CLAW_HEALTH_CACHE_SECONDS", 5)
 
 
 def _not_kombu_default_hostname(record) -> bool:

@@ -196,7 +196,13 @@ HTTPS_ONLY = env_bool("HTTPS_ONLY", not DEBUG)
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", HTTPS_ONLY)
 SESSION_COOKIE_SECURE = HTTPS_ONLY
 CSRF_COOKIE_SECURE = HTTPS_ONLY
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# X-Forwarded-Proto says the client used HTTPS only when a proxy in front sets it
+# (and strips the client's own); trusted without one, any client could claim HTTPS
+# over plain HTTP (no redirect, secure cookies sent in clear). Off unless said.
+TRUST_PROXY_SSL_HEADER = env_bool("TRUST_PROXY_SSL_HEADER", False)
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_X_FORWARDED_PROTO", "https") if TRUST_PROXY_SSL_HEADER else None
+)
 SECURE_REDIRECT_EXEMPT = [r"^health$"]
 X_FRAME_OPTIONS = "DENY"
 

@@ -477,3 +477,27 @@ def test_pages_offer_only_the_operations_their_user_may_run(django_user_model):
         "Retry this group",
     ):
         assert offered not in html
+
+
+def test_new_task_refuses_a_countdown_the_broker_would_redeliver(admin_client):
+    from django.conf import settings
+
+    timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
+    url = reverse("admin:tasks_app_new_task")
+    with patch("tasks_app.services.app.send_task") as send:
+        response = admin_client.post(
+            url,
+            {
+                "name": "tests.add",
+                "args": "[1, 2]",
+                "kwargs": "{}",
+                "priority": 5,
+                "countdown": 3 * timeout,
+            },
+        )
+
+    assert response.status_code == 200  # the form again, with its error
+    errors = response.context["form"].errors
+    assert list(errors) == ["countdown"] and "at most" in errors["countdown"][0]
+    assert not TaskRecord.objects.exists()
+    send.assert_not_called()

@@ -105,7 +105,8 @@ class OperationsViews:
         groups = dashboard.failure_groups(start)
         if request.method == "POST":
             require(request, RETRY)
-            index = int(request.POST.get("group", -1))
+            group = request.POST.get("group", "")
+            index = int(group) if group.isdigit() else -1  # tampered: no group
             if not 0 <= index < len(groups):
                 messages.error(request, "That group no longer exists.")
             else:

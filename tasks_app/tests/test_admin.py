@@ -501,3 +501,18 @@ def test_new_task_refuses_a_countdown_the_broker_would_redeliver(admin_client):
     assert list(errors) == ["countdown"] and "at most" in errors["countdown"][0]
     assert not TaskRecord.objects.exists()
     send.assert_not_called()
+
+
+@pytest.mark.parametrize("group", ["", "x", "-1", "99"])
+def test_retrying_a_group_that_is_not_there_says_so_and_changes_nothing(
+    admin_client, group
+):
+    finished(State.FAILURE, error="KeyError('x')")
+    with patch("tasks_app.services.app.send_task") as send:
+        response = admin_client.post(
+            reverse("admin:tasks_app_failures"), {"group": group}, follow=True
+        )
+
+    assert "That group no longer exists." in response.content.decode()
+    assert TaskRecord.objects.get().state == State.FAILURE
+    send.assert_not_called()

@@ -13,6 +13,8 @@ import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import Case, Value, When
 from django.utils import timezone
@@ -29,6 +31,10 @@ Role = Message.Role
 
 class DifferentRequest(Exception):
     """An idempotency key was first used for another conversation or content."""
+
+
+class TooManyReplies(Exception):
+    """The owner already has AI_MAX_REPLIES_IN_FLIGHT replies pending or generating."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,7 @@ def post_message(
     and so does the idempotency key.
     """
     with transaction.atomic():
+        _claim_reply_slot(conversation.owner_id)
         question = Message.objects.create(
             conversation=conversation, role=Role.USER, content=content
         )
@@ -119,6 +126,29 @@ def post_message(
             updated_at=timezone.now()
         )
     return Submission(question, reply, record)
+
+
+def _claim_reply_slot(owner_id: int) -> None:
+    """Refuse a reply past the owner's cap of replies in flight.
+
+    Must run in the accepting transaction. Locking the owner's user row makes
+    concurrent posts of one user count one after the other (PostgreSQL; SQLite's
+    IMMEDIATE transactions serialise writers already), so the cap is exact.
+    """
+    cap = settings.AI_MAX_REPLIES_IN_FLIGHT
+    if not cap:
+        return
+    get_user_model().objects.select_for_update().filter(pk=owner_id).exists()
+    in_flight = Message.objects.filter(
+        conversation__owner_id=owner_id,
+        role=Role.ASSISTANT,
+        status__in=Message.ACTIVE_STATUSES,
+    )
+    if in_flight.count() >= cap:
+        raise TooManyReplies(
+            f"{cap} replies are already being generated for you; "
+            "wait for one to finish."
+        )
 
 
 def replay(record: TaskRecord, conversation: Conversation, content: str) -> Submission:

@@ -8,6 +8,7 @@ switch to PostgreSQL and Redis for production.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -96,6 +97,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI's files, served here, not from a CDN
+    "axes",  # locks out a username/IP pair after repeated failed logins
     "django_celery_results",
     "django_celery_beat",
     "tasks_app",
@@ -113,7 +115,24 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes requires: answers a locked-out login with 429.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Login lockout (django-axes): after AXES_FAILURE_LIMIT failed logins a username is
+# locked for that IP address for AXES_COOLOFF_MINUTES (keyed on both, so guessing
+# at the admin's name from elsewhere cannot lock the admin out everywhere);
+# `manage.py axes_reset` unlocks. Only logins through a web page are counted (see
+# claw.auth); API tokens are not passwords.
+AUTHENTICATION_BACKENDS = [
+    "claw.auth.WebLoginLockoutBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("AXES_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False  # no banner on every manage.py command
 
 ROOT_URLCONF = "claw.urls"
 WSGI_APPLICATION = "claw.wsgi.application"
@@ -257,6 +276,11 @@ AI_RATE_LIMIT_BACKEND = env_str("AI_RATE_LIMIT_BACKEND", "auto")
 # A reply deferred this many times fails; each deferral is one delivery, and the
 # ledger's poisoned-task guard counts deliveries against max_retries.
 AI_MAX_DEFERRALS = env_int("AI_MAX_DEFERRALS", 30)
+# Replies one user may have pending or generating at once, counted in the database
+# when a message is accepted (429 with Retry-After past it), so one user filling
+# the queue cannot make everyone else's replies wait out their deferrals. 0: no cap.
+AI_MAX_REPLIES_IN_FLIGHT = env_int("AI_MAX_REPLIES_IN_FLIGHT", 5)
+AI_IN_FLIGHT_RETRY_AFTER = env_int("AI_IN_FLIGHT_RETRY_AFTER", 10)
 # Transient provider errors (timeouts, 429, 5xx): retries with exponential backoff
 # (AI_RETRY_BACKOFF * 2**n seconds, jittered, at most AI_RETRY_BACKOFF_MAX).
 AI_TRANSIENT_RETRIES = 3
@@ -353,15 +377,24 @@ JOBS_SECTION_SOFT_TIME_LIMIT = env_int("JOBS_SECTION_SOFT_TIME_LIMIT", 120)
 JOBS_SECTION_TIME_LIMIT = env_int("JOBS_SECTION_TIME_LIMIT", 180)
 # --- end of Writing jobs --------------------------------------------------------
 
-# --- Cache (the cluster-wide rate limit and locks need a shared one) ---------
+# --- Cache (API throttles, alert de-duplication, dashboard counts) -----------
+# Shared by every process by default: a per-process locmem cache would let each
+# gunicorn worker keep its own throttle counts (N workers, N times the rate). The
+# table is created by migrate (claw 0004); production points CACHE_URL at Redis.
+CACHE_TABLE = "claw_cache"
 CACHES = {
-    "default": environ.Env.cache_url_config(env_str("CACHE_URL", "locmemcache://"))
+    "default": environ.Env.cache_url_config(
+        env_str("CACHE_URL", f"dbcache://{CACHE_TABLE}")
+    )
 }
 
 # --- REST framework ---------------------------------------------------------
+# Days an API token lives from its issue (manage.py issue_token --days, or the
+# admin, may set another lifetime); 0: tokens never expire.
+API_TOKEN_DAYS = env_int("API_TOKEN_DAYS", 90)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "tasks_app.api.authentication.HashedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

@@ -33,3 +33,6 @@ KNOWLEDGE_VECTORIZE_RATE_LIMIT = parse_rate(  # noqa: F405
     os.environ.get("KNOWLEDGE_VECTORIZE_RATE_LIMIT", ""),
 )
 KNOWLEDGE_RETRY_BACKOFF = 1
+# Suites post dozens of replies at once to load the workers; the per-user cap on
+# replies in flight has its own tests (claw/tests/test_reply_cap.py).
+AI_MAX_REPLIES_IN_FLIGHT = int(os.environ.get("AI_MAX_REPLIES_IN_FLIGHT", "0"))

@@ -379,6 +379,6 @@ class StaffAlertAdmin(admin.ModelAdmin):
         return False
 
 
-# Replaces django-celery-beat's PeriodicTask admin; imported after
-# django_celery_beat's admin (INSTALLED_APPS order).
-from tasks_app import admin_schedules  # noqa: E402, F401
+# Replace django-celery-beat's PeriodicTask admin and DRF's token admin: imported
+# after theirs (INSTALLED_APPS order).
+from tasks_app import admin_schedules, admin_tokens  # noqa: E402, F401

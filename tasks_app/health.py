@@ -3,9 +3,9 @@
 Anyone may ask whether the stack is ok (load balancers and probes do, without a
 login); only staff and API token holders see which part failed and the live
 workers. The checks cost a worker broadcast and a broker connection, so their
-results are kept for CLAW_HEALTH_CACHE_SECONDS: a flood of requests costs one
-round of checks per interval (per process with the default local-memory cache),
-not one per request.
+results are kept for CLAW_HEALTH_CACHE_SECONDS in the shared cache: a flood of
+requests costs one round of checks per interval (at most one per process at a
+time when the cache is cold), not one per request.
 """
 
 from __future__ import annotations

@@ -9,13 +9,12 @@ import subprocess
 from unittest.mock import patch
 
 import pytest
-from rest_framework.authtoken.models import Token
 
 from claw import conversations
 from conftest import grant
 from knowledge import services as knowledge
 from knowledge.tests.conftest import add_ready
-from tasks_app import services, workers
+from tasks_app import services, tokens, workers
 from tasks_app.models import TaskRecord
 from tasks_app.tests.test_api import client_for, record_of
 from tests.harness import BASE_DIR
@@ -164,7 +163,7 @@ def test_every_readme_curl_line_works_against_a_live_server(
         django_user_model.objects.create_user("old", is_staff=True),
         "tasks_app.control_workers",
     )
-    token = Token.objects.create(user=staff)
+    _, key = tokens.issue(staff)
     failed = record_of(staff, State.FAILURE)
     queued = record_of(staff, State.PENDING)
     chat = conversations.create_conversation(staff, title="old client")
@@ -178,7 +177,7 @@ def test_every_readme_curl_line_works_against_a_live_server(
     env = {
         **os.environ,
         "BASE": live_server.url,
-        "TOKEN": token.key,
+        "TOKEN": key,
         "TASK": failed.celery_id,  # an old client holds Celery ids
         "QUEUED": str(queued.pk),
         "CHAT": str(chat.pk),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 from django.conf import settings
@@ -30,7 +29,7 @@ from knowledge.api.serializers import (
     UpdateRequestSerializer,
 )
 from knowledge.models import Document, KnowledgeBase
-from tasks_app.api import errors, idempotency
+from tasks_app.api import idempotency, params
 from tasks_app.api.permissions import OwnedQuerysetMixin
 from tasks_app.api.serializers import TaskRecordSerializer
 from tasks_app.models import TaskRecord
@@ -248,16 +247,14 @@ class DocumentViewSet(
         return super().list(request, *args, **kwargs)
 
     def filter_queryset(self, queryset):
-        params = self.request.query_params
-        if "knowledge_base" in params:
-            value = params["knowledge_base"]
-            if not re.fullmatch(r"\d{1,19}", value) or int(value) > INT64_MAX:
-                raise ValidationError({"knowledge_base": "Must be an id (an integer)."})
-            queryset = queryset.filter(knowledge_base_id=int(value))
-        if "status" in params:
-            if params["status"] not in Document.Status.values:
-                raise ValidationError({"status": errors.one_of(Document.Status.values)})
-            queryset = queryset.filter(status=params["status"])
+        kb_id = params.id_param(
+            self.request, "knowledge_base", "Must be an id (an integer)."
+        )
+        if kb_id is not None:
+            queryset = queryset.filter(knowledge_base_id=kb_id)
+        status = params.choice_param(self.request, "status", Document.Status.values)
+        if status is not None:
+            queryset = queryset.filter(status=status)
         return queryset.order_by("-id")
 
     @extend_schema(responses=CREATED)

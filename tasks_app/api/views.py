@@ -1,12 +1,9 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC
 
 from django.conf import settings
 from django.db.models import Q
-from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
@@ -17,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from tasks_app import dashboard, services, workers
-from tasks_app.api import errors
+from tasks_app.api import params
 from tasks_app.api.permissions import CanControlWorkers, OwnedQuerysetMixin
 from tasks_app.api.serializers import (
     PoolRestartSerializer,
@@ -66,26 +63,6 @@ class WorkerSerializer(serializers.Serializer):
 
 TASK_NAME = r"^[A-Za-z0-9_.:-]{1,200}$"
 CONFLICT = {409: {"description": "The task's state does not allow this."}}
-
-
-def _datetime_param(request, name: str):
-    """An ISO 8601 query parameter as an aware UTC datetime; 400 naming it if not."""
-    value = request.query_params.get(name)
-    if value is None:
-        return None
-    try:
-        parsed = parse_datetime(value)
-    except ValueError:
-        parsed = None
-    if parsed is None:
-        raise ValidationError({name: "Not an ISO 8601 date-time."})
-    if timezone.is_naive(parsed):
-        parsed = timezone.make_aware(parsed)
-    try:
-        # In UTC: PostgreSQL refuses offsets past 15:59 that RFC 3339 allows.
-        return parsed.astimezone(UTC)
-    except (OverflowError, ValueError):
-        raise ValidationError({name: "Date-time out of range."}) from None
 
 
 def with_celery_id(queryset, celery_id: str):
@@ -143,24 +120,21 @@ class TaskRecordViewSet(
         return super().get_object()
 
     def filter_queryset(self, queryset):
-        params = self.request.query_params
-        state = params.get("state")
+        query = self.request.query_params
+        state = params.choice_param(self.request, "state", TaskRecord.State.values)
         if state:
-            if state not in TaskRecord.State.values:
-                raise ValidationError({"state": errors.one_of(TaskRecord.State.values)})
             queryset = queryset.filter(state=state)
-        if "name" in params:
-            if not re.fullmatch(TASK_NAME, params["name"]):
+        if "name" in query:
+            if not re.fullmatch(TASK_NAME, query["name"]):
                 raise ValidationError({"name": "Not a task name."})
-            queryset = queryset.filter(name=params["name"])
-        if "queue" in params:
-            if params["queue"] not in settings.CLAW_QUEUES:
-                raise ValidationError({"queue": errors.one_of(settings.CLAW_QUEUES)})
-            queryset = queryset.filter(queue=params["queue"])
-        if "celery_id" in params:
-            queryset = with_celery_id(queryset, params["celery_id"])
-        after = _datetime_param(self.request, "created_after")
-        before = _datetime_param(self.request, "created_before")
+            queryset = queryset.filter(name=query["name"])
+        queue = params.choice_param(self.request, "queue", settings.CLAW_QUEUES)
+        if queue is not None:
+            queryset = queryset.filter(queue=queue)
+        if "celery_id" in query:
+            queryset = with_celery_id(queryset, query["celery_id"])
+        after = params.datetime_param(self.request, "created_after")
+        before = params.datetime_param(self.request, "created_before")
         if after:
             queryset = queryset.filter(created_at__gte=after)
         if before:
@@ -181,11 +155,11 @@ class TaskRecordViewSet(
     def events(self, request, pk=None):
         record = self.get_object()
         events = record.events.all()
-        after = request.query_params.get("after")
+        after = params.id_param(
+            request, "after", "Must be an event id (an integer).", maximum=None
+        )
         if after:
-            if not after.isdigit():
-                raise ValidationError({"after": "Must be an event id (an integer)."})
-            events = events.filter(id__gt=int(after))
+            events = events.filter(id__gt=after)
         page = self.paginate_queryset(events)
         return self.get_paginated_response(TaskEventSerializer(page, many=True).data)
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 from unittest.mock import patch
 
 import pytest
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from tasks_app import services
+from tasks_app import services, tokens
 from tasks_app.models import TaskRecord
 
 State = TaskRecord.State
@@ -18,8 +17,8 @@ pytestmark = pytest.mark.django_db
 def client_for(user) -> APIClient:
     client = APIClient()
     if user is not None:
-        token, _ = Token.objects.get_or_create(user=user)
-        client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+        _, key = tokens.issue(user)
+        client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
     return client
 
 

@@ -215,7 +215,13 @@ HTTPS_ONLY = env_bool("HTTPS_ONLY", not DEBUG)
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", HTTPS_ONLY)
 SESSION_COOKIE_SECURE = HTTPS_ONLY
 CSRF_COOKIE_SECURE = HTTPS_ONLY
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# X-Forwarded-Proto says the client used HTTPS only when a proxy in front sets it
+# (and strips the client's own); trusted without one, any client could claim HTTPS
+# over plain HTTP (no redirect, secure cookies sent in clear). Off unless said.
+TRUST_PROXY_SSL_HEADER = env_bool("TRUST_PROXY_SSL_HEADER", False)
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_X_FORWARDED_PROTO", "https") if TRUST_PROXY_SSL_HEADER else None
+)
 SECURE_REDIRECT_EXEMPT = [r"^health$"]
 X_FRAME_OPTIONS = "DENY"
 
@@ -576,6 +582,9 @@ CLAW_MAX_REDELIVERIES = env_int("CLAW_MAX_REDELIVERIES", 3)
 CLAW_STATS_CACHE_SECONDS = env_int("CLAW_STATS_CACHE_SECONDS", 15)
 # Seconds without a heartbeat after which beat counts as down.
 CLAW_BEAT_STALE_AFTER = env_int("CLAW_BEAT_STALE_AFTER", 120)
+# Seconds /health reuses its checks' results (a worker broadcast and a broker
+# connection), so requests to it cannot tie up web workers; 0 checks every time.
+CLAW_HEALTH_CACHE_SECONDS = env_int("CLAW_HEALTH_CACHE_SECONDS", 5)
 
 
 def _not_kombu_default_hostname(record) -> bool:

@@ -121,6 +121,15 @@ class TaskRecord(models.Model):
                 name="taskrecord_owner_idempotency_key",
             )
         ]
+        # The admin's operations beyond viewing, each granted on its own (least
+        # privilege: is_staff only opens the admin). Run-now on schedules needs
+        # django_celery_beat.change_periodictask instead.
+        permissions = [
+            ("retry_taskrecord", "Can retry task records"),
+            ("cancel_taskrecord", "Can cancel task records"),
+            ("submit_taskrecord", "Can submit any task with any arguments"),
+            ("control_workers", "Can restart, grow, shrink and shut down workers"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} #{self.pk} ({self.state})"

@@ -116,8 +116,9 @@ def test_runstack_serves_a_healthy_stack_and_stops_every_child_on_ctrl_c(tmp_pat
                 return False
 
         wait_for(healthy, 120, interval=1, message="/health to answer 200")
-        body = httpx.get(f"{base}/health", timeout=5).json()
-        assert body["workers"]["live"] and body["beat"]["ok"]
+        # 200 means every part is fine (workers live, beat ticking); an
+        # anonymous caller is told no more than that
+        assert httpx.get(f"{base}/health", timeout=5).json() == {"status": "ok"}
         login = admin_login(base, password)
         assert login.status_code == 302 and login.headers["location"] == "/admin/"
         groups = children_of(stack.pid)

@@ -20,7 +20,7 @@ from rest_framework.views import APIView
 
 from tasks_app import dashboard, services, workers
 from tasks_app.api import params
-from tasks_app.api.permissions import OwnedQuerysetMixin
+from tasks_app.api.permissions import CanControlWorkers, OwnedQuerysetMixin
 from tasks_app.api.serializers import (
     PoolRestartSerializer,
     RetrySerializer,
@@ -304,7 +304,7 @@ def control_response(field: str, send) -> Response:
 
 
 class PoolRestartView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [CanControlWorkers]
 
     @extend_schema(request=PoolRestartSerializer, responses=CONTROL_RESPONSES)
     def post(self, request):
@@ -317,7 +317,7 @@ class PoolRestartView(APIView):
 
 
 class ShutdownView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [CanControlWorkers]
 
     @extend_schema(request=ShutdownSerializer, responses=CONTROL_RESPONSES)
     def post(self, request):

@@ -71,6 +71,21 @@ def test_cluster_endpoints_are_staff_only(method, url, alice):
     assert response.status_code == 403
 
 
+@pytest.mark.parametrize(
+    "url", ["/api/v1/workers/pool/restart/", "/api/v1/workers/shutdown/"]
+)
+def test_worker_control_needs_the_control_workers_permission(url, staff):
+    body = {"worker": "w1@host", "confirm": True}
+    with (
+        patch("tasks_app.workers.shutdown") as shutdown,
+        patch("tasks_app.workers.pool_restart") as restart,
+    ):
+        response = client_for(staff).post(url, body, format="json")
+    assert response.status_code == 403
+    shutdown.assert_not_called()
+    restart.assert_not_called()
+
+
 def test_staff_sees_everyones_tasks_and_users_only_their_own(alice, bob, staff):
     mine, theirs = record_of(alice), record_of(bob)
     ids = [r["id"] for r in client_for(alice).get("/api/v1/tasks/").json()["results"]]
@@ -221,8 +236,8 @@ def test_stats_count_by_state_and_name(staff, alice):
     assert client_for(staff).get("/api/v1/tasks/stats/?hours=0").status_code == 400
 
 
-def test_shutdown_needs_a_worker_and_confirm(staff):
-    api = client_for(staff)
+def test_shutdown_needs_a_worker_and_confirm(operator):
+    api = client_for(operator)
     answer = {"w1": {"ok": "shutting down"}}
     with patch("tasks_app.workers.shutdown", return_value=answer) as shutdown:
         missing = api.post("/api/v1/workers/shutdown/", {"worker": "w1"}, format="json")

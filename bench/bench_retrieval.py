@@ -1,0 +1,174 @@
+"""Retrieval quality and cost: hashing, BM25, e5-small and hybrid side by side.
+
+Over bench/retrieval_data.py (520 passages, 162 questions in English and Chinese:
+paraphrases, exact terms, and cross-lingual zh->en / en->zh, reported apart) it
+ranks every passage for every question, exactly as knowledge.search does (cosine
+top-k; BM25 and reciprocal-rank fusion from knowledge.lexical), and reports
+recall@5 and MRR@10 per method and kind of question. Then the cost: vectorizing
+800-character chunks (English and Chinese) per CPU-second, and query latency.
+
+In-process, no database: the ranking code is the one search runs, the storage
+around it is measured by bench_knowledge. Every passage is embedded once per
+method and the vectors reused for all questions. --quick embeds a small subset.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+
+from bench.common import row
+from bench.retrieval_data import corpus
+from knowledge import embeddings, lexical
+
+S = "retrieval"
+KINDS = ("all", "paraphrase", "exact term", "cross zh->en", "cross en->zh")
+DEPTH = 10  # what MRR@10 reads; search fuses rankings of max(k, 50) rows
+
+
+def _subset(passages: list, queries: list, size: int) -> tuple[list, list]:
+    keep = {p["id"] for p in passages[:size]}
+    return (
+        [p for p in passages if p["id"] in keep],
+        [q for q in queries if set(q["relevant"]) <= keep],
+    )
+
+
+def _embed(provider, texts: list[str], *, query: bool) -> tuple[np.ndarray, float]:
+    started = time.process_time()
+    vectors = embeddings.embed_with(provider, texts, query=query)
+    return vectors, time.process_time() - started
+
+
+class Method:
+    """One way of ranking the corpus: rank(i) -> the rows best first for query i."""
+
+    def __init__(self, name, rank, latency_ms):
+        self.name, self.rank, self.latency_ms = name, rank, latency_ms
+
+
+def _dense(name, provider, passages, queries) -> tuple[Method, dict]:
+    matrix, cpu = _embed(provider, [p["text"] for p in passages], query=False)
+    times, scores = [], []
+    for q in queries:
+        started = time.perf_counter()
+        vector = embeddings.embed_with(provider, [q["text"]], query=True)[0]
+        s = matrix @ vector
+        lexical.ranking(s, DEPTH)
+        times.append((time.perf_counter() - started) * 1000)
+        scores.append(s)
+    cost = {"passages/cpu-s": len(passages) / cpu if cpu else float("inf")}
+    method = Method(name, lambda i: lexical.ranking(scores[i], DEPTH), times)
+    method.scores = scores
+    return method, cost
+
+
+def _bm25(passages, queries) -> Method:
+    index = lexical.BM25Index([p["text"] for p in passages])
+    times, scores = [], []
+    for q in queries:
+        started = time.perf_counter()
+        s = index.scores(q["text"])
+        lexical.ranking(s, DEPTH, floor=0.0)
+        times.append((time.perf_counter() - started) * 1000)
+        scores.append(s)
+    method = Method("bm25", lambda i: lexical.ranking(scores[i], DEPTH, floor=0), times)
+    method.scores = scores
+    return method
+
+
+def _hybrid(name, semantic: Method, lexical_method: Method, floor: float) -> Method:
+    def rank(i):
+        return lexical.fuse(
+            semantic.scores[i], lexical_method.scores[i], DEPTH, lexical_floor=floor
+        )[0]
+
+    times = [a + b for a, b in zip(semantic.latency_ms, lexical_method.latency_ms)]
+    return Method(name, rank, times)
+
+
+def _quality(method: Method, queries: list) -> dict[str, tuple[float, float, int]]:
+    """kind -> (recall@5, MRR@10, questions)."""
+    per_kind: dict[str, list[tuple[float, float]]] = {kind: [] for kind in KINDS}
+    for i, q in enumerate(queries):
+        ranked = [int(r) for r in method.rank(i)][:DEPTH]
+        relevant = {int(pid[1:]) for pid in q["relevant"]}
+        recall = len(relevant & set(ranked[:5])) / len(relevant)
+        first = next((n for n, r in enumerate(ranked, 1) if r in relevant), None)
+        mrr = 1 / first if first else 0.0
+        per_kind["all"].append((recall, mrr))
+        per_kind[q["kind"]].append((recall, mrr))
+    return {
+        kind: (
+            statistics.fmean(r for r, _ in values),
+            statistics.fmean(m for _, m in values),
+            len(values),
+        )
+        for kind, values in per_kind.items()
+        if values
+    }
+
+
+def _throughput(provider, quick: bool) -> dict[str, float]:
+    """800-character chunks embedded per CPU-second, English and Chinese."""
+    en = ("Workers pick tasks from the broker, run them and store the result; a "
+          "failed task is retried with backoff until its attempts run out. ")
+    zh = "工作进程从消息队列取出任务执行并保存结果，失败的任务会按退避策略重试，直到用完重试次数。"
+    out = {}
+    for lang, text, n in (("en", en, 4 if quick else 24), ("zh", zh, 2 if quick else 8)):
+        chunks = [(f"{i} " + text * 40)[:800] for i in range(n)]
+        _, cpu = _embed(provider, chunks, query=False)
+        out[lang] = n / cpu if cpu else float("inf")
+    return out  # fmt: skip
+
+
+def run(quick: bool = False) -> list[dict]:
+    passages, queries = corpus()
+    hashing = embeddings.get_provider(embeddings.HASHING, dimension=384)
+    e5 = embeddings.get_provider(embeddings.E5_SMALL, dimension=384)
+    if quick:
+        passages, queries = _subset(passages, queries, 24)
+    # row i of every matrix is passage p<i>: the relevance marks index rows
+    assert all(p["id"] == f"p{i}" for i, p in enumerate(passages))
+    hashing_method, hashing_cost = _dense("hashing", hashing, passages, queries)
+    e5_method, e5_cost = _dense("e5-small", e5, passages, queries)
+    bm25 = _bm25(passages, queries)
+    methods = [
+        hashing_method,
+        bm25,
+        e5_method,
+        _hybrid("hybrid e5 + bm25", e5_method, bm25, lexical.LEXICAL_FLOOR),
+        _hybrid("hybrid e5 + bm25, no floor", e5_method, bm25, 0.0),
+        _hybrid("hybrid e5 + hashing", e5_method, hashing_method, -1.0),
+    ]
+    rows = []
+    sizes = f"{len(passages)} passages, {len(queries)} questions"
+    for method in methods:
+        quality = _quality(method, queries)
+        for kind in KINDS:
+            if kind not in quality:
+                continue
+            recall, mrr, n = quality[kind]
+            rows.append(row(
+                S, f"{method.name}: recall@5, {kind}", round(recall, 3), "", "",
+                f"MRR@10 {mrr:.3f}; {n} questions" + (f"; {sizes}" if kind == "all" else ""),
+            ))  # fmt: skip
+        rows.append(row(
+            S, f"{method.name}: query latency p50", round(statistics.median(method.latency_ms), 2),
+            "ms", "", f"embed the question + score {len(passages)} passages, one thread",
+        ))  # fmt: skip
+    for name, provider, cost in (("hashing", hashing, hashing_cost), ("e5-small", e5, e5_cost)):
+        rates = _throughput(provider, quick)
+        for lang, rate in rates.items():
+            rows.append(row(
+                S, f"{name}: vectorize 800-char {lang} chunks per CPU-s", round(rate, 2),
+                "chunks/s", ">= 20 for e5-small to be the default" if name == "e5-small" else "",
+                "process CPU time, one thread (CLAW_E5_THREADS=1); machine shared",
+            ))  # fmt: skip
+        rows.append(row(
+            S, f"{name}: embed benchmark passages per CPU-s", round(cost["passages/cpu-s"], 1),
+            "passages/s", "", f"{len(passages)} passages of about 60 characters",
+        ))  # fmt: skip
+    return rows

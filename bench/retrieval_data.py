@@ -248,7 +248,9 @@ def _town_passage(rng, i: int, lang: str) -> str:
     people = rng.randrange(800, 90000)
     year = rng.randrange(1120, 1900)
     if lang == "en":
-        town = TOWNS[i % len(TOWNS)] + (f" {['North', 'South', 'Upper', 'Lower'][i % 4]}")
+        town = TOWNS[i % len(TOWNS)] + (
+            f" {['North', 'South', 'Upper', 'Lower'][i % 4]}"
+        )
         return rng.choice([
             f"{town} is a market town of {people:,} people, founded in {year} and "
             f"known for its {produce[0]}.",

@@ -205,25 +205,25 @@ _e5_engine: object | None = None
 _e5_lock = threading.Lock()
 
 
+def _env_count(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip() or str(default)
+    try:
+        return max(int(raw), 1)
+    except ValueError:
+        raise EmbeddingRejected(f"{name} must be a whole number: {raw!r}") from None
+
+
 def e5_threads() -> int:
     """CLAW_E5_THREADS: cores one process's engine uses (default 1, so each
-    prefork child of knowledge_default keeps to one core)."""
-    raw = os.environ.get("CLAW_E5_THREADS", "1").strip() or "1"
-    try:
-        threads = int(raw)
-    except ValueError:
-        raise EmbeddingRejected(f"CLAW_E5_THREADS must be a whole number: {raw!r}")
-    return max(threads, 1)
+    prefork child of knowledge_default keeps to one core). Read once, when the
+    process first loads the engine."""
+    return _env_count("CLAW_E5_THREADS", 1)
 
 
 def e5_batch_size() -> int:
     """CLAW_E5_BATCH: texts per engine call (default 8). With several threads the
     engine runs a batch's texts in parallel; with one it makes little difference."""
-    raw = os.environ.get("CLAW_E5_BATCH", "8").strip() or "8"
-    try:
-        return max(int(raw), 1)
-    except ValueError:
-        raise EmbeddingRejected(f"CLAW_E5_BATCH must be a whole number: {raw!r}")
+    return _env_count("CLAW_E5_BATCH", 8)
 
 
 def _e5():

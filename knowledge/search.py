@@ -91,7 +91,9 @@ def load_matrix(
 
 def _load(kb: KnowledgeBase, version: int) -> VectorMatrix:
     model_name = embeddings.get_provider(
-        kb.embedding_provider, model=kb.embedding_model, dimension=kb.embedding_dimension
+        kb.embedding_provider,
+        model=kb.embedding_model,
+        dimension=kb.embedding_dimension,
     ).model_name
     return load_matrix(
         kb.pk,
@@ -184,7 +186,9 @@ def search(
     if mask is not None:
         scores = np.where(mask, scores, -np.inf)
     if matrix.lexical is not None:
-        rows, fused = lexical.fuse(scores, matrix.lexical.scores(query), k)
+        rows, fused = lexical.fuse(
+            scores, matrix.lexical.scores(query, normalised=True), k
+        )
         return _hits(matrix, fused, [int(i) for i in rows])
     best = [i for i in top_k(scores, k) if np.isfinite(scores[i])]
     return _hits(matrix, scores, best)

@@ -228,12 +228,17 @@ def search_many(
     as (knowledge base id, hit) pairs, best first.
 
     Scores are cosines, comparable across knowledge bases of one embedding model;
-    across models they are merged as they are.
+    across models they are merged as they are. A hybrid knowledge base's scores
+    are fused ranks, comparable with no cosine: when one takes part, hits are
+    merged by their rank in their own knowledge base (then by score).
     """
-    hits = [
-        (kb.pk, hit)
+    ranked = [
+        (rank, kb.pk, hit)
         for kb, filters in scopes
-        for hit in search(kb, query, k=k, filters=filters)
+        for rank, hit in enumerate(search(kb, query, k=k, filters=filters))
     ]
-    hits.sort(key=lambda pair: pair[1].score, reverse=True)
-    return hits[:k]
+    if any(kb.hybrid for kb, _ in scopes):
+        ranked.sort(key=lambda item: (item[0], -item[2].score))
+    else:
+        ranked.sort(key=lambda item: item[2].score, reverse=True)
+    return [(kb_id, hit) for _, kb_id, hit in ranked[:k]]

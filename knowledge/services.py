@@ -41,8 +41,10 @@ REMOTE_QUEUE = "knowledge_remote"
 UPDATE = "knowledge.update_knowledge_base"
 DELETE_VECTORS = "knowledge.delete_knowledge_vectors"
 INCREMENTAL, FULL, REBUILD = "incremental", "full", "rebuild"
-# Providers whose new knowledge bases rank by hybrid fusion unless told otherwise.
-HYBRID_BY_DEFAULT: frozenset[str] = frozenset()
+# Providers whose new knowledge bases rank by hybrid fusion unless told otherwise:
+# e5-small, whose fusion with BM25 lost no kind of question in bench_retrieval and
+# won exact terms; hashing is lexical already.
+HYBRID_BY_DEFAULT = frozenset({embeddings.E5_SMALL})
 MODES = (INCREMENTAL, FULL, REBUILD)
 Status = Document.Status
 HASH_LOOKUP_BATCH = 500

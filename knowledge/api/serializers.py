@@ -40,8 +40,8 @@ class KnowledgeBaseSerializer(serializers.ModelSerializer):
     hybrid = serializers.BooleanField(
         required=False,
         help_text="Rank search results by reciprocal-rank fusion of the vectors' "
-        "cosine and BM25 over the chunk texts. Default: off (see the README's "
-        "measurements).",
+        "cosine and BM25 over the chunk texts. Default: on for e5-small knowledge "
+        "bases, off for the others (see the README's measurements).",
     )
 
     name = TextField(max_length=200)

@@ -246,6 +246,27 @@ def test_hybrid_search_finds_the_exact_term_and_switching_it_off_reloads(alice):
 
 
 @pytestmark_db
+def test_search_many_merges_a_hybrid_knowledge_base_by_rank_not_by_score(alice, kb):
+    hybrid = services.create_knowledge_base(alice, name="e5", embedding_provider=E5)
+    assert hybrid.hybrid  # the default for e5-small
+    for target, title, text in (
+        (kb, "Tea", "Green tea and black tea are both made from one plant."),
+        (kb, "Coffee", "Tea drinkers sometimes switch to coffee in the morning."),
+        (hybrid, "Cats", "The cat sat on the mat."),
+    ):
+        document = services.add_document(
+            target, title=title, content=text, vectorize=False
+        )
+        services.vectorize_document(document.pk)
+
+    hits = services.search_many([(kb, None), (hybrid, None)], "tea", k=2)
+
+    # cosines (hashing) would all outrank fused scores (<= 2/61): by rank, each
+    # knowledge base's best comes first
+    assert {kb_id for kb_id, _ in hits} == {kb.pk, hybrid.pk}
+
+
+@pytestmark_db
 @pytest.mark.usefixtures("no_broker")
 def test_reindex_with_provider_moves_a_knowledge_base_to_e5_with_a_rebuild(kb):
     document = services.add_document(

@@ -106,9 +106,9 @@ def _load(kb: KnowledgeBase, version: int) -> VectorMatrix:
 
 def cached_matrix(kb: KnowledgeBase) -> VectorMatrix:
     # The version is read fresh: the caller's instance may be older than the
-    # vectors, and another process may have changed them.
-    # The version is bumped by every change of vectors and by a change of
-    # provider or of the hybrid setting, so it alone keys the cache.
+    # vectors, and another process may have changed them. It is bumped by every
+    # change of vectors and of provider or hybrid setting, so it alone keys the
+    # cache.
     version = KnowledgeBase.objects.filter(pk=kb.pk).values_list("version", flat=True)
     version = version.first()
     if version is None:

@@ -104,8 +104,8 @@ def create_knowledge_base(
 
 def default_hybrid(provider: str) -> bool:
     """Whether a new knowledge base of this provider fuses BM25 into its ranking
-    when its creator does not say: see README, "Hybrid ranking", for the
-    measurements this follows."""
+    when its creator does not say: see the README's "e5-small, hybrid ranking and
+    the default provider" for the measurements this follows."""
     return provider in HYBRID_BY_DEFAULT
 
 

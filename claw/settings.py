@@ -357,6 +357,12 @@ EMBEDDING_OPENAI_MODEL = env_str("EMBEDDING_OPENAI_MODEL", "text-embedding-3-sma
 # The sentence-transformers provider: a model name in the local Hugging Face cache
 # or a path; it is never downloaded.
 EMBEDDING_ST_MODEL = env_str("EMBEDDING_ST_MODEL", "all-MiniLM-L6-v2")
+# The provider of knowledge bases created without one (API, admin, writing-job
+# context). hashing: fast and exact-term, no semantics; e5-small: understands
+# paraphrases and Chinese <-> English but vectorizes about 3 English or 0.7
+# Chinese 800-character chunks per CPU-second here (README, "Embedding
+# providers"). Existing knowledge bases keep theirs.
+KNOWLEDGE_DEFAULT_PROVIDER = env_str("KNOWLEDGE_DEFAULT_PROVIDER", "hashing")
 # --- end of Knowledge ---------------------------------------------------------
 
 # --- Writing jobs (writing app: outlines and documents) --------------------

@@ -131,17 +131,17 @@ def _prepare_child(count: int) -> dict:
 
     django.setup()
     from django.contrib.auth import get_user_model
-    from rest_framework.authtoken.models import Token
 
     from claw import conversations
+    from tasks_app import tokens
 
     user, _ = get_user_model().objects.get_or_create(username=USERNAME)
-    token, _ = Token.objects.get_or_create(user=user)
+    _, key = tokens.issue(user, name="bench")
     ids = [
         conversations.create_conversation(user, title=f"bench {n}").pk
         for n in range(count)
     ]
-    return {"token": token.key, "conversations": ids}
+    return {"token": key, "conversations": ids}
 
 
 # --- HTTP clients ------------------------------------------------------------

@@ -13,11 +13,14 @@ import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import Case, Value, When
 from django.utils import timezone
 
 from claw.models import Conversation, Message
+from tasks_app import ownership
 from tasks_app import services as ledger
 from tasks_app.lifecycle import Ended
 from tasks_app.models import TaskRecord
@@ -29,6 +32,10 @@ Role = Message.Role
 
 class DifferentRequest(Exception):
     """An idempotency key was first used for another conversation or content."""
+
+
+class TooManyReplies(Exception):
+    """The owner already has AI_MAX_REPLIES_IN_FLIGHT replies pending or generating."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,7 @@ def post_message(
     and so does the idempotency key.
     """
     with transaction.atomic():
+        _claim_reply_slot(conversation.owner_id)
         question = Message.objects.create(
             conversation=conversation, role=Role.USER, content=content
         )
@@ -121,6 +129,29 @@ def post_message(
     return Submission(question, reply, record)
 
 
+def _claim_reply_slot(owner_id: int) -> None:
+    """Refuse a reply past the owner's cap of replies in flight.
+
+    Must run in the accepting transaction. Locking the owner's user row makes
+    concurrent posts of one user count one after the other (PostgreSQL; SQLite's
+    IMMEDIATE transactions serialise writers already), so the cap is exact.
+    """
+    cap = settings.AI_MAX_REPLIES_IN_FLIGHT
+    if not cap:
+        return
+    get_user_model().objects.select_for_update().filter(pk=owner_id).exists()
+    in_flight = Message.objects.filter(
+        conversation__owner_id=owner_id,
+        role=Role.ASSISTANT,
+        status__in=Message.ACTIVE_STATUSES,
+    )
+    if in_flight.count() >= cap:
+        raise TooManyReplies(
+            f"{cap} replies are already being generated for you; "
+            "wait for one to finish."
+        )
+
+
 def replay(record: TaskRecord, conversation: Conversation, content: str) -> Submission:
     """The submission an idempotency key already made; DifferentRequest if that
     was for another conversation or another message."""
@@ -142,6 +173,16 @@ def replay(record: TaskRecord, conversation: Conversation, content: str) -> Subm
 
 
 # --- the reply task's writes ------------------------------------------------------
+
+
+def ensure_reply_owned(message_id: int, *, celery_id: str | None = None) -> None:
+    """Raise ownership.NotOwned unless the message's conversation belongs to the
+    owner of the running reply task (or of the record whose attempt is
+    celery_id), before it changes anything."""
+    owner = Message.objects.filter(pk=message_id).values_list(
+        "conversation__owner_id", flat=True
+    )
+    ownership.ensure_owned(*owner, what=f"message {message_id}", celery_id=celery_id)
 
 
 def begin_reply(message_id: int, *, started_at: datetime) -> Message | None:
@@ -238,6 +279,8 @@ def reply_ended(ended: Ended) -> None:
     """
     if not ended.record.args:
         return
+    # stored arguments may have been edited (staff): only the owner's message
+    ensure_reply_owned(ended.record.args[0], celery_id=ended.record.celery_id)
     if ended.refusal or (ended.state == TaskRecord.State.REVOKED and not ended.started):
         error = f"Not generated: task {ended.refusal or 'cancelled'}."
     elif ended.state == TaskRecord.State.REVOKED:

@@ -8,6 +8,7 @@ switch to PostgreSQL and Redis for production.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -96,6 +97,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI's files, served here, not from a CDN
+    "axes",  # locks out a username/IP pair after repeated failed logins
     "django_celery_results",
     "django_celery_beat",
     "tasks_app",
@@ -113,7 +115,24 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes requires: answers a locked-out login with 429.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Login lockout (django-axes): after AXES_FAILURE_LIMIT failed logins a username is
+# locked for that IP address for AXES_COOLOFF_MINUTES (keyed on both, so guessing
+# at the admin's name from elsewhere cannot lock the admin out everywhere);
+# `manage.py axes_reset` unlocks. Only logins through a web page are counted (see
+# claw.auth); API tokens are not passwords.
+AUTHENTICATION_BACKENDS = [
+    "claw.auth.WebLoginLockoutBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("AXES_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False  # no banner on every manage.py command
 
 ROOT_URLCONF = "claw.urls"
 WSGI_APPLICATION = "claw.wsgi.application"
@@ -196,7 +215,13 @@ HTTPS_ONLY = env_bool("HTTPS_ONLY", not DEBUG)
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", HTTPS_ONLY)
 SESSION_COOKIE_SECURE = HTTPS_ONLY
 CSRF_COOKIE_SECURE = HTTPS_ONLY
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# X-Forwarded-Proto says the client used HTTPS only when a proxy in front sets it
+# (and strips the client's own); trusted without one, any client could claim HTTPS
+# over plain HTTP (no redirect, secure cookies sent in clear). Off unless said.
+TRUST_PROXY_SSL_HEADER = env_bool("TRUST_PROXY_SSL_HEADER", False)
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_X_FORWARDED_PROTO", "https") if TRUST_PROXY_SSL_HEADER else None
+)
 SECURE_REDIRECT_EXEMPT = [r"^health$"]
 X_FRAME_OPTIONS = "DENY"
 
@@ -251,6 +276,11 @@ AI_RATE_LIMIT_BACKEND = env_str("AI_RATE_LIMIT_BACKEND", "auto")
 # A reply deferred this many times fails; each deferral is one delivery, and the
 # ledger's poisoned-task guard counts deliveries against max_retries.
 AI_MAX_DEFERRALS = env_int("AI_MAX_DEFERRALS", 30)
+# Replies one user may have pending or generating at once, counted in the database
+# when a message is accepted (429 with Retry-After past it), so one user filling
+# the queue cannot make everyone else's replies wait out their deferrals. 0: no cap.
+AI_MAX_REPLIES_IN_FLIGHT = env_int("AI_MAX_REPLIES_IN_FLIGHT", 5)
+AI_IN_FLIGHT_RETRY_AFTER = env_int("AI_IN_FLIGHT_RETRY_AFTER", 10)
 # Transient provider errors (timeouts, 429, 5xx): retries with exponential backoff
 # (AI_RETRY_BACKOFF * 2**n seconds, jittered, at most AI_RETRY_BACKOFF_MAX).
 AI_TRANSIENT_RETRIES = 3
@@ -327,6 +357,12 @@ EMBEDDING_OPENAI_MODEL = env_str("EMBEDDING_OPENAI_MODEL", "text-embedding-3-sma
 # The sentence-transformers provider: a model name in the local Hugging Face cache
 # or a path; it is never downloaded.
 EMBEDDING_ST_MODEL = env_str("EMBEDDING_ST_MODEL", "all-MiniLM-L6-v2")
+# The provider of knowledge bases created without one (API, admin, writing-job
+# context). hashing: fast and exact-term, no semantics; e5-small: understands
+# paraphrases and Chinese <-> English but vectorizes about 3 English or 0.7
+# Chinese 800-character chunks per CPU-second here (README, "Embedding
+# providers"). Existing knowledge bases keep theirs.
+KNOWLEDGE_DEFAULT_PROVIDER = env_str("KNOWLEDGE_DEFAULT_PROVIDER", "hashing")
 # --- end of Knowledge ---------------------------------------------------------
 
 # --- Writing jobs (writing app: outlines and documents) --------------------
@@ -347,15 +383,24 @@ JOBS_SECTION_SOFT_TIME_LIMIT = env_int("JOBS_SECTION_SOFT_TIME_LIMIT", 120)
 JOBS_SECTION_TIME_LIMIT = env_int("JOBS_SECTION_TIME_LIMIT", 180)
 # --- end of Writing jobs --------------------------------------------------------
 
-# --- Cache (the cluster-wide rate limit and locks need a shared one) ---------
+# --- Cache (API throttles, alert de-duplication, dashboard counts) -----------
+# Shared by every process by default: a per-process locmem cache would let each
+# gunicorn worker keep its own throttle counts (N workers, N times the rate). The
+# table is created by migrate (claw 0004); production points CACHE_URL at Redis.
+CACHE_TABLE = "claw_cache"
 CACHES = {
-    "default": environ.Env.cache_url_config(env_str("CACHE_URL", "locmemcache://"))
+    "default": environ.Env.cache_url_config(
+        env_str("CACHE_URL", f"dbcache://{CACHE_TABLE}")
+    )
 }
 
 # --- REST framework ---------------------------------------------------------
+# Days an API token lives from its issue (manage.py issue_token --days, or the
+# admin, may set another lifetime); 0: tokens never expire.
+API_TOKEN_DAYS = env_int("API_TOKEN_DAYS", 90)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "tasks_app.api.authentication.HashedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -548,6 +593,9 @@ CLAW_LEASE_SECONDS = env_float("CLAW_LEASE_SECONDS", 60)
 CLAW_STATS_CACHE_SECONDS = env_int("CLAW_STATS_CACHE_SECONDS", 15)
 # Seconds without a heartbeat after which beat counts as down.
 CLAW_BEAT_STALE_AFTER = env_int("CLAW_BEAT_STALE_AFTER", 120)
+# Seconds /health reuses its checks' results (a worker broadcast and a broker
+# connection), so requests to it cannot tie up web workers; 0 checks every time.
+CLAW_HEALTH_CACHE_SECONDS = env_int("CLAW_HEALTH_CACHE_SECONDS", 5)
 
 
 def _not_kombu_default_hostname(record) -> bool:

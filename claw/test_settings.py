@@ -19,6 +19,7 @@ CELERY_IMPORTS = ["tests.tasks"]  # tasks that only tests use (sleep, fail, kill
 CLAW_PROGRESS_INTERVAL = 0.2
 # Tests assert counts right after writing rows; the stats cache has its own test.
 CLAW_STATS_CACHE_SECONDS = 0
+CLAW_HEALTH_CACHE_SECONDS = 0  # tests of the cache set it
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # noqa: F405 - whitenoise warns otherwise
 # The manifest storage needs collectstatic; tests render admin pages without it.
 STORAGES = {
@@ -32,3 +33,6 @@ KNOWLEDGE_VECTORIZE_RATE_LIMIT = parse_rate(  # noqa: F405
     os.environ.get("KNOWLEDGE_VECTORIZE_RATE_LIMIT", ""),
 )
 KNOWLEDGE_RETRY_BACKOFF = 1
+# Suites post dozens of replies at once to load the workers; the per-user cap on
+# replies in flight has its own tests (claw/tests/test_reply_cap.py).
+AI_MAX_REPLIES_IN_FLIGHT = int(os.environ.get("AI_MAX_REPLIES_IN_FLIGHT", "0"))

@@ -28,7 +28,7 @@ from knowledge.embeddings import EmbeddingUnavailable
 from knowledge.models import Chunk, Document, KnowledgeBase, content_hash
 from knowledge.search import SearchHit as SearchHit
 from knowledge.search import search_many as search_many
-from tasks_app import fanout, ratelimit
+from tasks_app import fanout, ownership, ratelimit
 from tasks_app import services as ledger
 from tasks_app.api.fields import BLANK
 from tasks_app.models import TaskRecord
@@ -41,6 +41,10 @@ REMOTE_QUEUE = "knowledge_remote"
 UPDATE = "knowledge.update_knowledge_base"
 DELETE_VECTORS = "knowledge.delete_knowledge_vectors"
 INCREMENTAL, FULL, REBUILD = "incremental", "full", "rebuild"
+# Providers whose new knowledge bases rank by hybrid fusion unless told otherwise:
+# e5-small, whose fusion with BM25 lost no kind of question in bench_retrieval and
+# won exact terms; hashing is lexical already.
+HYBRID_BY_DEFAULT = frozenset({embeddings.E5_SMALL})
 MODES = (INCREMENTAL, FULL, REBUILD)
 Status = Document.Status
 HASH_LOOKUP_BATCH = 500
@@ -73,27 +77,19 @@ def create_knowledge_base(
     *,
     name: str,
     description: str = "",
-    embedding_provider: str = embeddings.HASHING,
+    embedding_provider: str | None = None,
     embedding_model: str = "",
     embedding_dimension: int = 384,
+    hybrid: bool | None = None,
 ) -> KnowledgeBase:
     """A new knowledge base; a blank model becomes the provider's default now, so
-    the knowledge base keeps the model it was created with."""
+    the knowledge base keeps the model it was created with. No provider: the
+    KNOWLEDGE_DEFAULT_PROVIDER setting's; hybrid unsaid: see default_hybrid."""
     if not name or not name.strip(BLANK):
         raise InvalidInput("name: must not be blank")
-    if embedding_provider not in embeddings.PROVIDERS:
-        choices = ", ".join(embeddings.PROVIDERS)
-        raise InvalidInput(f"embedding_provider: must be one of {choices}")
-    if not 1 <= embedding_dimension <= embeddings.MAX_DIMENSION:
-        raise InvalidInput(
-            f"embedding_dimension: must be 1 to {embeddings.MAX_DIMENSION}"
-        )
-    provider = provider_for(
-        KnowledgeBase(
-            embedding_provider=embedding_provider,
-            embedding_model=embedding_model,
-            embedding_dimension=embedding_dimension,
-        )
+    embedding_provider = embedding_provider or settings.KNOWLEDGE_DEFAULT_PROVIDER
+    provider = checked_provider(
+        embedding_provider, embedding_model, embedding_dimension
     )
     return KnowledgeBase.objects.create(
         owner=owner,
@@ -102,19 +98,77 @@ def create_knowledge_base(
         embedding_provider=embedding_provider,
         embedding_model=provider.model,
         embedding_dimension=embedding_dimension,
+        hybrid=default_hybrid(embedding_provider) if hybrid is None else hybrid,
     )
 
 
+def default_hybrid(provider: str) -> bool:
+    """Whether a new knowledge base of this provider fuses BM25 into its ranking
+    when its creator does not say: see the README's "e5-small, hybrid ranking and
+    the default provider" for the measurements this follows."""
+    return provider in HYBRID_BY_DEFAULT
+
+
+def checked_provider(
+    name: str, model: str, dimension: int, *, field: str = "embedding_provider"
+) -> embeddings.Provider:
+    """The provider for these settings; InvalidInput naming the field if unusable."""
+    if name not in embeddings.PROVIDERS:
+        choices = ", ".join(embeddings.PROVIDERS)
+        raise InvalidInput(f"{field}: must be one of {choices}")
+    if not 1 <= dimension <= embeddings.MAX_DIMENSION:
+        raise InvalidInput(
+            f"embedding_dimension: must be 1 to {embeddings.MAX_DIMENSION}"
+        )
+    try:
+        return embeddings.get_provider(name, model=model, dimension=dimension)
+    except embeddings.EmbeddingRejected as exc:
+        raise InvalidInput(f"{field}: {exc}") from None
+
+
+def change_provider(
+    kb: KnowledgeBase, provider: str, *, owner=None, hybrid: bool | None = None
+) -> TaskRecord:
+    """Move a knowledge base to another embedding provider (its default model
+    and, if it has one, its fixed dimension) and queue a rebuild of every vector.
+
+    The settings change and the version bump commit together, and the rebuild is
+    published after: until it has re-embedded a document, search leaves that
+    document's old vectors out (they are of another model) rather than compare
+    them with the new model's query vectors.
+    """
+    cls = embeddings.PROVIDERS.get(provider)
+    dimension = (cls.fixed_dimension if cls else None) or kb.embedding_dimension
+    checked = checked_provider(provider, "", dimension, field="provider")
+    with transaction.atomic():
+        KnowledgeBase.objects.filter(pk=kb.pk).update(
+            embedding_provider=provider,
+            embedding_model=checked.model,
+            embedding_dimension=dimension,
+            hybrid=default_hybrid(provider) if hybrid is None else hybrid,
+            version=F("version") + 1,
+            updated_at=timezone.now(),
+        )
+        kb.refresh_from_db()
+        return submit_update(kb, REBUILD, owner=owner)
+
+
 def edit_knowledge_base(kb: KnowledgeBase, **changes) -> KnowledgeBase:
-    """Change name, description or owner; the embedding settings never change."""
-    allowed = {"name", "description", "owner"}
+    """Change name, description, owner or hybrid; the embedding settings change
+    only through change_provider (a rebuild)."""
+    allowed = {"name", "description", "owner", "hybrid"}
     if set(changes) - allowed:
         raise InvalidInput(f"{sorted(set(changes) - allowed)[0]}: cannot be changed")
     if "name" in changes and not (changes["name"] or "").strip(BLANK):
         raise InvalidInput("name: must not be blank")
+    ranking = "hybrid" in changes and changes["hybrid"] != kb.hybrid
     for field, value in changes.items():
         setattr(kb, field, value.strip(BLANK) if field == "name" else value)
-    kb.save(update_fields=[*changes, "updated_at"])
+    with transaction.atomic():
+        kb.save(update_fields=[*changes, "updated_at"])
+        if ranking:
+            # Search caches per version, with or without the BM25 index.
+            _bump_version(kb.pk)
     return kb
 
 
@@ -301,6 +355,32 @@ def submit_delete_vectors(
         target=kb or document,
         idempotency_key=idempotency_key,
     )
+
+
+def ensure_owned(
+    *,
+    kb_id: int | None = None,
+    document_id: int | None = None,
+    update: str | None = None,
+) -> None:
+    """Raise ownership.NotOwned unless the knowledge base, the document (through
+    its knowledge base) and the update (a knowledge-base update's Celery id, whose
+    record a member reports to) belong to the running task's owner. Every
+    knowledge task calls this first, before it changes anything."""
+    if kb_id is not None:
+        owner = KnowledgeBase.objects.filter(pk=kb_id).values_list("owner_id")
+        ownership.ensure_owned(*_ids(owner), what=f"knowledge base {kb_id}")
+    if document_id is not None:
+        owner = Document.objects.filter(pk=document_id).values_list(
+            "knowledge_base__owner_id"
+        )
+        ownership.ensure_owned(*_ids(owner), what=f"document {document_id}")
+    if update:
+        ownership.ensure_same_owner(update, what=f"update {update}")
+
+
+def _ids(rows) -> list:
+    return [row[0] for row in rows]
 
 
 def _bump_version(kb_id: int) -> None:
@@ -564,6 +644,7 @@ def plan_update(kb_id: int, mode: str) -> list[int] | None:
     that have none, or that are not ready (failed, or stuck); full: every document (unchanged chunks reuse
     their vectors); rebuild: drop every vector first, then every document.
     """
+    ensure_owned(kb_id=kb_id)
     documents = update_candidates(kb_id, mode)
     if not KnowledgeBase.objects.filter(pk=kb_id).exists():
         return None
@@ -601,6 +682,7 @@ def report_update_progress(update_celery_id: str) -> None:
 def finish_update(outcomes: list[dict], *, kb_id: int, mode: str) -> dict:
     """Summarise the chord members' outcomes; raise UpdateFailed naming the failed
     documents, so the update's record ends FAILURE with that summary."""
+    ensure_owned(kb_id=kb_id)
     summary = {
         "knowledge_base": kb_id,
         "mode": mode,
@@ -637,6 +719,12 @@ def fail_update(update_celery_id: str, *, kb_id: int | None, error: str) -> None
     """End an update whose chord broke (a member failed outright, e.g. killed at
     its hard time limit), so its record never waits for a callback that will not
     run. Names the knowledge base's failed documents."""
+    # Called in-process by Celery (not the update's own run): the update's
+    # record says whose knowledge base it may be.
+    owner = KnowledgeBase.objects.filter(pk=kb_id).values_list("owner_id")
+    ownership.ensure_owned(
+        *_ids(owner), what=f"knowledge base {kb_id}", celery_id=update_celery_id
+    )
     failed = dict(
         Document.objects.filter(knowledge_base_id=kb_id, status=Status.FAILED)
         .order_by("id")
@@ -677,6 +765,7 @@ def delete_vectors(*, kb_id: int | None = None, document_id: int | None = None):
     """
     if (kb_id is None) == (document_id is None):
         raise InvalidInput("give kb_id or document_id")
+    ensure_owned(kb_id=kb_id, document_id=document_id)
     documents = (
         Document.objects.filter(knowledge_base_id=kb_id)
         if kb_id is not None

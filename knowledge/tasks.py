@@ -59,6 +59,8 @@ def vectorize_document_task(
     update is the Celery id of that update: its record gets the overall
     progress, and a cancelled update skips the documents not started yet.
     """
+    # before anything changes, even the rate limit's count
+    services.ensure_owned(document_id=document_id, update=update)
     if update and ledger.is_cancel_requested(update):
         return {"document_id": document_id, "status": "skipped"}
     slot = None

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.contrib.contenttypes.fields import GenericForeignKey
 from django.contrib.contenttypes.models import ContentType
 from django.db import models
+from django.utils import timezone
 
 
 class TaskState(models.TextChoices):
@@ -125,6 +126,15 @@ class TaskRecord(models.Model):
                 condition=models.Q(idempotency_key__isnull=False),
                 name="taskrecord_owner_idempotency_key",
             )
+        ]
+        # The admin's operations beyond viewing, each granted on its own (least
+        # privilege: is_staff only opens the admin). Run-now on schedules needs
+        # django_celery_beat.change_periodictask instead.
+        permissions = [
+            ("retry_taskrecord", "Can retry task records"),
+            ("cancel_taskrecord", "Can cancel task records"),
+            ("submit_taskrecord", "Can submit any task with any arguments"),
+            ("control_workers", "Can restart, grow, shrink and shut down workers"),
         ]
 
     def __str__(self) -> str:
@@ -258,3 +268,35 @@ class AlertClaim(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key} sent {self.sent_at:%Y-%m-%d %H:%M:%S}"
+
+
+class ApiToken(models.Model):
+    """An API credential. Only the SHA-256 of its key is stored: the key is shown
+    once, when issued (tasks_app.tokens.issue). A key is 160 random bits, so a plain
+    hash is the right tool (a slow password hash would buy nothing and cost every
+    request); lookups go by the digest."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=100, blank=True)
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    # The key's first characters, to tell tokens apart without revealing them.
+    prefix = models.CharField(max_length=8, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        verbose_name = "API token"
+        indexes = [models.Index(fields=["user", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user})"
+
+    @property
+    def is_active(self) -> bool:
+        now = timezone.now()
+        expired = self.expires_at is not None and self.expires_at <= now
+        return self.revoked_at is None and not expired

@@ -58,6 +58,41 @@ class UnknownTask(ValueError):
     """No task of that name is registered."""
 
 
+class DelayTooLong(ValueError):
+    """A countdown or eta further ahead than the broker can keep a message
+    (API: 400 naming the field)."""
+
+    def __init__(self, field: str, limit: float):
+        self.field = field
+        super().__init__(
+            f"{field}: at most {limit:g} seconds ahead (CELERY_VISIBILITY_TIMEOUT "
+            "less the longest task time limit); a later run would be handed out "
+            "again and again by the broker."
+        )
+
+
+def longest_delay() -> float | None:
+    """Seconds ahead a submission may be scheduled, None if any.
+
+    Redis hands an unacknowledged message out again after the visibility timeout,
+    and a scheduled message waits unacknowledged in a worker until it runs (with
+    acks_late, until it ends): celery#2599. The filesystem broker has no such
+    timeout.
+    """
+    timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout")
+    if settings.IS_FILESYSTEM_BROKER or timeout is None:
+        return None
+    return max(timeout - settings.LONGEST_TIME_LIMIT, 0)
+
+
+def check_delay(field: str, seconds_ahead: float | None) -> None:
+    """DelayTooLong naming field if a run seconds_ahead from now is further ahead
+    than longest_delay()."""
+    limit = longest_delay()
+    if seconds_ahead is not None and limit is not None and seconds_ahead > limit:
+        raise DelayTooLong(field, limit)
+
+
 # --- helpers ---------------------------------------------------------------
 
 
@@ -182,7 +217,10 @@ def submit(
         ).first()
         if existing:
             return existing
-    if eta is None and countdown:
+    if eta is not None:
+        check_delay("eta", (eta - timezone.now()).total_seconds())
+    elif countdown:
+        check_delay("countdown", countdown)  # before timedelta can overflow
         eta = timezone.now() + timedelta(seconds=countdown)
     record = TaskRecord(
         name=name,
@@ -386,7 +424,8 @@ def mark_started(
     """Move the current attempt to STARTED; return why it must not run, or None.
 
     runner (one per delivery, tasks_app.leases.new_runner) takes the attempt's
-    lease, which its process renews while it runs. record_id is the message's claw_record header.
+    lease, which its process renews while it runs. record_id is the message's
+    claw_record header.
 
     Refusals (the worker then acknowledges the message without running it):
     - "cancelled": the durable cancel flag is set; Celery's in-memory revoke list

@@ -9,12 +9,12 @@ import subprocess
 from unittest.mock import patch
 
 import pytest
-from rest_framework.authtoken.models import Token
 
 from claw import conversations
+from conftest import grant
 from knowledge import services as knowledge
 from knowledge.tests.conftest import add_ready
-from tasks_app import services, workers
+from tasks_app import services, tokens, workers
 from tasks_app.models import TaskRecord
 from tasks_app.tests.test_api import client_for, record_of
 from tests.harness import BASE_DIR
@@ -102,9 +102,9 @@ def test_the_list_filters_by_celery_id_of_any_attempt(alice):
 
 
 @pytest.mark.parametrize("slash", ["", "/"])
-def test_staff_paths_answer_at_the_old_paths(staff, alice, slash):
+def test_staff_paths_answer_at_the_old_paths(operator, alice, slash):
     record_of(alice, State.SUCCESS)
-    api = client_for(staff)
+    api = client_for(operator)
     with patch("tasks_app.workers.queue_lengths", return_value={"default": 0}):
         stats = api.get(f"/api/v1/tasks/stats{slash}")
     with patch("tasks_app.workers.cluster", return_value=[]):
@@ -159,8 +159,11 @@ def readme_curl_lines() -> list[str]:
 def test_every_readme_curl_line_works_against_a_live_server(
     transactional_db, live_server, django_user_model, monkeypatch
 ):
-    staff = django_user_model.objects.create_user("old", is_staff=True)
-    token = Token.objects.create(user=staff)
+    staff = grant(
+        django_user_model.objects.create_user("old", is_staff=True),
+        "tasks_app.control_workers",
+    )
+    _, key = tokens.issue(staff)
     failed = record_of(staff, State.FAILURE)
     queued = record_of(staff, State.PENDING)
     chat = conversations.create_conversation(staff, title="old client")
@@ -174,7 +177,7 @@ def test_every_readme_curl_line_works_against_a_live_server(
     env = {
         **os.environ,
         "BASE": live_server.url,
-        "TOKEN": token.key,
+        "TOKEN": key,
         "TASK": failed.celery_id,  # an old client holds Celery ids
         "QUEUED": str(queued.pk),
         "CHAT": str(chat.pk),

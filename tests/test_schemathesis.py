@@ -8,9 +8,9 @@ import sys
 from unittest.mock import patch
 
 import pytest
-from rest_framework.authtoken.models import Token
 
-from tasks_app import workers
+from conftest import grant
+from tasks_app import tokens, workers
 
 
 @pytest.fixture
@@ -36,10 +36,13 @@ def test_the_api_matches_its_openapi_schema(
     artifacts_dir,
     settings,
 ):
-    staff = django_user_model.objects.create_user(
-        "fuzz", password="fuzz-pass-123", is_staff=True
+    staff = grant(
+        django_user_model.objects.create_user(
+            "fuzz", password="fuzz-pass-123", is_staff=True
+        ),
+        "tasks_app.control_workers",
     )
-    token = Token.objects.create(user=staff)
+    _, key = tokens.issue(staff)
     # An outline request naming no source, with nothing to draw on, is a 400 for
     # the extractive provider: state, not schema (fuzzing deletes knowledge
     # bases). A model writes from the prompt alone; nothing runs the job here.
@@ -54,7 +57,7 @@ def test_the_api_matches_its_openapi_schema(
             "--checks",
             "all",
             "--header",
-            f"Authorization: Token {token.key}",
+            f"Authorization: Token {key}",
             "--max-examples",
             "15",
             "--max-time",

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import Throttled, ValidationError
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
@@ -20,7 +21,7 @@ from claw.api.serializers import (
     SubmissionSerializer,
 )
 from claw.models import Conversation, Message, Notification
-from tasks_app.api import errors, idempotency
+from tasks_app.api import errors, idempotency, params
 from tasks_app.api.permissions import OwnedQuerysetMixin
 
 SUBMITTED = {
@@ -32,26 +33,6 @@ AFTER = OpenApiParameter(
     {"type": "integer", "minimum": 0},
     description="Only messages after this id",
 )
-
-
-def _strict_int(request, name: str) -> int | None:
-    value = request.query_params.get(name)
-    if value is None:
-        return None
-    # Beyond the id range Django's lookups match nothing (or everything) rather
-    # than fail, so any run of digits is a fine id.
-    if not value.isdigit():
-        raise ValidationError({name: "Must be a message id (an integer)."})
-    return int(value)
-
-
-def _strict_bool(request, name: str) -> bool | None:
-    value = request.query_params.get(name)
-    if value is None:
-        return None
-    if value not in ("true", "false"):
-        raise ValidationError({name: "Must be true or false."})
-    return value == "true"
 
 
 def submit_reply(request, conversation: Conversation, content: str) -> Response:
@@ -67,12 +48,20 @@ def submit_reply(request, conversation: Conversation, content: str) -> Response:
         except conversations.DifferentRequest:
             raise idempotency.KeyReused() from None
 
+    def post(key):
+        try:
+            return conversations.post_message(
+                conversation, content, idempotency_key=key
+            )
+        except conversations.TooManyReplies as exc:
+            raise Throttled(
+                wait=settings.AI_IN_FLIGHT_RETRY_AFTER, detail=str(exc)
+            ) from None
+
     submission = idempotency.submit_once(
         request,
         conversations.TASK_NAME,
-        lambda key: conversations.post_message(
-            conversation, content, idempotency_key=key
-        ),
+        post,
         # keys are the conversation owner's, as its tasks are (post_message)
         owner=conversation.owner,
         replay=replay,
@@ -146,7 +135,9 @@ class ConversationViewSet(
             body.is_valid(raise_exception=True)
             return submit_reply(request, conversation, body.validated_data["content"])
         messages = conversation.messages.select_related("task")
-        after = _strict_int(request, "after")
+        after = params.id_param(
+            request, "after", "Must be a message id (an integer).", maximum=None
+        )
         if after is not None:
             messages = messages.filter(id__gt=after)
         page = self.paginate_queryset(messages.order_by("id"))
@@ -204,7 +195,7 @@ class NotificationViewSet(
     def filter_queryset(self, queryset):
         if self.action != "list":
             return queryset
-        unread = _strict_bool(self.request, "unread")
+        unread = params.bool_param(self.request, "unread")
         if unread is not None:
             queryset = queryset.filter(read_at__isnull=unread)
         channel = self.request.query_params.get("channel")

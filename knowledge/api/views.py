@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 from django.conf import settings
@@ -30,7 +29,7 @@ from knowledge.api.serializers import (
     UpdateRequestSerializer,
 )
 from knowledge.models import Document, KnowledgeBase
-from tasks_app.api import errors, idempotency
+from tasks_app.api import idempotency, params
 from tasks_app.api.permissions import OwnedQuerysetMixin
 from tasks_app.api.serializers import TaskRecordSerializer
 from tasks_app.models import TaskRecord
@@ -73,10 +72,22 @@ def check_body_size(request, field: str) -> None:
         )
 
 
-def submitted(request, task_name: str, submit: Callable[[str | None], TaskRecord]):
+def submitted(
+    request,
+    task_name: str,
+    submit: Callable[[str | None], TaskRecord],
+    target: KnowledgeBase | Document,
+    args: list | None = None,
+):
     """202 with the task submit(key) queues; a repeated Idempotency-Key answers
-    with the first request's task instead (tasks_app.api.idempotency)."""
-    record = idempotency.submit_once(request, task_name, submit)
+    with the first request's task instead, if that request was for the same
+    target and args, else 409 (tasks_app.api.idempotency)."""
+    record = idempotency.submit_once(
+        request,
+        task_name,
+        submit,
+        replay=lambda previous: idempotency.same_request(previous, target, args=args),
+    )
     return Response(TaskRecordSerializer(record).data, status=status.HTTP_202_ACCEPTED)
 
 
@@ -153,6 +164,9 @@ class KnowledgeBaseViewSet(OwnedQuerysetMixin, viewsets.ModelViewSet):
             lambda key: services.submit_update(
                 kb, body.validated_data["mode"], owner=request.user, idempotency_key=key
             ),
+            kb,
+            # the same key for another mode is another request
+            args=[kb.pk, body.validated_data["mode"]],
         )
 
     @extend_schema(
@@ -167,6 +181,7 @@ class KnowledgeBaseViewSet(OwnedQuerysetMixin, viewsets.ModelViewSet):
             lambda key: services.submit_delete_vectors(
                 kb=kb, owner=request.user, idempotency_key=key
             ),
+            kb,
         )
 
     @extend_schema(
@@ -232,16 +247,14 @@ class DocumentViewSet(
         return super().list(request, *args, **kwargs)
 
     def filter_queryset(self, queryset):
-        params = self.request.query_params
-        if "knowledge_base" in params:
-            value = params["knowledge_base"]
-            if not re.fullmatch(r"\d{1,19}", value) or int(value) > INT64_MAX:
-                raise ValidationError({"knowledge_base": "Must be an id (an integer)."})
-            queryset = queryset.filter(knowledge_base_id=int(value))
-        if "status" in params:
-            if params["status"] not in Document.Status.values:
-                raise ValidationError({"status": errors.one_of(Document.Status.values)})
-            queryset = queryset.filter(status=params["status"])
+        kb_id = params.id_param(
+            self.request, "knowledge_base", "Must be an id (an integer)."
+        )
+        if kb_id is not None:
+            queryset = queryset.filter(knowledge_base_id=kb_id)
+        status = params.choice_param(self.request, "status", Document.Status.values)
+        if status is not None:
+            queryset = queryset.filter(status=status)
         return queryset.order_by("-id")
 
     @extend_schema(responses=CREATED)
@@ -320,6 +333,7 @@ class DocumentViewSet(
             lambda key: services.submit_vectorize(
                 document, owner=request.user, idempotency_key=key
             ),
+            document,
         )
 
     @extend_schema(
@@ -334,4 +348,5 @@ class DocumentViewSet(
             lambda key: services.submit_delete_vectors(
                 document=document, owner=request.user, idempotency_key=key
             ),
+            document,
         )

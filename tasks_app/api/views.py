@@ -1,24 +1,26 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC
 
 from django.conf import settings
 from django.db.models import Q
-from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from tasks_app import dashboard, services, workers
-from tasks_app.api import errors
-from tasks_app.api.permissions import OwnedQuerysetMixin
+from tasks_app.api import params
+from tasks_app.api.permissions import CanControlWorkers, OwnedQuerysetMixin
 from tasks_app.api.serializers import (
     PoolRestartSerializer,
     RetrySerializer,
@@ -68,24 +70,18 @@ TASK_NAME = r"^[A-Za-z0-9_.:-]{1,200}$"
 CONFLICT = {409: {"description": "The task's state does not allow this."}}
 
 
-def _datetime_param(request, name: str):
-    """An ISO 8601 query parameter as an aware UTC datetime; 400 naming it if not."""
-    value = request.query_params.get(name)
-    if value is None:
-        return None
-    try:
-        parsed = parse_datetime(value)
-    except ValueError:
-        parsed = None
-    if parsed is None:
-        raise ValidationError({name: "Not an ISO 8601 date-time."})
-    if timezone.is_naive(parsed):
-        parsed = timezone.make_aware(parsed)
-    try:
-        # In UTC: PostgreSQL refuses offsets past 15:59 that RFC 3339 allows.
-        return parsed.astimezone(UTC)
-    except (OverflowError, ValueError):
-        raise ValidationError({name: "Date-time out of range."}) from None
+STAFF_EDITS_ARGUMENTS = (
+    "Only staff may change a task's arguments; retry without them to rerun "
+    "the stored ones."
+)
+
+
+def edited_arguments(request) -> list[str]:
+    """The argument fields (args, kwargs) a retry request sends, in that order."""
+    data = request.data
+    if not hasattr(data, "keys"):
+        return []
+    return [field for field in ("args", "kwargs") if field in data]
 
 
 def with_celery_id(queryset, celery_id: str):
@@ -143,24 +139,21 @@ class TaskRecordViewSet(
         return super().get_object()
 
     def filter_queryset(self, queryset):
-        params = self.request.query_params
-        state = params.get("state")
+        query = self.request.query_params
+        state = params.choice_param(self.request, "state", TaskRecord.State.values)
         if state:
-            if state not in TaskRecord.State.values:
-                raise ValidationError({"state": errors.one_of(TaskRecord.State.values)})
             queryset = queryset.filter(state=state)
-        if "name" in params:
-            if not re.fullmatch(TASK_NAME, params["name"]):
+        if "name" in query:
+            if not re.fullmatch(TASK_NAME, query["name"]):
                 raise ValidationError({"name": "Not a task name."})
-            queryset = queryset.filter(name=params["name"])
-        if "queue" in params:
-            if params["queue"] not in settings.CLAW_QUEUES:
-                raise ValidationError({"queue": errors.one_of(settings.CLAW_QUEUES)})
-            queryset = queryset.filter(queue=params["queue"])
-        if "celery_id" in params:
-            queryset = with_celery_id(queryset, params["celery_id"])
-        after = _datetime_param(self.request, "created_after")
-        before = _datetime_param(self.request, "created_before")
+            queryset = queryset.filter(name=query["name"])
+        queue = params.choice_param(self.request, "queue", settings.CLAW_QUEUES)
+        if queue is not None:
+            queryset = queryset.filter(queue=queue)
+        if "celery_id" in query:
+            queryset = with_celery_id(queryset, query["celery_id"])
+        after = params.datetime_param(self.request, "created_after")
+        before = params.datetime_param(self.request, "created_before")
         if after:
             queryset = queryset.filter(created_at__gte=after)
         if before:
@@ -181,11 +174,11 @@ class TaskRecordViewSet(
     def events(self, request, pk=None):
         record = self.get_object()
         events = record.events.all()
-        after = request.query_params.get("after")
+        after = params.id_param(
+            request, "after", "Must be an event id (an integer).", maximum=None
+        )
         if after:
-            if not after.isdigit():
-                raise ValidationError({"after": "Must be an event id (an integer)."})
-            events = events.filter(id__gt=int(after))
+            events = events.filter(id__gt=after)
         page = self.paginate_queryset(events)
         return self.get_paginated_response(TaskEventSerializer(page, many=True).data)
 
@@ -201,7 +194,16 @@ class TaskRecordViewSet(
         )
 
     @extend_schema(
-        request=RetrySerializer, responses={202: TaskRecordSerializer, **CONFLICT}
+        request=RetrySerializer,
+        responses={
+            202: TaskRecordSerializer,
+            403: OpenApiResponse(
+                OpenApiTypes.OBJECT,
+                description="args or kwargs sent by a user who is not staff; the "
+                "body names them.",
+            ),
+            **CONFLICT,
+        },
     )
     @action(detail=True, methods=["post"])
     def retry(self, request, pk=None):
@@ -213,6 +215,11 @@ class TaskRecordViewSet(
                 {"detail": f"Task #{record.pk} is {record.state}, not retryable"},
                 status=status.HTTP_409_CONFLICT,
             )
+        edited = edited_arguments(request)
+        if edited and not request.user.is_staff:
+            # Tasks take raw ids: new arguments could name another user's
+            # objects. Editing them stays staff's (the admin's edit-and-retry).
+            raise PermissionDenied({field: [STAFF_EDITS_ARGUMENTS] for field in edited})
         body = RetrySerializer(data=request.data)
         body.is_valid(raise_exception=True)
         try:
@@ -297,7 +304,7 @@ def control_response(field: str, send) -> Response:
 
 
 class PoolRestartView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [CanControlWorkers]
 
     @extend_schema(request=PoolRestartSerializer, responses=CONTROL_RESPONSES)
     def post(self, request):
@@ -310,7 +317,7 @@ class PoolRestartView(APIView):
 
 
 class ShutdownView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [CanControlWorkers]
 
     @extend_schema(request=ShutdownSerializer, responses=CONTROL_RESPONSES)
     def post(self, request):

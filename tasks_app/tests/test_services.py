@@ -550,3 +550,48 @@ def test_a_delivery_no_record_ever_had_runs_untracked_and_writes_nothing():
         services.mark_started("never-published", name="tests.add", worker="w") is None
     )
     assert not TaskEvent.objects.exists()
+
+
+# --- countdowns past the visibility timeout (celery#2599) ---------------------
+
+
+def test_a_countdown_past_the_visibility_timeout_is_refused_naming_the_field(
+    send_task, django_capture_on_commit_callbacks
+):
+    from django.conf import settings
+
+    timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
+    with (
+        django_capture_on_commit_callbacks(execute=True),
+        pytest.raises(services.DelayTooLong, match=r"^countdown: at most") as caught,
+    ):
+        services.submit("tests.add", args=[1, 2], countdown=3 * timeout)
+
+    assert caught.value.field == "countdown"
+    assert not TaskRecord.objects.exists()
+    send_task.assert_not_called()
+
+
+def test_an_eta_past_the_visibility_timeout_is_refused_and_a_near_one_taken(
+    send_task, django_capture_on_commit_callbacks
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    limit = services.longest_delay()
+    assert limit and limit > 0
+    far = timezone.now() + timedelta(seconds=limit + 60)
+    with pytest.raises(services.DelayTooLong, match=r"^eta: "):
+        services.submit("tests.add", args=[1, 2], eta=far)
+    with django_capture_on_commit_callbacks(execute=True):
+        near = services.submit("tests.add", args=[1, 2], countdown=limit - 60)
+
+    assert TaskRecord.objects.get() == near and near.eta is not None
+    send_task.assert_called_once()
+
+
+def test_the_filesystem_broker_has_no_visibility_timeout_to_outlive(settings):
+    settings.IS_FILESYSTEM_BROKER = True
+    assert services.longest_delay() is None
+    services.check_delay("countdown", 10**9)  # no error

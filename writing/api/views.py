@@ -9,7 +9,7 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
 
-from tasks_app.api import errors, idempotency
+from tasks_app.api import idempotency, params
 from tasks_app.api.fields import INT64_MAX
 from tasks_app.api.permissions import OwnedQuerysetMixin
 from writing import jobs
@@ -46,22 +46,6 @@ FILTERS = [
 ]
 
 
-def _choice(request, name: str, choices) -> str | None:
-    value = request.query_params.get(name)
-    if value is not None and value not in choices:
-        raise ValidationError({name: errors.one_of(choices)})
-    return value
-
-
-def _owner(request) -> int | None:
-    value = request.query_params.get("owner")
-    if value is None:
-        return None
-    if not value.isdigit() or not 1 <= int(value) <= INT64_MAX:
-        raise ValidationError({"owner": "Must be a user id (a positive integer)."})
-    return int(value)
-
-
 class JobViewSet(
     OwnedQuerysetMixin,
     mixins.ListModelMixin,
@@ -86,8 +70,8 @@ class JobViewSet(
         return super().list(request, *args, **kwargs)
 
     def filter_queryset(self, queryset):
-        kind = _choice(self.request, "kind", WritingJob.Kind.values)
-        state = _choice(self.request, "state", WritingJob.State.values)
+        kind = params.choice_param(self.request, "kind", WritingJob.Kind.values)
+        state = params.choice_param(self.request, "state", WritingJob.State.values)
         if kind:
             queryset = queryset.filter(kind=kind)
         if state:
@@ -99,7 +83,16 @@ class JobViewSet(
         their own first, otherwise the only one, or name the owner."""
         user = self.request.user
         found = self.get_queryset().filter(job_id=self.kwargs["job_id"])
-        owner = _owner(self.request) if user.is_staff else None
+        owner = (
+            params.id_param(
+                self.request,
+                "owner",
+                "Must be a user id (a positive integer).",
+                minimum=1,
+            )
+            if user.is_staff
+            else None
+        )
         if owner is not None:
             found = found.filter(owner_id=owner)
         elif user.is_staff and found.filter(owner=user).exists():

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('tasks_app', '0005_taskevent_queued_celery_id'),
+        ('tasks_app', '0007_admin_permissions'),
     ]
 
     operations = [

@@ -16,7 +16,7 @@ from django.db.models import Q
 from claw import conversations, llm
 from claw.models import Conversation, Message
 from knowledge.services import SearchHit, search_many
-from tasks_app import ratelimit
+from tasks_app import ratelimit, retries
 from tasks_app.progress import TaskCancelled, report_progress
 
 RATE_LIMIT_KEY = "claw.generate_ai_response"
@@ -36,7 +36,9 @@ def generate(message_id: int, *, started_at: float, deadline: float) -> dict:
     2. the prompt: the system prompt, recent history up to the question, and the
        best passages of the conversation's knowledge bases;
     3. stream, saving the text every AI_STREAM_SAVE_INTERVAL and reporting
-       progress (where a cancel stops it);
+       progress (where a cancel stops it); a save that finds the database
+       gone is skipped, and the final save waits for it
+       (CLAW_DATABASE_OUTAGE_SECONDS), so the streamed text is kept;
     4. at the soft time limit or the deadline keep what streamed, truncated; with
        nothing streamed yet the error propagates and the reply fails.
 
@@ -73,7 +75,10 @@ def generate(message_id: int, *, started_at: float, deadline: float) -> dict:
     )
     latency_ms = max(1, round((time.monotonic() - clock) * 1000))
     prompt_text = "\n".join(m["content"] for m in prompt)
-    conversations.finish_reply(
+    # The text is in memory: wait here for a lost database rather than let the
+    # task run again and stream the whole answer anew.
+    retries.ride_out_database_outage(
+        conversations.finish_reply,
         message_id,
         text=completion.text,
         truncated=bool(stopped),
@@ -106,8 +111,14 @@ def _stream(provider, prompt, passages, completion, message_id, deadline) -> str
             if now - last_save < settings.AI_STREAM_SAVE_INTERVAL:
                 continue
             last_save = now
-            if not conversations.save_partial(message_id, completion.text):
-                break  # deleted or stopped meanwhile; finish_reply will not apply
+            try:
+                if not conversations.save_partial(message_id, completion.text):
+                    break  # deleted or stopped meanwhile; finish_reply will not apply
+            except retries.DATABASE_ERRORS:
+                # The database is restarting: keep streaming into memory and
+                # save at the next interval (finish_reply waits for it).
+                retries.close_connections()
+                continue
             report_progress(
                 len(completion.pieces), 0, f"{len(completion.text)} characters"
             )

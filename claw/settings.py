@@ -588,6 +588,10 @@ CLAW_MAX_REDELIVERIES = env_int("CLAW_MAX_REDELIVERIES", 3)
 # of the attempt is refused; once it lapsed (the worker died) a redelivery takes
 # the attempt over. Keep it well below the visibility timeout (system check W002).
 CLAW_LEASE_SECONDS = env_float("CLAW_LEASE_SECONDS", 60)
+# Seconds a running task waits for a lost database (a restart, an outage) before
+# its database error fails it: it backs off, reconnects and runs again
+# (tasks_app.retries.ride_out_database_outage; a streaming reply keeps its text).
+CLAW_DATABASE_OUTAGE_SECONDS = env_float("CLAW_DATABASE_OUTAGE_SECONDS", 60)
 # Seconds the dashboard's and the stats API's aggregates (and the dashboard's
 # worker ping) are kept in the cache; 0 computes them on every request.
 CLAW_STATS_CACHE_SECONDS = env_int("CLAW_STATS_CACHE_SECONDS", 15)

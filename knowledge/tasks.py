@@ -15,11 +15,10 @@ from tasks_app import fanout, retries
 from tasks_app import services as ledger
 from tasks_app.progress import report_progress
 from tasks_app.ratelimit import RateLimited
-from tasks_app.retries import DATABASE_ERRORS
 
 # Tasks that replace themselves with a chord and wait for it under their own id
 # (update_knowledge_base, generate_document_from_outline).
-FAN_OUT = fanout.parent_options(retry_backoff=settings.KNOWLEDGE_RETRY_BACKOFF)
+FAN_OUT = fanout.parent_options()
 
 
 VECTORIZE_RETRIES = 3  # of transient embedding errors (deferrals have their own)
@@ -168,9 +167,7 @@ update_broken_task = fanout.errback_task(
 
 @app.task(
     name=services.DELETE_VECTORS,
-    autoretry_for=DATABASE_ERRORS,
     max_retries=2,
-    retry_backoff=settings.KNOWLEDGE_RETRY_BACKOFF,
 )
 def delete_knowledge_vectors_task(
     kb_id: int | None = None, document_id: int | None = None

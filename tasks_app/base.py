@@ -55,6 +55,13 @@ class LedgerRequest(Request):
 class LedgerTask(Task):
     Request = "tasks_app.base:LedgerRequest"
 
+    def __call__(self, *args, **kwargs):
+        # A database restart or outage while the body runs: wait for the
+        # database and run the body again instead of failing the task.
+        from tasks_app import retries
+
+        return retries.ride_out_database_outage(super().__call__, *args, **kwargs)
+
     def replace(self, sig):
         # The replacing canvas's last task runs under this task's id while the
         # record stays STARTED: it must find the lease free, or it would be

@@ -28,16 +28,14 @@ from celery.exceptions import ChordError
 from claw.celery import app
 from tasks_app import services
 from tasks_app.models import TaskRecord
-from tasks_app.retries import DATABASE_ERRORS
 
 
-def parent_options(*, retry_backoff: float) -> dict:
+def parent_options() -> dict:
     """Celery options of a task that fans out: its own run is short (plan, then
-    Task.replace), retried on a lost database, and the chord's callback ends it."""
+    Task.replace; a lost database is waited for like in every task, see
+    tasks_app.retries), and the chord's callback ends it."""
     return {
-        "autoretry_for": DATABASE_ERRORS,
         "max_retries": 2,
-        "retry_backoff": retry_backoff,
         "soft_time_limit": 180,
         "time_limit": 300,
     }

@@ -16,13 +16,11 @@ from knowledge.services import EmbeddingUnavailable
 from tasks_app import fanout, retries
 from tasks_app import services as ledger
 from tasks_app.progress import TaskCancelled, report_progress
-from tasks_app.retries import DATABASE_ERRORS
 from writing import jobs, sections
 from writing.models import WritingJob, WritingSection
 
 Status = WritingSection.Status
-# Its database-error retries back off as the knowledge tasks' (README).
-FAN_OUT = fanout.parent_options(retry_backoff=settings.KNOWLEDGE_RETRY_BACKOFF)
+FAN_OUT = fanout.parent_options()
 
 
 def backoff(failures: int) -> float:
@@ -42,14 +40,15 @@ def backoff(failures: int) -> float:
 def generate_outline_from_query_task(self, job_pk: int) -> dict:
     """Search the job's knowledge bases and store an outline (jobs.generate_outline).
 
-    Transient provider and database errors retry with backoff; anything else,
+    Transient provider errors retry with backoff (a lost database is waited
+    for, see tasks_app.retries); anything else,
     and the last retry, fails the job (sections.job_task_ended). The countdown comes
     from tasks_app.retries.backoff, as for replies and sections: Celery's retry_backoff
     needs whole seconds (random.randrange), and AI_RETRY_BACKOFF may be 0.5.
     """
     try:
         return jobs.generate_outline(job_pk)
-    except (LLMUnavailable, EmbeddingUnavailable, *DATABASE_ERRORS) as exc:
+    except (LLMUnavailable, EmbeddingUnavailable) as exc:
         raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from None
 
 

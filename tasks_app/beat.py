@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from datetime import timedelta
@@ -11,7 +12,10 @@ from django.db.models import Q
 from django.utils import timezone
 from django_celery_beat.schedulers import DatabaseScheduler
 
+from tasks_app import retries
 from tasks_app.models import BeatLease
+
+logger = logging.getLogger(__name__)
 
 LEASE_SECONDS = 30
 STANDBY_SLEEP = 5.0
@@ -55,6 +59,7 @@ class LeaderScheduler(DatabaseScheduler):
 
     def __init__(self, *args, **kwargs):
         self.holder = holder_name()
+        self.database_failures = 0  # in a row, for the backoff
         super().__init__(*args, **kwargs)
 
     def install_default_entries(self, data):
@@ -63,9 +68,26 @@ class LeaderScheduler(DatabaseScheduler):
         return data
 
     def tick(self, *args, **kwargs):
-        if not acquire_lease(self.holder):
-            return STANDBY_SLEEP
-        return min(super().tick(*args, **kwargs), LEASE_SECONDS / 3)
+        try:
+            if not acquire_lease(self.holder):
+                wait = STANDBY_SLEEP
+            else:
+                wait = min(super().tick(*args, **kwargs), LEASE_SECONDS / 3)
+        except retries.DATABASE_ERRORS as error:
+            # A database restart or outage: Celery's beat would exit on the
+            # error. Keep running, reconnect and try again; a lease that lapsed
+            # meanwhile may be another beat's by then (then this one waits).
+            wait = retries.backoff(
+                self.database_failures, base=1, maximum=LEASE_SECONDS / 3
+            )
+            self.database_failures += 1
+            logger.warning(
+                "Database unavailable (%r); beat tries again in %.1f s", error, wait
+            )
+            retries.close_connections()
+            return wait
+        self.database_failures = 0
+        return wait
 
     def close(self):
         try:

@@ -11,6 +11,7 @@ a time (WAL, busy timeout and IMMEDIATE transactions, claw.settings).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
@@ -27,6 +28,10 @@ from tasks_app.management.commands.ensure_admin import (
 )
 
 STOP_GRACE_SECONDS = 20
+# A child that dies unexpectedly is started again after 1, 2, 4 ... seconds (at
+# most RESTART_BACKOFF_MAX); one that ran STABLE_AFTER_SECONDS starts the count over.
+RESTART_BACKOFF_MAX = 60
+STABLE_AFTER_SECONDS = 60
 HEALTHY_WITHIN_SECONDS = 180  # after this, the banner says the stack is not healthy
 # Signals a supervisor sends `make run` to stop it. GNU make forwards SIGTERM to
 # its children but not SIGINT, SIGHUP or SIGQUIT (it assumes the terminal sent
@@ -67,12 +72,17 @@ class ParentWatch:
         return caught is not None and not self.watched <= caught
 
 
+@dataclasses.dataclass
+class Restart:
+    at: float  # time.monotonic() when the dead child starts again
+
+
 class Command(BaseCommand):
     help = (
         "Start gunicorn, a threads-pool Celery worker for AI replies and remote "
         "embeddings, a prefork "
         "worker for every other queue and one beat. Ctrl-C or SIGTERM stops all "
-        "of them; if one dies, the others are stopped too."
+        "of them; one that dies unexpectedly is restarted with backoff."
     )
 
     def add_arguments(self, parser):
@@ -109,6 +119,8 @@ class Command(BaseCommand):
         **options,
     ):
         self.children: dict[str, subprocess.Popen] = {}
+        self.started: dict[str, float] = {}
+        self.failures: dict[str, int] = {}  # in a row, for the restart backoff
         self.stopping = False
         self.parent = ParentWatch() if stop_with_make else None
         signal.signal(signal.SIGINT, self._on_signal)
@@ -124,11 +136,10 @@ class Command(BaseCommand):
         self.health_url = f"http://{probe_host}:{port}/health"
         self.announced = False
         self.started_at = time.monotonic()
-        commands = self._commands(host, port, concurrency, ai_concurrency)
-        for name, command in commands.items():
-            # Each child leads its own process group, so stopping it also stops the
-            # worker's pool processes and gunicorn's workers.
-            self.children[name] = subprocess.Popen(command, start_new_session=True)
+        self.commands = self._commands(host, port, concurrency, ai_concurrency)
+        self.restarts: dict[str, Restart] = {}
+        for name in self.commands:
+            self._start(name)
         self.stdout.write(
             f"Starting CLAW at {self.admin_url} (Ctrl-C stops it); the address and "
             "the admin account are printed again once /health answers 200."
@@ -198,14 +209,24 @@ class Command(BaseCommand):
     def _on_signal(self, signum, frame) -> None:
         self.stopping = True
 
+    def _start(self, name: str) -> None:
+        # Each child leads its own process group, so stopping it also stops the
+        # worker's pool processes and gunicorn's workers.
+        self.children[name] = subprocess.Popen(
+            self.commands[name], start_new_session=True
+        )
+        self.started[name] = time.monotonic()
+
     def _supervise(self) -> int:
         while not self.stopping:
             for name, child in self.children.items():
-                if child.poll() is not None:
-                    self.stderr.write(
-                        f"{name} exited with {child.returncode}; stopping"
-                    )
-                    return 1
+                if child.poll() is not None and name not in self.restarts:
+                    self._schedule_restart(name, child)
+            for name, restart in list(self.restarts.items()):
+                if time.monotonic() >= restart.at:
+                    del self.restarts[name]
+                    self.stderr.write(f"restarting {name}")
+                    self._start(name)
             if self.parent is not None and self.parent.signalled():
                 self.stdout.write("make was signalled; stopping")
                 break
@@ -213,6 +234,22 @@ class Command(BaseCommand):
                 self._announce_when_healthy()
             time.sleep(0.5)
         return 0
+
+    def _schedule_restart(self, name: str, child: subprocess.Popen) -> None:
+        """A child died unexpectedly (a crash, an unrecoverable broker error, the
+        OOM killer): the rest of the stack keeps running and this one starts
+        again after a backoff, so a child that keeps crashing is not a busy loop."""
+        ran = time.monotonic() - self.started.get(name, 0.0)
+        failures = 0 if ran >= STABLE_AFTER_SECONDS else self.failures.get(name, 0)
+        self.failures[name] = failures + 1
+        delay = min(RESTART_BACKOFF_MAX, 2**failures)
+        # What it leaves behind (a worker's orphaned pool processes) goes first.
+        self._signal_group(child, signal.SIGKILL)
+        self.stderr.write(
+            f"{name} exited with {child.returncode} after {ran:.0f} s; "
+            f"restarting it in {delay} s (failure {failures + 1} in a row)"
+        )
+        self.restarts[name] = Restart(at=time.monotonic() + delay)
 
     def _announce_when_healthy(self) -> None:
         """Print the address and the admin account below the workers' start-up

@@ -51,6 +51,4 @@ def handler404(request, exception):
 
 
 def handler500(request):
-    return errors.json_error(
-        request, 500, "Server error.", lambda: defaults.server_error(request)
-    )
+    return errors.server_error(request, lambda: defaults.server_error(request))

@@ -8,14 +8,22 @@ a list, so a client handles one shape.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, JsonResponse
 from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from tasks_app.retries import DATABASE_ERRORS
 from tasks_app.services import DelayTooLong
+
+# A lost database (a restart, an outage) is temporary: 503 with Retry-After, so a
+# client retries (README, REST API) instead of reporting a server bug.
+DATABASE_UNAVAILABLE = "The database is unavailable; try again shortly."
+RETRY_AFTER_SECONDS = 5
 
 
 def one_of(values: Iterable[str]) -> str:
@@ -36,6 +44,12 @@ def field_errors(data):
 
 
 def exception_handler(exc, context):
+    if isinstance(exc, DATABASE_ERRORS):
+        return Response(
+            {"detail": DATABASE_UNAVAILABLE},
+            status=503,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
     if isinstance(exc, Http404):
         # Django's message names the model ("No TaskRecord matches the given
         # query."); an API client needs only to know it is not there.
@@ -54,6 +68,20 @@ def json_error(request, status: int, detail: str, fallback):
     if request.path.startswith("/api/"):
         return JsonResponse({"detail": detail}, status=status)
     return fallback()
+
+
+def server_error(request, fallback):
+    """A crash: 500 (JSON under /api/); a database error raised outside a DRF view
+    (a middleware's session or user lookup) is the 503 of exception_handler.
+    Django calls its handler500 while handling the exception, so it is in
+    sys.exc_info()."""
+    if isinstance(sys.exc_info()[1], DATABASE_ERRORS) and request.path.startswith(
+        "/api/"
+    ):
+        response = JsonResponse({"detail": DATABASE_UNAVAILABLE}, status=503)
+        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
+    return json_error(request, 500, "Server error.", fallback)
 
 
 def bad_request(request, exception, fallback):

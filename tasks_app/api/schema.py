@@ -13,6 +13,8 @@ ERRORS = {
     "403": "Authenticated, but not allowed (staff-only endpoint).",
     "404": "No such object, or it belongs to someone else.",
     "429": "Throttled; see the Retry-After header.",
+    "503": "The database is unavailable (a restart or an outage); retry after the "
+    "Retry-After header's seconds.",
 }
 
 

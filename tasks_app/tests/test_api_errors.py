@@ -121,3 +121,41 @@ def test_a_countdown_the_broker_would_redeliver_is_a_400_naming_the_field():
     assert response.status_code == 400
     assert list(response.data) == ["countdown"]
     assert "at most 6600 seconds" in response.data["countdown"][0]
+
+
+def test_a_database_outage_is_a_json_503_with_retry_after(transactional_db, alice):
+    """A real outage in-process: the connection points at a closed port."""
+    from tests.reliability.test_database_faults import database
+
+    api = client_for(alice)
+    api.raise_request_exception = False
+    with database("127.0.0.1", 9, "claw_no_server"):
+        answers = [
+            api.get("/api/v1/tasks/"),
+            api.get("/api/v1/conversations/"),
+            api.post("/api/v1/conversations/", {"title": "x"}, format="json"),
+        ]
+    for response in answers:
+        assert response.status_code == 503
+        assert response["Content-Type"] == "application/json"
+        assert response["Retry-After"] == "5"
+        assert response.json() == {
+            "detail": "The database is unavailable; try again shortly."
+        }
+        assert "Connection refused" not in response.content.decode()
+    # and once it is back, the same client is served again
+    assert api.get("/api/v1/tasks/").status_code == 200
+
+
+def test_a_database_error_outside_a_drf_view_is_a_json_503_too(rf):
+    from django.db import OperationalError
+
+    from claw.urls import handler500
+
+    try:
+        raise OperationalError("server closed the connection unexpectedly")
+    except OperationalError:
+        api = handler500(rf.get("/api/v1/tasks/"))
+        page = handler500(rf.get("/admin/"))
+    assert api.status_code == 503 and api["Retry-After"] == "5"
+    assert page.status_code == 500  # the admin keeps Django's page

@@ -16,6 +16,7 @@ app.autodiscover_tasks()
 
 PRIORITY_MIN, PRIORITY_MAX = 0, 9
 _modules_imported = False
+_importing = False
 
 
 def registered_tasks() -> dict:
@@ -24,10 +25,17 @@ def registered_tasks() -> dict:
     Celery imports them lazily (in workers); web and beat processes call this
     before looking a task up by name.
     """
-    global _modules_imported
-    if not _modules_imported:
-        app.loader.import_default_modules()
-        _modules_imported = True
+    global _modules_imported, _importing
+    if not _modules_imported and not _importing:
+        # Celery's Django fixup runs Django's system checks before it imports
+        # the modules, and a check (tasks_app.W001) asks for the tasks: that
+        # nested call gets the tasks registered so far instead of recursing.
+        _importing = True
+        try:
+            app.loader.import_default_modules()
+            _modules_imported = True
+        finally:
+            _importing = False
     return app.tasks
 
 

@@ -347,6 +347,15 @@ KNOWLEDGE_VECTORIZE_RATE_LIMIT = parse_rate(
 KNOWLEDGE_MAX_DEFERRALS = env_int("KNOWLEDGE_MAX_DEFERRALS", 100)
 # Seconds of the first automatic retry of a transient embedding error (doubles).
 KNOWLEDGE_RETRY_BACKOFF = env_int("KNOWLEDGE_RETRY_BACKOFF", 10)
+# Time limits (seconds) of knowledge.vectorize_document (the soft one is also the
+# deadline checked between batches on a threads pool) and of
+# knowledge.update_knowledge_base's own run (plan, then Task.replace).
+KNOWLEDGE_VECTORIZE_SOFT_TIME_LIMIT = env_int(
+    "KNOWLEDGE_VECTORIZE_SOFT_TIME_LIMIT", 300
+)
+KNOWLEDGE_VECTORIZE_TIME_LIMIT = env_int("KNOWLEDGE_VECTORIZE_TIME_LIMIT", 600)
+KNOWLEDGE_UPDATE_SOFT_TIME_LIMIT = env_int("KNOWLEDGE_UPDATE_SOFT_TIME_LIMIT", 180)
+KNOWLEDGE_UPDATE_TIME_LIMIT = env_int("KNOWLEDGE_UPDATE_TIME_LIMIT", 300)
 # Texts per embedding call; progress is reported after each batch.
 EMBEDDING_BATCH_SIZE = env_int("EMBEDDING_BATCH_SIZE", 64)
 # The openai provider: any OpenAI-compatible /v1/embeddings endpoint.
@@ -381,6 +390,12 @@ JOBS_MAX_SECTIONS = env_int("JOBS_MAX_SECTIONS", 20)
 # Time limits of one section's task (knowledge.write_section), in seconds.
 JOBS_SECTION_SOFT_TIME_LIMIT = env_int("JOBS_SECTION_SOFT_TIME_LIMIT", 120)
 JOBS_SECTION_TIME_LIMIT = env_int("JOBS_SECTION_TIME_LIMIT", 180)
+# ...of the outline's (knowledge.generate_outline_from_query) and of the document
+# task's own run (knowledge.generate_document_from_outline: plan, Task.replace).
+JOBS_OUTLINE_SOFT_TIME_LIMIT = env_int("JOBS_OUTLINE_SOFT_TIME_LIMIT", 120)
+JOBS_OUTLINE_TIME_LIMIT = env_int("JOBS_OUTLINE_TIME_LIMIT", 180)
+JOBS_DOCUMENT_SOFT_TIME_LIMIT = env_int("JOBS_DOCUMENT_SOFT_TIME_LIMIT", 180)
+JOBS_DOCUMENT_TIME_LIMIT = env_int("JOBS_DOCUMENT_TIME_LIMIT", 300)
 # --- end of Writing jobs --------------------------------------------------------
 
 # --- Cache (API throttles, alert de-duplication, dashboard counts) -----------
@@ -450,11 +465,9 @@ CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
 IS_FILESYSTEM_BROKER = CELERY_BROKER_URL.startswith("filesystem")
 IS_REDIS_BROKER = CELERY_BROKER_URL.startswith(("redis", "rediss"))
 
-# Longest hard time limit of any task (vectorize_document); the visibility timeout
-# must stay above it (system check tasks_app.W001).
-LONGEST_TIME_LIMIT = 600
 # Redis redelivers unacked messages after visibility_timeout, so keep it above the
-# longest task or acks_late tasks run twice.
+# longest hard time limit of any registered task (services.longest_time_limit;
+# system check tasks_app.W001) or acks_late tasks run twice.
 CELERY_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 2 * 60 * 60)
 
 if IS_FILESYSTEM_BROKER:
@@ -544,8 +557,9 @@ CELERY_TASK_SEND_SENT_EVENT = CELERY_WORKER_SEND_TASK_EVENTS
 # worker keeps its connections and tasks_app.connections.recycle closes broken or
 # CONN_MAX_AGE-old ones after each task, as Django does after each request.
 CELERY_DB_REUSE_MAX = 1_000_000_000
-CELERY_TASK_TIME_LIMIT = 300
-CELERY_TASK_SOFT_TIME_LIMIT = 240
+# Time limits of the tasks that set none of their own.
+CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 300)
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 240)
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_ENABLE_UTC = True
 CELERY_BEAT_SCHEDULER = "tasks_app.beat:LeaderScheduler"

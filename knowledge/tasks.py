@@ -18,7 +18,10 @@ from tasks_app.ratelimit import RateLimited
 
 # Tasks that replace themselves with a chord and wait for it under their own id
 # (update_knowledge_base, generate_document_from_outline).
-FAN_OUT = fanout.parent_options()
+FAN_OUT = fanout.parent_options(
+    soft_time_limit=settings.KNOWLEDGE_UPDATE_SOFT_TIME_LIMIT,
+    time_limit=settings.KNOWLEDGE_UPDATE_TIME_LIMIT,
+)
 
 
 VECTORIZE_RETRIES = 3  # of transient embedding errors (deferrals have their own)
@@ -30,8 +33,8 @@ VECTORIZE_RETRIES = 3  # of transient embedding errors (deferrals have their own
     # Celery counts deferrals as retries, and the ledger stops an attempt after
     # max_retries + CLAW_MAX_REDELIVERIES + 1 deliveries: room for both.
     max_retries=VECTORIZE_RETRIES + settings.KNOWLEDGE_MAX_DEFERRALS,
-    soft_time_limit=300,
-    time_limit=settings.LONGEST_TIME_LIMIT,
+    soft_time_limit=settings.KNOWLEDGE_VECTORIZE_SOFT_TIME_LIMIT,
+    time_limit=settings.KNOWLEDGE_VECTORIZE_TIME_LIMIT,
 )
 def vectorize_document_task(
     self,

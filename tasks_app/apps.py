@@ -43,11 +43,14 @@ def visibility_timeout_check(app_configs, **kwargs) -> list:
     timeout = options.get("visibility_timeout")
     if settings.IS_FILESYSTEM_BROKER or timeout is None:
         return []
-    if settings.CELERY_TASK_ACKS_LATE and timeout <= settings.LONGEST_TIME_LIMIT:
+    from tasks_app.services import longest_time_limit
+
+    longest = longest_time_limit()  # of the registered tasks, as configured
+    if settings.CELERY_TASK_ACKS_LATE and timeout <= longest:
         return [
             Warning(
                 f"Broker visibility_timeout ({timeout}s) is not longer than the longest "
-                f"task time limit ({settings.LONGEST_TIME_LIMIT}s)",
+                f"task time limit ({longest:g}s)",
                 hint="Long tasks will be redelivered while they run, and run twice. "
                 "Raise CELERY_VISIBILITY_TIMEOUT.",
                 id="tasks_app.W001",

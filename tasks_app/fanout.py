@@ -30,14 +30,14 @@ from tasks_app import services
 from tasks_app.models import TaskRecord
 
 
-def parent_options() -> dict:
+def parent_options(*, soft_time_limit: int, time_limit: int) -> dict:
     """Celery options of a task that fans out: its own run is short (plan, then
     Task.replace; a lost database is waited for like in every task, see
     tasks_app.retries), and the chord's callback ends it."""
     return {
         "max_retries": 2,
-        "soft_time_limit": 180,
-        "time_limit": 300,
+        "soft_time_limit": soft_time_limit,
+        "time_limit": time_limit,
     }
 
 

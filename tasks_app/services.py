@@ -82,7 +82,15 @@ def longest_delay() -> float | None:
     timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout")
     if settings.IS_FILESYSTEM_BROKER or timeout is None:
         return None
-    return max(timeout - settings.LONGEST_TIME_LIMIT, 0)
+    return max(timeout - longest_time_limit(), 0)
+
+
+def longest_time_limit() -> float:
+    """The longest hard time limit of any registered task, in seconds (a task
+    without one has CELERY_TASK_TIME_LIMIT): how long a message may stay
+    unacknowledged while its task runs."""
+    limits = (getattr(t, "time_limit", None) for t in registered_tasks().values())
+    return max([settings.CELERY_TASK_TIME_LIMIT, *(lim for lim in limits if lim)])
 
 
 def check_delay(field: str, seconds_ahead: float | None) -> None:

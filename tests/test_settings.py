@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -132,3 +133,58 @@ def test_without_a_trusted_proxy_a_forwarded_https_claim_is_not_believed(
     settings.SECURE_SSL_REDIRECT = True
     claimed = client.get("/api/v1/tasks/", HTTP_X_FORWARDED_PROTO="https")
     assert claimed.status_code == 301 and claimed["Location"].startswith("https://")
+
+
+TIME_LIMITS = {  # task: (its soft limit's setting, its hard limit's setting)
+    "knowledge.vectorize_document": "KNOWLEDGE_VECTORIZE",
+    "knowledge.update_knowledge_base": "KNOWLEDGE_UPDATE",
+    "knowledge.generate_outline_from_query": "JOBS_OUTLINE",
+    "knowledge.generate_document_from_outline": "JOBS_DOCUMENT",
+    "knowledge.write_section": "JOBS_SECTION",
+    "claw.generate_ai_response": "AI_REPLY",
+}
+PRINT_LIMITS = """
+import json
+from claw.celery import registered_tasks
+tasks = registered_tasks()
+print(json.dumps({
+    name: [task.soft_time_limit, task.time_limit] for name, task in tasks.items()
+}))
+"""
+
+
+def test_every_time_limit_comes_from_the_environment(tmp_path):
+    env = embedded_env(tmp_path)
+    for n, prefix in enumerate(TIME_LIMITS.values()):
+        env[f"{prefix}_SOFT_TIME_LIMIT"] = str(1000 + n)
+        env[f"{prefix}_TIME_LIMIT"] = str(2000 + n)
+    env["CELERY_TASK_SOFT_TIME_LIMIT"], env["CELERY_TASK_TIME_LIMIT"] = "77", "88"
+    done = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", PRINT_LIMITS],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    limits = json.loads(done.stdout.splitlines()[-1])
+    for n, name in enumerate(TIME_LIMITS):
+        assert limits[name] == [1000 + n, 2000 + n], name
+    # a task without limits of its own has the defaults
+    assert limits["tasks_app.ping"] == [77, 88]
+
+
+def test_w001_compares_the_visibility_timeout_with_the_longest_real_time_limit(
+    tmp_path,
+):
+    env = {
+        **embedded_env(tmp_path),
+        "CELERY_BROKER_URL": "redis://127.0.0.1:6379/15",
+        "CELERY_VISIBILITY_TIMEOUT": "700",
+    }
+    fine = run_check(env)  # the longest limit is vectorize's 600 s
+    assert "W001" not in fine.stdout + fine.stderr
+    longer = run_check({**env, "JOBS_OUTLINE_TIME_LIMIT": "800"})
+    assert "task time limit (800s)" in longer.stdout + longer.stderr
+    assert "tasks_app.W001" in longer.stdout + longer.stderr

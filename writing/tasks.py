@@ -20,7 +20,10 @@ from writing import jobs, sections
 from writing.models import WritingJob, WritingSection
 
 Status = WritingSection.Status
-FAN_OUT = fanout.parent_options()
+FAN_OUT = fanout.parent_options(
+    soft_time_limit=settings.JOBS_DOCUMENT_SOFT_TIME_LIMIT,
+    time_limit=settings.JOBS_DOCUMENT_TIME_LIMIT,
+)
 
 
 def backoff(failures: int) -> float:
@@ -34,8 +37,8 @@ def backoff(failures: int) -> float:
     name=jobs.OUTLINE_TASK,
     bind=True,
     max_retries=3,
-    soft_time_limit=120,
-    time_limit=180,
+    soft_time_limit=settings.JOBS_OUTLINE_SOFT_TIME_LIMIT,
+    time_limit=settings.JOBS_OUTLINE_TIME_LIMIT,
 )
 def generate_outline_from_query_task(self, job_pk: int) -> dict:
     """Search the job's knowledge bases and store an outline (jobs.generate_outline).

@@ -26,6 +26,12 @@ def registered_tasks() -> dict:
     before looking a task up by name.
     """
     global _modules_imported, _importing
+    # A worker (and beat) imported them at start (Loader.init_worker). Importing
+    # again would run Celery's Django fixup again: django.setup() reapplies
+    # LOGGING while sys.stderr is the worker's logging proxy, and a threads-pool
+    # worker's log went silent after its first task.
+    if app.loader.worker_initialized:
+        return app.tasks
     if not _modules_imported and not _importing:
         # Celery's Django fixup runs Django's system checks before it imports
         # the modules, and a check (tasks_app.W001) asks for the tasks: that

@@ -14,7 +14,9 @@ class TasksAppConfig(AppConfig):
 
     def ready(self) -> None:
         # signals connects Celery receivers; worker_commands registers claw_report
-        from tasks_app import signals, worker_commands  # noqa: F401
+        from tasks_app import kombu_fixes, signals, worker_commands  # noqa: F401
+
+        kombu_fixes.install()  # a worker survives a Redis restart (see there)
 
         post_migrate.connect(_install_schedules, sender=self)
         register_setting_rules(

@@ -75,7 +75,9 @@ class TaskRecord(models.Model):
     # until when it counts as alive. The runner renews it while the task runs
     # (tasks_app.leases); a redelivery of the attempt is refused while the lease
     # is live and may take the attempt over once it lapsed (the runner died).
-    runner = models.CharField(max_length=255, blank=True)
+    # db_default: rows inserted by code that predates the column (a rolling deploy,
+    # a historical migration state) get "" rather than failing NOT NULL.
+    runner = models.CharField(max_length=255, blank=True, default="", db_default="")
     lease_until = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)

@@ -45,8 +45,9 @@ def test_vectors_are_384_unit_floats_and_no_other_dimension_is_accepted():
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     with pytest.raises(embeddings.EmbeddingRejected, match="384 dimensions"):
         embeddings.get_provider(E5, dimension=256)
-    with pytest.raises(embeddings.EmbeddingRejected, match="one model"):
-        embeddings.get_provider(E5, model="some-other-model", dimension=384)
+    # one bundled model: another name is ignored, as the hashing provider does
+    other = embeddings.get_provider(E5, model="some-other-model", dimension=384)
+    assert other.model == embeddings.E5_MODEL
     assert e5_provider().model_name == "e5-small:multilingual-e5-small-q4"
 
 

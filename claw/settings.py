@@ -576,6 +576,16 @@ CLAW_MAX_REDELIVERIES = env_int("CLAW_MAX_REDELIVERIES", 3)
 CLAW_STATS_CACHE_SECONDS = env_int("CLAW_STATS_CACHE_SECONDS", 15)
 # Seconds without a heartbeat after which beat counts as down.
 CLAW_BEAT_STALE_AFTER = env_int("CLAW_BEAT_STALE_AFTER", 120)
+# Rollups (tasks_app.rollups): seconds between two folds of new ledger events
+# into the per-minute/hour counts the dashboard, stats and /metrics read; how
+# long an event id missing from the sequence (its transaction not yet
+# committed) is looked for again; days per-minute and per-hour rows are kept.
+CLAW_ROLLUP_SECONDS = env_int("CLAW_ROLLUP_SECONDS", 10)
+CLAW_ROLLUP_GAP_SECONDS = env_int("CLAW_ROLLUP_GAP_SECONDS", 900)
+CLAW_ROLLUP_MINUTES_DAYS = env_int("CLAW_ROLLUP_MINUTES_DAYS", 2)
+CLAW_ROLLUP_HOURS_DAYS = env_int("CLAW_ROLLUP_HOURS_DAYS", 90)
+# Bearer token that may read /metrics (besides a staff session); unset: staff only.
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 
 
 def _not_kombu_default_hostname(record) -> bool:

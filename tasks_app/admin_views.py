@@ -13,11 +13,10 @@ from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import format_html
-from django.utils.safestring import mark_safe
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from tasks_app import dashboard, services, workers
+from tasks_app import charts, dashboard, display, rollups, services, workers
 from tasks_app.admin_forms import ArgumentsForm, NewTaskForm
 from tasks_app.models import TaskRecord
 
@@ -62,25 +61,82 @@ class OperationsViews:
         return extra + super().get_urls()
 
     def dashboard_view(self, request):
-        stats = dashboard.summary(24, slowest=True)
+        # Everything but the broker's queue lengths and the worker ping comes
+        # from the rollups (tasks_app.dashboard), so this page costs the same at
+        # ten thousand records as at ten million.
+        stats = dashboard.summary(24)
         by_state, names = stats["by_state"], stats["by_name"]
-        chart_rows = dashboard.hourly_filled(stats["start"], rows=stats["hourly"])
+        queues = _safely(workers.queue_lengths, {})
+        oldest = dashboard.oldest_waiting(sorted(set(queues) | set(stats["by_queue"])))
+        now = timezone.now()
         context = {
             **self.admin_site.each_context(request),
-            "title": "Task dashboard (last 24 h)",
-            "by_state": [(s, by_state.get(s, 0)) for s in TaskRecord.State.values],
-            "chart": hourly_chart(chart_rows),
-            "slowest": stats["slowest"],
-            "failing": sorted(
-                ((n, c) for n, c in names.items() if c["failed"]),
-                key=lambda item: -item[1]["failed"],
-            )[:5],
-            "failure_rate": dashboard.failure_rate(by_state),
-            "queues": _safely(workers.queue_lengths, {}),
+            "title": "Task dashboard",
+            "by_state": [
+                (s, label, by_state.get(s, 0)) for s, label in TaskRecord.State.choices
+            ],
+            "charts": [
+                (
+                    "Last hour, per minute",
+                    charts.bar_chart(
+                        dashboard.per_slot(1, rollups.MINUTE),
+                        label_format="%H:%M",
+                        every=10,
+                        chart_id="chart-hour",
+                    ),
+                ),
+                (
+                    "Last 24 hours, per hour",
+                    charts.bar_chart(
+                        dashboard.per_slot(24, rollups.HOUR),
+                        label_format="%H:00",
+                        every=3,
+                        chart_id="chart-day",
+                    ),
+                ),
+                (
+                    "Last 7 days, per hour",
+                    charts.bar_chart(
+                        dashboard.per_slot(24 * 7, rollups.HOUR),
+                        label_format="%a %H:00",
+                        every=24,
+                        chart_id="chart-week",
+                    ),
+                ),
+            ],
+            "types": sorted(
+                (
+                    {
+                        "name": name,
+                        **c,
+                        "failure_rate": display.percent(c["failure_rate"]),
+                        "run_p50": display.duration(c["run_p50"]),
+                        "run_p95": display.duration(c["run_p95"]),
+                        "wait_p95": display.duration(c["wait_p95"]),
+                    }
+                    for name, c in names.items()
+                ),
+                key=lambda row: (-row["total"], row["name"]),
+            ),
+            "queue_rows": [
+                {
+                    "name": queue,
+                    "backlog": queues.get(queue),
+                    "latency": display.duration(
+                        (now - oldest[queue]) if oldest.get(queue) else None
+                    ),
+                    "per_hour": stats["by_queue"].get(queue, {}).get("finished", 0)
+                    / 24,
+                }
+                for queue in sorted(set(queues) | set(stats["by_queue"]))
+            ],
+            "failure_rate": display.percent(dashboard.failure_rate(by_state)),
             "live_workers": _safely(
                 lambda: dashboard.cached("claw:live-workers", workers.ping), []
             ),
             "cache_seconds": settings.CLAW_STATS_CACHE_SECONDS,
+            "rollup_seconds": settings.CLAW_ROLLUP_SECONDS,
+            "time_zone": timezone.get_current_timezone_name(),
         }
         return TemplateResponse(request, "admin/tasks_app/dashboard.html", context)
 
@@ -225,42 +281,3 @@ def _safely(call, default):
         return call()
     except Exception:
         return default
-
-
-def hourly_chart(rows: list[dict], width: int = 720, height: int = 160) -> str:
-    """Finished (blue) and failed (red) per hour as a server-rendered SVG bar chart."""
-    if not rows:
-        return ""
-    peak = max(r["finished"] for r in rows) or 1
-    step = width / max(len(rows), 1)
-    bars = []
-    for i, row in enumerate(rows):
-        h_all = height * row["finished"] / peak
-        h_failed = height * row["failed"] / peak
-        x = i * step
-        # format_html escapes its arguments to strings first, so numbers are
-        # formatted here.
-        bars.append(
-            format_html(
-                '<rect x="{}" y="{}" width="{}" height="{}" fill="#0d6efd">'
-                "<title>{}: {} finished, {} failed</title></rect>"
-                '<rect x="{}" y="{}" width="{}" height="{}" fill="#dc3545"/>',
-                f"{x:.1f}",
-                f"{height - h_all:.1f}",
-                f"{step * 0.8:.1f}",
-                f"{h_all:.1f}",
-                f"{row['hour']:%H:00}",
-                row["finished"],
-                row["failed"],
-                f"{x:.1f}",
-                f"{height - h_failed:.1f}",
-                f"{step * 0.8:.1f}",
-                f"{h_failed:.1f}",
-            )
-        )
-    return format_html(
-        '<svg class="claw-chart" width="{}" height="{}" role="img">{}</svg>',
-        width,
-        height,
-        mark_safe("".join(bars)),  # each bar came from format_html
-    )

@@ -8,8 +8,9 @@ import pytest
 from django.contrib.admin.models import LogEntry
 from django.urls import reverse
 
-from tasks_app import services, workers
+from tasks_app import rollups, services, workers
 from tasks_app.models import TaskRecord
+from tasks_app.tests.ledger_runs import run
 
 State = TaskRecord.State
 pytestmark = pytest.mark.django_db
@@ -145,9 +146,14 @@ def finished(state, error="", seconds=1.0) -> TaskRecord:
     )
 
 
-def test_dashboard_shows_counts_chart_and_failing_types(admin_client):
-    finished(State.SUCCESS)
-    finished(State.FAILURE, error="ValueError('boom 1')")
+def test_dashboard_reads_the_rollups_and_shows_charts_types_and_queues(
+    admin_client, settings
+):
+    settings.CLAW_STATS_CACHE_SECONDS = 0
+    run("succeeded", runtime=2.1)
+    run("failed")
+    run("retried")
+    rollups.fold()
     with (
         patch("tasks_app.workers.queue_lengths", return_value={"default": 4}),
         patch("tasks_app.workers.ping", return_value=["w1@host"]),
@@ -155,9 +161,14 @@ def test_dashboard_shows_counts_chart_and_failing_types(admin_client):
         response = admin_client.get(reverse("admin:tasks_app_dashboard"))
     html = response.content.decode()
     assert response.status_code == 200
-    assert "claw-chart" in html and "<rect" in html
+    assert html.count('class="claw-chart"') == 3
+    assert "finished, 1 failed</title>" in html  # a slot's values on hover
+    assert "failed or lost" in html  # the legend
     assert "w1@host" in html
-    assert 'id="failing"' in html and "tests.add" in html
+    assert 'id="types"' in html and "tests.add" in html
+    assert "33.3%" in html  # failure rate of tests.add: 1 of 3
+    assert "Succeeded" in html and "SUCCESS<" not in html  # one set of names
+    assert f"Times in {settings.TIME_ZONE}" in html
     index = admin_client.get(reverse("admin:index")).content.decode()
     assert reverse("admin:tasks_app_dashboard") in index
 

@@ -54,14 +54,18 @@ def prefetch_multiplier_for(queues: set[str], configured: int) -> int:
 
 
 def ping(
-    timeout: float = REPLY_TIMEOUT, destination: list[str] | None = None
+    timeout: float = REPLY_TIMEOUT,
+    destination: list[str] | None = None,
+    limit: int | None = None,
 ) -> list[str]:
     """Names of the workers that answered.
 
-    With a destination the broadcast stops waiting as soon as each named worker
-    answered, instead of waiting out the timeout.
+    With a destination (or a limit: the replies expected) the broadcast stops
+    waiting as soon as that many workers answered, instead of waiting out the
+    timeout.
     """
-    limit = {"limit": len(destination)} if destination else {}
+    expected = len(destination) if destination else limit
+    limit = {"limit": expected} if expected else {}
     replies = app.control.ping(timeout=timeout, destination=destination, **limit)
     return sorted(name for reply in replies or [] for name in reply)
 

@@ -30,8 +30,21 @@ STATS_SCHEMA = inline_serializer(
     "TaskStats",
     {
         "window_hours": serializers.IntegerField(),
-        "by_state": serializers.DictField(child=serializers.IntegerField()),
-        "by_name": serializers.DictField(child=serializers.DictField()),
+        "by_state": serializers.DictField(
+            child=serializers.IntegerField(),
+            help_text="How many times each state was entered in the window "
+            "(whole minutes up to 2 h, whole hours beyond).",
+        ),
+        "by_name": serializers.DictField(
+            child=serializers.DictField(),
+            help_text="Per task type: total (finished), failed, succeeded, retried, "
+            "revoked, failure_rate, runs, run_p50, run_p95 and wait_p95 (seconds, "
+            "null without data).",
+        ),
+        "by_queue": serializers.DictField(
+            child=serializers.DictField(child=serializers.IntegerField()),
+            help_text="Per queue: sent and finished in the window.",
+        ),
         "throughput_per_hour": serializers.ListField(child=serializers.DictField()),
         "failure_rate": serializers.FloatField(),
         "queues": serializers.DictField(),

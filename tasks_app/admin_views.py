@@ -16,7 +16,15 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from tasks_app import charts, dashboard, display, rollups, services, workers
+from tasks_app import (
+    charts,
+    dashboard,
+    display,
+    metrics,
+    rollups,
+    services,
+    workers,
+)
 from tasks_app.admin_forms import ArgumentsForm, NewTaskForm
 from tasks_app.models import TaskRecord
 
@@ -131,9 +139,8 @@ class OperationsViews:
                 for queue in sorted(set(queues) | set(stats["by_queue"]))
             ],
             "failure_rate": display.percent(dashboard.failure_rate(by_state)),
-            "live_workers": _safely(
-                lambda: dashboard.cached("claw:live-workers", workers.ping), []
-            ),
+            # The ping waits for replies: reused for a few seconds, as /metrics.
+            "live_workers": _safely(metrics.live_workers, []),
             "cache_seconds": settings.CLAW_STATS_CACHE_SECONDS,
             "rollup_seconds": settings.CLAW_ROLLUP_SECONDS,
             "time_zone": timezone.get_current_timezone_name(),

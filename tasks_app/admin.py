@@ -14,7 +14,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 from django_celery_results.models import TaskResult
 
-from tasks_app import services
+from tasks_app import display, services
 from tasks_app.admin_views import OperationsViews
 from tasks_app.admin_widgets import progress_bar, state_badge
 from tasks_app.models import StaffAlert, TaskRecord
@@ -144,13 +144,11 @@ class TaskRecordAdmin(OperationsViews, admin.ModelAdmin):
         "results",
         "target_link",
         "children_links",
+        "progress_detail",
     ]
     fieldsets = (
         (None, {"fields": ("name", "state", "queue", "priority", "owner", "worker")}),
-        (
-            "Progress",
-            {"fields": ("progress_current", "progress_total", "progress_message")},
-        ),
+        ("Progress", {"fields": ("progress_detail",)}),
         (
             "Attempts",
             {
@@ -219,10 +217,14 @@ class TaskRecordAdmin(OperationsViews, admin.ModelAdmin):
     def progress(self, obj: TaskRecord) -> str:
         return progress_bar(obj)
 
+    @admin.display(description="Progress")
+    def progress_detail(self, obj: TaskRecord) -> str:
+        return progress_bar(obj, wide=True)
+
     @admin.display(description="Duration")
     def duration(self, obj: TaskRecord) -> str:
         if obj.started_at and obj.finished_at:
-            return f"{(obj.finished_at - obj.started_at).total_seconds():.1f}s"
+            return display.duration(obj.finished_at - obj.started_at)
         return "–"
 
     @admin.display(description="Arguments")
@@ -242,7 +244,7 @@ class TaskRecordAdmin(OperationsViews, admin.ModelAdmin):
             format_html(
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code>"
                 "</td></tr>",
-                event.at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
+                display.local(event.at, ms=True),  # the page's one time zone
                 event.kind,
                 event.attempt,
                 event.worker,
@@ -265,8 +267,8 @@ class TaskRecordAdmin(OperationsViews, admin.ModelAdmin):
                 "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td><pre>{}</pre>"
                 "</td></tr>",
                 result.task_id,
-                result.status,
-                result.date_done,
+                display.state_label(result.status),
+                display.local(result.date_done),
                 (result.result or "")[:2000],
             )
             for result in TaskResult.objects.filter(task_id__in=ids).order_by(
@@ -296,7 +298,7 @@ class TaskRecordAdmin(OperationsViews, admin.ModelAdmin):
                     reverse("admin:tasks_app_taskrecord_change", args=[pk]),
                     pk,
                     name,
-                    state,
+                    display.state_label(state),
                 )
                 for pk, name, state in children
             ),

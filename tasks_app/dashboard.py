@@ -120,7 +120,10 @@ def by_name(hours: int) -> dict[str, dict]:
             "succeeded": c[Outcome.SUCCEEDED],
             "retried": c[Outcome.RETRIED],
             "revoked": c[Outcome.REVOKED],
-            "failure_rate": ratio(failed, c[Outcome.SUCCEEDED] + failed),
+            # None, not 0, for a type with no run that ended with a result
+            "failure_rate": ratio(failed, c[Outcome.SUCCEEDED] + failed)
+            if c[Outcome.SUCCEEDED] + failed
+            else None,
             "runs": sum(run),
             "run_p50": rollups.quantile(0.5, run),
             "run_p95": rollups.quantile(0.95, run),

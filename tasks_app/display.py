@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+
+from django.utils import timezone
+
+from tasks_app.models import TaskState
 
 
 def duration(value: float | timedelta | None) -> str:
@@ -42,3 +46,21 @@ def percent(ratio: float | None) -> str:
     if value == round(value):
         return f"{round(value)}%"
     return f"{value:.1f}%"
+
+
+def local(value: datetime | None, *, ms: bool = False) -> str:
+    """An aware time in the admin's one time zone (TIME_ZONE, named on every admin
+    page): "2026-12-03 15:49:03" (with ms: ".123"); "" for None."""
+    if value is None:
+        return ""
+    text = timezone.localtime(value).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return text[:-3] if ms else text[:-7]
+
+
+def state_label(state: str) -> str:
+    """A state's one display name (Succeeded, Cancelled, ...) for Celery's and the
+    ledger's state names alike; unknown names as they are."""
+    try:
+        return TaskState(state).label
+    except ValueError:
+        return state

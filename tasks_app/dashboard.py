@@ -66,7 +66,7 @@ def outcome_counts(hours: int) -> dict[str, int]:
 def states_entered(counts: dict[str, int]) -> dict[str, int]:
     """outcome_counts() under state names: how many times each state was entered."""
     return {
-        OUTCOME_STATES[outcome]: n for outcome, n in counts.items() if n
+        OUTCOME_STATES[outcome].value: n for outcome, n in counts.items() if n
     }  # fmt: skip
 
 

@@ -15,8 +15,7 @@ from django.utils.safestring import mark_safe
 from django_celery_results.models import TaskResult
 
 from tasks_app import display, services
-from tasks_app.admin_views import OperationsViews
-from tasks_app.admin_widgets import progress_bar, state_badge
+from tasks_app.admin_views import OperationsViews, live_cells
 from tasks_app.models import StaffAlert, TaskRecord
 
 
@@ -119,6 +118,16 @@ class OwnerFilter(admin.SimpleListFilter):
         return queryset
 
 
+def live_cell(record: TaskRecord, field: str) -> str:
+    """One of live_cells(), wrapped so the live page can update it in place."""
+    return format_html(
+        '<span data-claw-record="{}" data-claw-field="{}">{}</span>',
+        record.pk,
+        field,
+        live_cells(record)[field],
+    )
+
+
 @admin.register(TaskRecord)
 class TaskRecordAdmin(OperationsViews, admin.ModelAdmin):
     list_display = (
@@ -211,21 +220,21 @@ class TaskRecordAdmin(OperationsViews, admin.ModelAdmin):
 
     @admin.display(description="State", ordering="state")
     def state_(self, obj: TaskRecord) -> str:
-        return state_badge(obj.state, obj.get_state_display())
+        return live_cell(obj, "state")
 
     @admin.display(description="Progress")
     def progress(self, obj: TaskRecord) -> str:
-        return progress_bar(obj)
+        return live_cell(obj, "progress")
 
     @admin.display(description="Progress")
     def progress_detail(self, obj: TaskRecord) -> str:
-        return progress_bar(obj, wide=True)
+        return format_html(
+            "{} {}", live_cell(obj, "state"), live_cell(obj, "progress_detail")
+        )
 
     @admin.display(description="Duration")
     def duration(self, obj: TaskRecord) -> str:
-        if obj.started_at and obj.finished_at:
-            return display.duration(obj.finished_at - obj.started_at)
-        return "–"
+        return live_cell(obj, "duration")
 
     @admin.display(description="Arguments")
     def arguments(self, obj: TaskRecord) -> str:
@@ -252,9 +261,14 @@ class TaskRecordAdmin(OperationsViews, admin.ModelAdmin):
             )
             for event in obj.events.all()[:500]
         ]
+        # data-after: the live page asks for the events after the last one shown.
+        last = obj.events.order_by("-id").values_list("id", flat=True).first()
         return format_html(
-            '<table class="claw-timeline"><tr><th>time</th><th>event</th>'
+            '<table class="claw-timeline" data-claw-timeline="{}" data-after="{}">'
+            "<tr><th>time</th><th>event</th>"
             "<th>attempt</th><th>worker</th><th>data</th></tr>{}</table>",
+            obj.pk,
+            last or 0,
             mark_safe("".join(rows)),  # each row came from format_html
         )
 

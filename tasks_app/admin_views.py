@@ -9,7 +9,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.contenttypes.models import ContentType
-from django.http import HttpResponseRedirect
+from django.http import HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -26,7 +26,8 @@ from tasks_app import (
     workers,
 )
 from tasks_app.admin_forms import ArgumentsForm, NewTaskForm
-from tasks_app.models import TaskRecord
+from tasks_app.admin_widgets import progress_bar, state_badge
+from tasks_app.models import TaskEvent, TaskRecord
 
 
 class OperationsViews:
@@ -39,6 +40,11 @@ class OperationsViews:
                 "dashboard/",
                 self.admin_site.admin_view(self.dashboard_view),
                 name="tasks_app_dashboard",
+            ),
+            path(
+                "live/",
+                self.admin_site.admin_view(self.live_view),
+                name="tasks_app_live",
             ),
             path(
                 "failures/",
@@ -146,6 +152,42 @@ class OperationsViews:
             "time_zone": timezone.get_current_timezone_name(),
         }
         return TemplateResponse(request, "admin/tasks_app/dashboard.html", context)
+
+    def live_view(self, request):
+        """What the live pages (tasks_app/static/tasks_app/live.js) poll: the
+        cells of the records on the page and the timeline events after one.
+
+        ?ids=1,2,3 (at most LIVE_MAX_IDS); for a task's page also ?record=<id>
+        &after=<last event id>. Small and read through the primary key and the
+        events' (record, id) index, whatever the page's filters were.
+        """
+        if not self.has_view_permission(request):
+            return JsonResponse({"detail": "Not allowed."}, status=403)
+        try:
+            ids = _id_list(request.GET.get("ids", ""))
+            record = int(request.GET.get("record") or 0)
+            after = int(request.GET.get("after") or 0)
+        except ValueError as exc:
+            return JsonResponse({"ids": str(exc)}, status=400)
+        records = TaskRecord.objects.filter(pk__in=ids)
+        body = {
+            "now": display.local(timezone.now()),
+            "tasks": {str(r.pk): live_cells(r) for r in records},
+        }
+        if record:
+            events = TaskEvent.objects.filter(record_id=record, id__gt=after)
+            body["events"] = [
+                {
+                    "id": e.id,
+                    "at": display.local(e.at, ms=True),
+                    "kind": e.kind,
+                    "attempt": e.attempt,
+                    "worker": e.worker,
+                    "data": json.dumps(e.data, ensure_ascii=False)[:300],
+                }
+                for e in events.order_by("id")[:LIVE_MAX_EVENTS]
+            ]
+        return JsonResponse(body)
 
     def failures_view(self, request):
         """Failures of the last 7 days grouped by task and normalised error."""
@@ -280,6 +322,35 @@ class OperationsViews:
                     request, f"{name}: {operation} failed: {answer.get('error')}"
                 )
         return back
+
+
+LIVE_MAX_IDS = 200
+LIVE_MAX_EVENTS = 200
+
+
+def _id_list(text: str) -> list[int]:
+    """ "1,2,3" -> [1, 2, 3]; ValueError naming what is wrong."""
+    parts = [p for p in text.split(",") if p.strip()]
+    if len(parts) > LIVE_MAX_IDS:
+        raise ValueError(f"At most {LIVE_MAX_IDS} ids.")
+    if not all(p.strip().isascii() and p.strip().isdigit() for p in parts):
+        raise ValueError("Comma-separated record ids.")
+    return [int(p) for p in parts]
+
+
+def live_cells(record: TaskRecord) -> dict:
+    """The live cells of a record, as the list and the task page render them
+    (each HTML fragment built with format_html)."""
+    duration = "–"
+    if record.started_at and record.finished_at:
+        duration = display.duration(record.finished_at - record.started_at)
+    return {
+        "state": state_badge(record.state, record.get_state_display()),
+        "progress": progress_bar(record),
+        "progress_detail": progress_bar(record, wide=True),
+        "duration": duration,
+        "final": record.is_final,
+    }
 
 
 def _safely(call, default):

@@ -300,3 +300,48 @@ def test_owner_filter_and_children_links(admin_client, admin_user):
         reverse("admin:tasks_app_taskrecord_change", args=[parent.pk])
     ).content.decode()
     assert reverse("admin:tasks_app_taskrecord_change", args=[child.pk]) in detail
+
+
+def test_live_endpoint_returns_cells_and_the_events_after_one(admin_client):
+    from tasks_app.tests.ledger_runs import run
+
+    record = run("started")
+    other = run("succeeded", runtime=2.1)
+    first = record.events.order_by("id").first()
+    url = reverse("admin:tasks_app_live")
+
+    body = admin_client.get(
+        url, {"ids": f"{record.pk},{other.pk}", "record": record.pk, "after": first.id}
+    ).json()
+
+    assert set(body["tasks"]) == {str(record.pk), str(other.pk)}
+    assert "Started" in body["tasks"][str(record.pk)]["state"]
+    assert body["tasks"][str(other.pk)]["duration"] == "2.1 s"
+    assert body["tasks"][str(other.pk)]["final"] is True
+    assert [e["kind"] for e in body["events"]] == ["started"]  # after "queued"
+    assert body["events"][0]["at"].count(":") == 2  # in the admin's zone, with ms
+
+
+@pytest.mark.parametrize("ids", ["1,x", "²", ",".join(["1"] * 201)])
+def test_live_endpoint_names_bad_ids(admin_client, ids):
+    response = admin_client.get(reverse("admin:tasks_app_live"), {"ids": ids})
+    assert response.status_code == 400 and "ids" in response.json()
+
+
+def test_live_endpoint_is_staff_only(client, alice):
+    client.force_login(alice)
+    response = client.get(reverse("admin:tasks_app_live"), {"ids": "1"})
+    assert response.status_code == 302  # to the admin login, as every admin page
+
+
+def test_live_pages_carry_the_script_and_their_cells(admin_client):
+    record = make_record(State.STARTED, progress_current=1, progress_total=4)
+    listing = admin_client.get(reverse("admin:tasks_app_taskrecord_changelist"))
+    detail = admin_client.get(
+        reverse("admin:tasks_app_taskrecord_change", args=[record.pk])
+    )
+    for page in (listing, detail):
+        html = page.content.decode()
+        assert "tasks_app/live.js" in html and "data-claw-live=" in html
+        assert f'data-claw-record="{record.pk}" data-claw-field="state"' in html
+    assert f'data-claw-timeline="{record.pk}"' in detail.content.decode()

@@ -19,10 +19,13 @@ from __future__ import annotations
 import hmac
 import logging
 import math
+import threading
+import time
 from collections import defaultdict
 
 from django.conf import settings
 from django.core.cache import cache
+from django.db import connections
 from django.http import HttpResponse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
@@ -172,22 +175,40 @@ class LedgerCollector:
 
 
 def live_workers() -> list[str]:
-    """Names of the workers that answer, reused for PING_CACHE_SECONDS.
+    """Names of the workers that answer a ping, at most PING_CACHE_SECONDS old.
 
-    The ping stops waiting once as many workers answered as last time, so a
-    steady cluster answers in milliseconds, not the whole timeout.
+    A ping waits out its whole timeout (it cannot know how many workers there
+    are), so a scrape or a page view does not wait for it: past its age the
+    cached answer is served once more while a thread of this process pings
+    again. Only the very first call (nothing cached) waits.
     """
-    names = cache.get(PING_KEY)
-    if names is not None:
-        return names
-    previous = cache.get(PING_KEY + ":count") or None
+    cached = cache.get(PING_KEY)
+    if cached is None:
+        return _ping_and_keep()
+    if time.time() - cached["at"] > PING_CACHE_SECONDS and _refresh.acquire(False):
+        threading.Thread(target=_refresh_in_background, daemon=True).start()
+    return cached["names"]
+
+
+_refresh = threading.Lock()  # one background ping per process at a time
+
+
+def _refresh_in_background() -> None:
     try:
-        names = workers.ping(workers.QUICK_TIMEOUT, limit=previous)
+        _ping_and_keep()
+    finally:
+        _refresh.release()
+        connections.close_all()  # the cache may be the database
+
+
+def _ping_and_keep() -> list[str]:
+    try:
+        names = workers.ping(workers.QUICK_TIMEOUT)
     except Exception as exc:
         logger.warning("metrics: worker ping failed: %r", exc)
         names = []
-    cache.set(PING_KEY, names, PING_CACHE_SECONDS)
-    cache.set(PING_KEY + ":count", len(names), None)
+    # Kept well past its age: a stale answer is served while a fresh one comes.
+    cache.set(PING_KEY, {"names": names, "at": time.time()}, PING_CACHE_SECONDS * 30)
     return names
 
 

@@ -54,18 +54,14 @@ def prefetch_multiplier_for(queues: set[str], configured: int) -> int:
 
 
 def ping(
-    timeout: float = REPLY_TIMEOUT,
-    destination: list[str] | None = None,
-    limit: int | None = None,
+    timeout: float = REPLY_TIMEOUT, destination: list[str] | None = None
 ) -> list[str]:
     """Names of the workers that answered.
 
-    With a destination (or a limit: the replies expected) the broadcast stops
-    waiting as soon as that many workers answered, instead of waiting out the
-    timeout.
+    With a destination the broadcast stops waiting as soon as each named worker
+    answered, instead of waiting out the timeout.
     """
-    expected = len(destination) if destination else limit
-    limit = {"limit": expected} if expected else {}
+    limit = {"limit": len(destination)} if destination else {}
     replies = app.control.ping(timeout=timeout, destination=destination, **limit)
     return sorted(name for reply in replies or [] for name in reply)
 

@@ -132,3 +132,21 @@ def test_gauges_read_the_ledger():
 
 def test_beat_that_never_ticked_is_infinitely_old():
     assert scrape()["claw_beat_last_tick_age_seconds"][()] == float("inf")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stale_worker_ping_is_served_while_a_thread_pings_again():
+    """A scrape never waits out a ping's timeout once an answer is cached."""
+    import time
+
+    from django.core.cache import cache
+
+    from tasks_app import metrics
+    from tests.harness import wait_for
+
+    cache.set(metrics.PING_KEY, {"names": ["old@h"], "at": time.time() - 60}, 600)
+    with patch("tasks_app.workers.ping", return_value=["new@h"]) as ping:
+        assert metrics.live_workers() == ["old@h"]  # at once, the cached answer
+        wait_for(lambda: cache.get(metrics.PING_KEY)["names"] == ["new@h"], 5)
+        assert metrics.live_workers() == ["new@h"]  # fresh: no second ping
+    assert ping.call_count == 1

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
-from bench.bench_throughput import claw_env
-from bench.common import ARTIFACTS, psql, row, run_py
+from bench.bench_throughput import CLAW_WORKER, claw_env, measure, rate_rows
+from bench.common import ARTIFACTS, ROOT, flush_redis, psql, row, run_py
 from bench.gen import fill
 
 DB = "claw_bench_monitoring"
@@ -92,6 +94,55 @@ print(json.dumps(out))
 """
 
 
+FOLD_LOOP = """
+import sys, time, django
+django.setup()
+from tasks_app import rollups
+while True:
+    rollups.fold()
+    time.sleep(float(sys.argv[1]))
+"""
+# Seconds between folds while scenario 1 runs: harsher than the default 10 s, so
+# a short run sees several folds.
+FOLD_EVERY = 1.0
+
+
+def throughput_with_and_without_fold(quick: bool) -> list[dict]:
+    """Scenario 1 (c), CLAW tiny tasks, without, with a process folding the
+    rollups every FOLD_EVERY seconds, and without again, back to back on one
+    database after a warm-up run."""
+    n = 1500 if quick else 5000
+    env = claw_env("claw_bench_fold_throughput")
+    flush_redis()
+    measure("claw", n, env, "claw", extra=CLAW_WORKER)  # warm-up, not reported
+    flush_redis()
+    plain = measure("claw", n, env, "claw", extra=CLAW_WORKER)
+    flush_redis()
+    folder = subprocess.Popen(
+        [sys.executable, "-c", FOLD_LOOP, str(FOLD_EVERY)], cwd=ROOT, env=env
+    )
+    try:
+        folding = measure("claw", n, env, "claw", extra=CLAW_WORKER)
+    finally:
+        folder.terminate()
+        folder.wait(30)
+    flush_redis()
+    again = measure("claw", n, env, "claw", extra=CLAW_WORKER)
+    flush_redis()
+    rows = rate_rows("1 tiny tasks", "(c) CLAW, no fold", plain)
+    rows += rate_rows(
+        "1 tiny tasks", f"(c) CLAW, folding every {FOLD_EVERY:g} s", folding
+    )
+    rows += rate_rows("1 tiny tasks", "(c) CLAW, no fold again", again)
+    without = (plain["rate"] + again["rate"]) / 2
+    ratio = folding["rate"] / without if without else 0.0
+    rows.append(
+        row("1 tiny tasks", "with fold / mean of the runs without", round(ratio, 2),
+            "x", "unchanged within noise", "one run each, back to back")
+    )  # fmt: skip
+    return rows
+
+
 def sizes(quick: bool) -> tuple[int, ...]:
     given = os.environ.get("BENCH_MONITORING_SIZES")
     if given:
@@ -141,4 +192,4 @@ def run(quick: bool = False) -> list[dict]:
                 row("18 monitoring", metric, round(r[stat], 1), "ms",
                     f"< {limit} at 10M", note)
             )  # fmt: skip
-    return rows
+    return rows + throughput_with_and_without_fold(quick)

@@ -102,8 +102,14 @@ class OwnerFilter(admin.SimpleListFilter):
     def lookups(self, request, model_admin):
         from django.contrib.auth import get_user_model
 
-        users = get_user_model().objects.order_by("username")[:100]
-        return [("me", "me"), ("none", "nobody (beat, canvas)")] + [
+        # The signed-in user is "me" only, not listed a second time by name.
+        users = (
+            get_user_model()
+            .objects.exclude(pk=request.user.pk)
+            .order_by("username")[:100]
+        )
+        me = f"me ({request.user.get_username()})"
+        return [("me", me), ("none", "nobody (beat, canvas)")] + [
             (str(u.pk), u.get_username()) for u in users
         ]
 

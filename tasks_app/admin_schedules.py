@@ -34,8 +34,22 @@ admin.site.unregister(PeriodicTask)
 
 @admin.register(PeriodicTask)
 class PeriodicTaskAdmin(BeatPeriodicTaskAdmin):
-    list_display = (*BeatPeriodicTaskAdmin.list_display, "next_run_", "last_outcome")
-    actions = (*BeatPeriodicTaskAdmin.actions, "run_now_selected")
+    # Next and last run beside the name, where an operator looks first.
+    list_display = (
+        "name",
+        "enabled",
+        "next_run_",
+        "last_outcome",
+        "last_run_at",
+        "scheduler",
+        "one_off",
+    )
+    # One "run now": django-celery-beat's own run_tasks sends without the ledger's
+    # owner, so only ours is offered.
+    actions = (
+        *(a for a in BeatPeriodicTaskAdmin.actions if a != "run_tasks"),
+        "run_now_selected",
+    )
 
     @admin.display(description="Next run")
     def next_run_(self, obj: PeriodicTask) -> str:

@@ -253,6 +253,9 @@ def test_schedules_show_next_run_last_outcome_and_run_now_keeps_queue_and_priori
     ).content.decode()
     assert "Next run" in html and "Times in Asia/Shanghai" in html  # the one zone
     assert "claw-badge" in html  # the last run's outcome
+    # one "run now" (ours, which keeps the owner), next and last run up front
+    assert 'value="run_now_selected"' in html and 'value="run_tasks"' not in html
+    assert html.index("column-next_run_") < html.index("column-scheduler")
     with patch("tasks_app.services.app.send_task"):
         response = admin_client.post(
             reverse("admin:django_celery_beat_periodictask_changelist"),
@@ -345,3 +348,12 @@ def test_live_pages_carry_the_script_and_their_cells(admin_client):
         assert "tasks_app/live.js" in html and "data-claw-live=" in html
         assert f'data-claw-record="{record.pk}" data-claw-field="state"' in html
     assert f'data-claw-timeline="{record.pk}"' in detail.content.decode()
+
+
+def test_owner_filter_lists_the_signed_in_user_once(admin_client, admin_user, alice):
+    html = admin_client.get(
+        reverse("admin:tasks_app_taskrecord_changelist")
+    ).content.decode()
+    assert f"me ({admin_user.username})" in html
+    assert f"?owner={admin_user.pk}" not in html  # not a second time by name
+    assert f"?owner={alice.pk}" in html

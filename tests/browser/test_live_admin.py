@@ -116,3 +116,41 @@ def test_a_running_task_moves_on_its_page_without_a_reload(
     page.wait_for_selector("#chart-hour")
     assert "tests.progress_loop" in page.inner_text("#types")
     shot(page, "live-03-dashboard")
+
+
+@pytest.mark.browser
+def test_the_task_list_fits_a_1366_px_screen_with_rows_of_one_height(
+    transactional_db, live_server, browser_page, django_user_model
+):
+    from tasks_app.tests.ledger_runs import run
+
+    django_user_model.objects.create_superuser("ops", password="ops-live-pass-1")
+    for outcome in ("succeeded", "failed", "retried", "revoked", "started"):
+        run(outcome, name="tests.progress_loop")
+    owner = django_user_model.objects.create_user("a-rather-long-user-name-of-ops")
+    failed = run(
+        "failed", name="tests.always_flaky", queue="notification_default", owner=owner
+    )
+    TaskRecord.objects.filter(pk=failed.pk).update(
+        worker="a-very-long-worker-hostname-for-the-knowledge-queue@host-0042",
+        progress_current=3,
+        progress_total=7,
+    )
+    page = browser_page
+    page.set_viewport_size({"width": 1366, "height": 800})
+    log_in(page, live_server.url, "ops", "ops-live-pass-1", then="/admin/")
+    page.goto(f"{live_server.url}/admin/tasks_app/taskrecord/")
+    page.wait_for_selector("#result_list")
+    shot(page, "live-04-list-1366")
+
+    # neither the page nor the results table (a scroll box of its own) scrolls
+    overflow = page.evaluate(
+        "[document.documentElement, document.querySelector('#changelist .results')]"
+        ".map(e => e.scrollWidth - e.clientWidth)"
+    )
+    assert max(overflow) <= 0, f"{overflow} px of horizontal scrolling"
+    heights = page.evaluate(
+        "Array.from(document.querySelectorAll('#result_list tbody tr'))"
+        ".map(r => Math.round(r.getBoundingClientRect().height))"
+    )
+    assert len(heights) == 6 and len(set(heights)) == 1, heights

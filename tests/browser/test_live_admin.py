@@ -8,6 +8,7 @@ import pytest
 
 from tasks_app import rollups, services
 from tasks_app.models import TaskRecord
+from tasks_app.tests.ledger_runs import run
 from tests.browser import test_admin_browser as admin_browser
 from tests.browser.test_admin_browser import log_in, shot
 from tests.harness import wait_for
@@ -115,6 +116,14 @@ def test_a_running_task_moves_on_its_page_without_a_reload(
     page.goto(f"{base}/admin/tasks_app/taskrecord/dashboard/")
     page.wait_for_selector("#chart-hour")
     assert "tests.progress_loop" in page.inner_text("#types")
+    page.evaluate("window.__sameDocument = true")
+    run("succeeded", name="tests.add")  # new work, folded as beat would
+    rollups.fold()
+    page.wait_for_function(
+        "document.querySelector('#types').textContent.includes('tests.add')",
+        timeout=25_000,
+    )  # the dashboard's blocks refresh in place (every 10 s)
+    assert page.evaluate("window.__sameDocument") is True
     shot(page, "live-03-dashboard")
 
 
@@ -122,8 +131,6 @@ def test_a_running_task_moves_on_its_page_without_a_reload(
 def test_the_task_list_fits_a_1366_px_screen_with_rows_of_one_height(
     transactional_db, live_server, browser_page, django_user_model
 ):
-    from tasks_app.tests.ledger_runs import run
-
     django_user_model.objects.create_superuser("ops", password="ops-live-pass-1")
     for outcome in ("succeeded", "failed", "retried", "revoked", "started"):
         run(outcome, name="tests.progress_loop")

@@ -289,14 +289,21 @@ def _padded(buckets: list[int]) -> list[int]:
 
 
 def _existing(sums: dict[tuple, dict]) -> dict[tuple, TaskRollup]:
-    """The rollup rows the keys already have, by key."""
+    """The rollup rows the keys already have, by key: one query per span (a
+    superset, by slot starts and names, narrowed here)."""
     found = {}
-    by_slot: dict[tuple, set] = defaultdict(set)
-    for span, start, name, _queue, _outcome in sums:
-        by_slot[(span, start)].add(name)
-    for (span, start), names in by_slot.items():
-        for row in TaskRollup.objects.filter(span=span, start=start, name__in=names):
-            found[(row.span, row.start, row.name, row.queue, row.outcome)] = row
+    for span in SPANS:
+        keys = [key for key in sums if key[0] == span]
+        if not keys:
+            continue
+        starts = {key[1] for key in keys}
+        names = {key[2] for key in keys}
+        for chunk in _chunks(sorted(starts), 500):
+            rows = TaskRollup.objects.filter(span=span, start__in=chunk, name__in=names)
+            for row in rows:
+                key = (row.span, row.start, row.name, row.queue, row.outcome)
+                if key in sums:
+                    found[key] = row
     return found
 
 

@@ -199,3 +199,26 @@ def test_old_minute_rows_are_pruned_and_all_time_rows_kept(settings):
     assert TaskRollup.objects.filter(span=rollups.HOUR).exists()
     assert totals()[Outcome.SUCCEEDED] == 1
     assert TaskRecord.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_small_batches_add_up_to_the_same_rows_as_one():
+    for outcome in ("succeeded", "failed", "retried", "revoked", "succeeded"):
+        run(outcome)
+    run("succeeded", at=timezone.now() - timedelta(hours=3))  # another slot
+
+    while rollups.fold_batch(batch=2) == 2:
+        pass
+    in_small_batches = {
+        (r.span, r.start, r.outcome): (r.count, r.observed, r.buckets)
+        for r in TaskRollup.objects.all()
+    }
+    TaskRollup.objects.all().delete()
+    RollupWatermark.objects.all().delete()
+    rollups.fold()
+
+    assert in_small_batches == {
+        (r.span, r.start, r.outcome): (r.count, r.observed, r.buckets)
+        for r in TaskRollup.objects.all()
+    }
+    assert totals()[Outcome.SUCCEEDED] == 4

@@ -91,4 +91,5 @@ def test_counters_and_histograms_equal_a_known_mix_over_two_workers(
     assert value("claw_task_wait_seconds_count", "tests.sleep") == 6
     assert value("claw_task_wait_seconds_count", "tests.always_flaky") == 6
     assert samples[("celery_active_worker_count", ())] >= 2
-    assert len(ran_on) == 2, ran_on  # both worker processes took part
+    # two worker processes (three when the session's shared worker is up) took part
+    assert len(ran_on) >= 2, ran_on

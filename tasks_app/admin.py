@@ -371,7 +371,9 @@ class TaskRecordAdmin(OperationsViews, admin.ModelAdmin):
                     refused[str(exc)] = refused.get(str(exc), 0) + 1
                 else:
                     skipped[record.state] = skipped.get(record.state, 0) + 1
-        reasons = ", ".join(f"{n} {state}" for state, n in sorted(skipped.items()))
+        reasons = ", ".join(
+            f"{n} {display.state_label(state)}" for state, n in sorted(skipped.items())
+        )
         level = messages.SUCCESS if changed else messages.WARNING
         self.message_user(
             request,

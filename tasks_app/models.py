@@ -123,7 +123,8 @@ class TaskRecord(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.name} #{self.pk} ({self.state})"
+        # The admin's state names (page titles, messages); the API shows Celery's.
+        return f"{self.name} #{self.pk} ({self.get_state_display()})"
 
     @classmethod
     def for_target(cls, target: models.Model) -> models.QuerySet:

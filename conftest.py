@@ -52,6 +52,37 @@ def staff(django_user_model):
     )
 
 
+# What the admin's and the API's operations need beyond is_staff (README, Admin).
+OPERATIONS_PERMISSIONS = (
+    "tasks_app.retry_taskrecord",
+    "tasks_app.cancel_taskrecord",
+    "tasks_app.submit_taskrecord",
+    "tasks_app.control_workers",
+    "django_celery_beat.change_periodictask",
+)
+
+
+def grant(user, *perms: str):
+    """user holding perms ("app_label.codename"), re-read so has_perm sees them."""
+    from django.contrib.auth.models import Permission
+
+    for perm in perms:
+        app_label, codename = perm.split(".")
+        user.user_permissions.add(
+            Permission.objects.get(content_type__app_label=app_label, codename=codename)
+        )
+    return type(user).objects.get(pk=user.pk)
+
+
+@pytest.fixture
+def operator(django_user_model):
+    """A staff user granted every operations permission (not a superuser)."""
+    user = django_user_model.objects.create_user(
+        "operator", password="operator-pass-1", is_staff=True
+    )
+    return grant(user, *OPERATIONS_PERMISSIONS)
+
+
 @pytest.fixture(scope="session")
 def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

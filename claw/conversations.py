@@ -20,6 +20,7 @@ from django.db.models import Case, Value, When
 from django.utils import timezone
 
 from claw.models import Conversation, Message
+from tasks_app import ownership
 from tasks_app import services as ledger
 from tasks_app.lifecycle import Ended
 from tasks_app.models import TaskRecord
@@ -174,6 +175,16 @@ def replay(record: TaskRecord, conversation: Conversation, content: str) -> Subm
 # --- the reply task's writes ------------------------------------------------------
 
 
+def ensure_reply_owned(message_id: int, *, celery_id: str | None = None) -> None:
+    """Raise ownership.NotOwned unless the message's conversation belongs to the
+    owner of the running reply task (or of the record whose attempt is
+    celery_id), before it changes anything."""
+    owner = Message.objects.filter(pk=message_id).values_list(
+        "conversation__owner_id", flat=True
+    )
+    ownership.ensure_owned(*owner, what=f"message {message_id}", celery_id=celery_id)
+
+
 def begin_reply(message_id: int, *, started_at: datetime) -> Message | None:
     """Start (or restart) writing a reply: generating, with its text emptied.
 
@@ -268,6 +279,8 @@ def reply_ended(ended: Ended) -> None:
     """
     if not ended.record.args:
         return
+    # stored arguments may have been edited (staff): only the owner's message
+    ensure_reply_owned(ended.record.args[0], celery_id=ended.record.celery_id)
     if ended.refusal or (ended.state == TaskRecord.State.REVOKED and not ended.started):
         error = f"Not generated: task {ended.refusal or 'cancelled'}."
     elif ended.state == TaskRecord.State.REVOKED:

@@ -19,6 +19,7 @@ from claw.llm import LLMUnavailable as LLMUnavailable
 from claw.llm import Passage as Passage
 from claw.models import Notification
 from claw.notifications import PermanentDeliveryError, TransientDeliveryError, deliver
+from tasks_app import ownership
 from tasks_app import services as ledger
 
 
@@ -61,8 +62,13 @@ def send(notification_id: int, *, final_attempt: bool) -> str:
     """Deliver one notification; called by the task. Returns the final status.
 
     Transient errors propagate (the task retries) unless this was the final attempt,
-    in which case the notification is marked failed with the error.
+    in which case the notification is marked failed with the error. Only the
+    recipient's task may send it (ownership.NotOwned otherwise).
     """
+    recipient = Notification.objects.filter(pk=notification_id).values_list(
+        "recipient_id", flat=True
+    )
+    ownership.ensure_owned(*recipient, what=f"notification {notification_id}")
     Notification.objects.filter(pk=notification_id).update(attempts=F("attempts") + 1)
     notification = Notification.objects.select_related("recipient").get(
         pk=notification_id

@@ -215,7 +215,13 @@ HTTPS_ONLY = env_bool("HTTPS_ONLY", not DEBUG)
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", HTTPS_ONLY)
 SESSION_COOKIE_SECURE = HTTPS_ONLY
 CSRF_COOKIE_SECURE = HTTPS_ONLY
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# X-Forwarded-Proto says the client used HTTPS only when a proxy in front sets it
+# (and strips the client's own); trusted without one, any client could claim HTTPS
+# over plain HTTP (no redirect, secure cookies sent in clear). Off unless said.
+TRUST_PROXY_SSL_HEADER = env_bool("TRUST_PROXY_SSL_HEADER", False)
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_X_FORWARDED_PROTO", "https") if TRUST_PROXY_SSL_HEADER else None
+)
 SECURE_REDIRECT_EXEMPT = [r"^health$"]
 X_FRAME_OPTIONS = "DENY"
 
@@ -351,6 +357,12 @@ EMBEDDING_OPENAI_MODEL = env_str("EMBEDDING_OPENAI_MODEL", "text-embedding-3-sma
 # The sentence-transformers provider: a model name in the local Hugging Face cache
 # or a path; it is never downloaded.
 EMBEDDING_ST_MODEL = env_str("EMBEDDING_ST_MODEL", "all-MiniLM-L6-v2")
+# The provider of knowledge bases created without one (API, admin, writing-job
+# context). hashing: fast and exact-term, no semantics; e5-small: understands
+# paraphrases and Chinese <-> English but vectorizes about 3 English or 0.7
+# Chinese 800-character chunks per CPU-second here (README, "Embedding
+# providers"). Existing knowledge bases keep theirs.
+KNOWLEDGE_DEFAULT_PROVIDER = env_str("KNOWLEDGE_DEFAULT_PROVIDER", "hashing")
 # --- end of Knowledge ---------------------------------------------------------
 
 # --- Writing jobs (writing app: outlines and documents) --------------------
@@ -571,11 +583,19 @@ CELERY_TASK_DEFAULT_PRIORITY = 5
 CLAW_PROGRESS_INTERVAL = env_float("CLAW_PROGRESS_INTERVAL", 0.5)
 # Redeliveries of one attempt after its worker died, before the ledger stops it.
 CLAW_MAX_REDELIVERIES = env_int("CLAW_MAX_REDELIVERIES", 3)
+# Seconds a running attempt's lease lasts; the process running it renews it
+# every third of that. While the lease is live a second delivery
+# of the attempt is refused; once it lapsed (the worker died) a redelivery takes
+# the attempt over. Keep it well below the visibility timeout (system check W002).
+CLAW_LEASE_SECONDS = env_float("CLAW_LEASE_SECONDS", 60)
 # Seconds the dashboard's and the stats API's aggregates (and the dashboard's
 # worker ping) are kept in the cache; 0 computes them on every request.
 CLAW_STATS_CACHE_SECONDS = env_int("CLAW_STATS_CACHE_SECONDS", 15)
 # Seconds without a heartbeat after which beat counts as down.
 CLAW_BEAT_STALE_AFTER = env_int("CLAW_BEAT_STALE_AFTER", 120)
+# Seconds /health reuses its checks' results (a worker broadcast and a broker
+# connection), so requests to it cannot tie up web workers; 0 checks every time.
+CLAW_HEALTH_CACHE_SECONDS = env_int("CLAW_HEALTH_CACHE_SECONDS", 5)
 # Rollups (tasks_app.rollups): seconds between two folds of new ledger events
 # into the per-minute/hour counts the dashboard, stats and /metrics read; how
 # long an event id missing from the sequence (its transaction not yet

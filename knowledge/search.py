@@ -1,4 +1,5 @@
-"""Exact cosine top-k over a knowledge base's chunk vectors, in numpy.
+"""Exact cosine top-k over a knowledge base's chunk vectors, in numpy; for a
+hybrid knowledge base, fused by reciprocal rank with BM25 over the chunk texts.
 
 Each process keeps the vector matrices of recently searched knowledge bases in
 memory (up to KNOWLEDGE_SEARCH_CACHE_MB), keyed by the knowledge base's version: every change of vectors bumps the
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from django.conf import settings
 
-from knowledge import embeddings
+from knowledge import embeddings, lexical
 from knowledge.models import Chunk, KnowledgeBase
 
 MAX_K = 100
@@ -37,43 +38,77 @@ class VectorMatrix:
     chunk_ids: np.ndarray  # int64, one per row
     document_ids: np.ndarray  # int64, one per row
     vectors: np.ndarray  # float32 (rows, dimension), L2-normalised
+    lexical: lexical.BM25Index | None = None  # hybrid knowledge bases only
 
     @property
     def nbytes(self) -> int:
-        return self.chunk_ids.nbytes + self.document_ids.nbytes + self.vectors.nbytes
+        arrays = self.chunk_ids.nbytes + self.document_ids.nbytes + self.vectors.nbytes
+        return arrays + (self.lexical.nbytes if self.lexical else 0)
 
 
 _cache: OrderedDict[int, VectorMatrix] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
-def load_matrix(kb_id: int, dimension: int, version: int) -> VectorMatrix:
+def load_matrix(
+    kb_id: int,
+    dimension: int,
+    version: int,
+    *,
+    model_name: str | None = None,
+    with_text: bool = False,
+) -> VectorMatrix:
     """Every embedded chunk of the knowledge base as one matrix.
 
     One scan of the chunk_kb_id index (knowledge_base, id); only the id, the
-    document id and the vector bytes are read. Chunks of another dimension (none,
-    unless the table was edited by hand) are left out rather than break search.
+    document id and the vector bytes are read (and the text, with_text, for the
+    BM25 index of a hybrid knowledge base). Chunks of another dimension or model
+    (left from before `reindex_knowledge --provider` rebuilt the knowledge base)
+    are left out: their vectors cannot be compared with the query's.
     """
     rows = Chunk.objects.filter(
         knowledge_base_id=kb_id, dimension=dimension, embedding__isnull=False
-    ).values_list("id", "document_id", "embedding")
-    chunk_ids, document_ids, blobs = [], [], []
-    for chunk_id, document_id, blob in rows.order_by("id").iterator(chunk_size=5000):
-        chunk_ids.append(chunk_id)
-        document_ids.append(document_id)
-        blobs.append(bytes(blob))
+    )
+    if model_name is not None:
+        rows = rows.filter(model_name=model_name)
+    fields = ("id", "document_id", "embedding", *(("text",) if with_text else ()))
+    chunk_ids, document_ids, blobs, texts = [], [], [], []
+    for values in rows.order_by("id").values_list(*fields).iterator(chunk_size=5000):
+        chunk_ids.append(values[0])
+        document_ids.append(values[1])
+        blobs.append(bytes(values[2]))
+        if with_text:
+            texts.append(values[3])
     vectors = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(-1, dimension)
     return VectorMatrix(
         version=version,
         chunk_ids=np.asarray(chunk_ids, dtype=np.int64),
         document_ids=np.asarray(document_ids, dtype=np.int64),
         vectors=vectors.astype(np.float32, copy=False),
+        lexical=lexical.BM25Index(texts) if with_text else None,
+    )
+
+
+def _load(kb: KnowledgeBase, version: int) -> VectorMatrix:
+    model_name = embeddings.get_provider(
+        kb.embedding_provider,
+        model=kb.embedding_model,
+        dimension=kb.embedding_dimension,
+    ).model_name
+    return load_matrix(
+        kb.pk,
+        kb.embedding_dimension,
+        version,
+        model_name=model_name,
+        with_text=kb.hybrid,
     )
 
 
 def cached_matrix(kb: KnowledgeBase) -> VectorMatrix:
     # The version is read fresh: the caller's instance may be older than the
-    # vectors, and another process may have changed them.
+    # vectors, and another process may have changed them. It is bumped by every
+    # change of vectors and of provider or hybrid setting, so it alone keys the
+    # cache.
     version = KnowledgeBase.objects.filter(pk=kb.pk).values_list("version", flat=True)
     version = version.first()
     if version is None:
@@ -83,7 +118,7 @@ def cached_matrix(kb: KnowledgeBase) -> VectorMatrix:
         if hit is not None and hit.version == version:
             _cache.move_to_end(kb.pk)
             return hit
-    matrix = load_matrix(kb.pk, kb.embedding_dimension, version)
+    matrix = _load(kb, version)
     with _cache_lock:
         _cache[kb.pk] = matrix
         _cache.move_to_end(kb.pk)
@@ -126,7 +161,9 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
 def search(
     kb: KnowledgeBase, query: str, *, k: int = 5, filters: dict | None = None
 ) -> list[SearchHit]:
-    """The k chunks most similar to query (cosine), best first.
+    """The k chunks most similar to query (cosine), best first; for a hybrid
+    knowledge base, the k best by reciprocal-rank fusion of cosine and BM25, each
+    hit's score then being its fused score (sum of 1 / (60 + rank)).
 
     filters: {"document_ids": [...]} restricts the search to those documents. An
     empty knowledge base or a blank query returns []. Embedding the query may
@@ -143,10 +180,16 @@ def search(
         provider=kb.embedding_provider,
         model=kb.embedding_model,
         dimension=kb.embedding_dimension,
+        query=True,
     )[0]
     scores = matrix.vectors @ vector
     if mask is not None:
         scores = np.where(mask, scores, -np.inf)
+    if matrix.lexical is not None:
+        rows, fused = lexical.fuse(
+            scores, matrix.lexical.scores(query, normalised=True), k
+        )
+        return _hits(matrix, fused, [int(i) for i in rows])
     best = [i for i in top_k(scores, k) if np.isfinite(scores[i])]
     return _hits(matrix, scores, best)
 
@@ -185,12 +228,17 @@ def search_many(
     as (knowledge base id, hit) pairs, best first.
 
     Scores are cosines, comparable across knowledge bases of one embedding model;
-    across models they are merged as they are.
+    across models they are merged as they are. A hybrid knowledge base's scores
+    are fused ranks, comparable with no cosine: when one takes part, hits are
+    merged by their rank in their own knowledge base (then by score).
     """
-    hits = [
-        (kb.pk, hit)
+    ranked = [
+        (rank, kb.pk, hit)
         for kb, filters in scopes
-        for hit in search(kb, query, k=k, filters=filters)
+        for rank, hit in enumerate(search(kb, query, k=k, filters=filters))
     ]
-    hits.sort(key=lambda pair: pair[1].score, reverse=True)
-    return hits[:k]
+    if any(kb.hybrid for kb, _ in scopes):
+        ranked.sort(key=lambda item: (item[0], -item[2].score))
+    else:
+        ranked.sort(key=lambda item: item[2].score, reverse=True)
+    return [(kb_id, hit) for _, kb_id, hit in ranked[:k]]

@@ -15,7 +15,7 @@ from django.utils.safestring import mark_safe
 from django_celery_results.models import TaskResult
 
 from tasks_app import display, services
-from tasks_app.admin_views import OperationsViews, live_cells
+from tasks_app.admin_views import CANCEL, RETRY, OperationsViews, live_cells
 from tasks_app.models import StaffAlert, TaskRecord
 
 
@@ -348,11 +348,19 @@ class TaskRecordAdmin(OperationsViews, admin.ModelAdmin):
             '<a href="{}">{} #{}</a>', url, opts.verbose_name, obj.object_id
         )
 
-    @admin.action(description="Retry selected tasks")
+    def has_retry_permission(self, request) -> bool:
+        return request.user.has_perm(RETRY)
+
+    def has_cancel_permission(self, request) -> bool:
+        return request.user.has_perm(CANCEL)
+
+    # An action its user lacks the permission for is not offered, and posting
+    # it anyway changes nothing ("No action selected").
+    @admin.action(description="Retry selected tasks", permissions=["retry"])
     def retry_selected(self, request, queryset) -> None:
         self._apply(request, queryset, services.retry, "Retried")
 
-    @admin.action(description="Cancel selected tasks")
+    @admin.action(description="Cancel selected tasks", permissions=["cancel"])
     def cancel_selected(self, request, queryset) -> None:
         self._apply(request, queryset, services.cancel, "Cancelled")
 

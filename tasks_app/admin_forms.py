@@ -10,6 +10,7 @@ from django.utils import timezone
 from django.utils.functional import lazy
 
 from claw.celery import registered_tasks
+from tasks_app import services
 
 
 def _json_field(label: str, kind: type, initial) -> forms.CharField:
@@ -75,4 +76,13 @@ class NewTaskForm(ArgumentsForm):
         data = super().clean()
         if data.get("countdown") and data.get("eta"):
             raise forms.ValidationError("Give a countdown or an eta, not both.")
+        # Refused here, with the form, rather than by services.submit as a 500.
+        try:
+            if data.get("countdown"):
+                services.check_delay("countdown", data["countdown"])
+            elif data.get("eta"):
+                ahead = (data["eta"] - timezone.now()).total_seconds()
+                services.check_delay("eta", ahead)
+        except services.DelayTooLong as exc:
+            self.add_error(exc.field, str(exc).partition(": ")[2])
         return data

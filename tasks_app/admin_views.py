@@ -9,6 +9,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import PermissionDenied
 from django.http import HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -29,10 +30,24 @@ from tasks_app.admin_forms import ArgumentsForm, NewTaskForm
 from tasks_app.admin_widgets import progress_bar, state_badge
 from tasks_app.models import TaskEvent, TaskRecord
 
+# Staff may look; changing anything takes the model permission for it
+# (TaskRecord.Meta.permissions), granted per user or group like any other.
+RETRY = "tasks_app.retry_taskrecord"
+CANCEL = "tasks_app.cancel_taskrecord"
+SUBMIT = "tasks_app.submit_taskrecord"
+CONTROL_WORKERS = "tasks_app.control_workers"
+
+
+def require(request, *perms: str) -> None:
+    """403 unless the user holds every one of perms."""
+    if not request.user.has_perms(perms):
+        raise PermissionDenied
+
 
 class OperationsViews:
     """URLs and views of the pages beside the task list (staff only: every view
-    goes through admin_site.admin_view; POSTs keep Django's CSRF check)."""
+    goes through admin_site.admin_view; POSTs keep Django's CSRF check and need
+    the permission for what they change)."""
 
     def get_urls(self):
         extra = [
@@ -194,7 +209,9 @@ class OperationsViews:
         start = dashboard.since(24 * 7)
         groups = dashboard.failure_groups(start)
         if request.method == "POST":
-            index = int(request.POST.get("group", -1))
+            require(request, RETRY)
+            group = request.POST.get("group", "")
+            index = int(group) if group.isdigit() else -1  # tampered: no group
             if not 0 <= index < len(groups):
                 messages.error(request, "That group no longer exists.")
             else:
@@ -211,10 +228,12 @@ class OperationsViews:
             **self.admin_site.each_context(request),
             "title": "Failures (last 7 days)",
             "groups": groups,
+            "can_retry": request.user.has_perm(RETRY),
         }
         return TemplateResponse(request, "admin/tasks_app/failures.html", context)
 
     def new_task_view(self, request):
+        require(request, SUBMIT)
         form = NewTaskForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data
@@ -235,6 +254,8 @@ class OperationsViews:
         return self._form_page(request, form, "New task")
 
     def edit_and_retry_view(self, request, pk: int):
+        # new arguments make it a submission as well as a retry
+        require(request, RETRY, SUBMIT)
         record = get_object_or_404(TaskRecord, pk=pk)
         initial = {"args": json.dumps(record.args), "kwargs": json.dumps(record.kwargs)}
         form = ArgumentsForm(request.POST or None, initial=initial)
@@ -272,6 +293,7 @@ class OperationsViews:
             **self.admin_site.each_context(request),
             "title": "Celery workers",
             "workers": cluster,
+            "can_control": request.user.has_perm(CONTROL_WORKERS),
             "can_restart_all": any("restart" in w.controls for w in cluster),
             "queues": workers.queue_lengths(),
             "confirm": request.GET.get("confirm_shutdown"),
@@ -281,6 +303,7 @@ class OperationsViews:
     def workers_control(self, request):
         """POST-only (CSRF-checked) pool restart / grow / shrink / shutdown; says
         what each worker answered."""
+        require(request, CONTROL_WORKERS)
         back = HttpResponseRedirect(reverse("admin:tasks_app_workers"))
         operation = request.POST.get("operation")
         worker = request.POST.get("worker", "")

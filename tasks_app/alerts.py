@@ -5,8 +5,9 @@ which a domain delivers them.
   STAFF_ALERT_WINDOW (claim(): a cache.add, then an AlertClaim row), such as the
   alert of a task that failed for good.
 - raise_alert(key, subject, body): the health check's alerts, which stay active
-  until a check no longer raises them (StaffAlert rows): sent when raised, then
-  again every CLAW_ALERT_REPEAT_MINUTES while active.
+  until a check no longer raises them (StaffAlert rows, for the admin): sent when
+  raised, then again every CLAW_ALERT_REPEAT_MINUTES while active. The same
+  claim() decides, with that window; resolving an alert drops its claim.
 
 Either is logged and handed to the notifiers a domain registered
 (register_notifier; the conversations domain sends a system notification to
@@ -22,7 +23,6 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -68,7 +68,7 @@ def claim(key: str, window: float) -> bool:
     settles the first-ever race (the loser's get_or_create finds the winner's
     row), and a conditional UPDATE the later ones.
     """
-    digest = hashlib.sha256(key.encode()).hexdigest()
+    digest = _digest(key)
     now = timezone.now()
     _, created = AlertClaim.objects.get_or_create(key=digest, defaults={"sent_at": now})
     if created:
@@ -86,8 +86,7 @@ def notify_staff(subject: str, body: str, *, dedupe_key: str) -> bool:
     every process, with a shared CACHE_URL); claim() is the real guard.
     """
     window = settings.STAFF_ALERT_WINDOW
-    digest = hashlib.sha256(dedupe_key.encode()).hexdigest()
-    if not cache.add("claw:staff-alert:" + digest, 1, timeout=window):
+    if not cache.add("claw:staff-alert:" + _digest(dedupe_key), 1, timeout=window):
         return False
     if not claim(dedupe_key, window):
         return False
@@ -96,31 +95,23 @@ def notify_staff(subject: str, body: str, *, dedupe_key: str) -> bool:
 
 
 def raise_alert(key: str, subject: str, body: str = "") -> bool:
-    """Raise (or keep raising) an alert; return whether it was sent now.
+    """Raise (or keep raising) a health-check alert; return whether it was sent now.
 
-    The conditional UPDATE claims the send, so two health checks running at once
-    send it once.
+    The same claim() as notify_staff decides, with the repeat window: sent when
+    raised, again every CLAW_ALERT_REPEAT_MINUTES while it stays active, and at
+    once when raised again after it was resolved (resolve_others drops the claim).
     """
-    now = timezone.now()
-    repeat_before = now - timedelta(minutes=settings.CLAW_ALERT_REPEAT_MINUTES)
     StaffAlert.objects.get_or_create(
         key=key, defaults={"subject": subject, "body": body, "active": False}
     )
-    with transaction.atomic():
-        claimed = (
-            StaffAlert.objects.filter(key=key)
-            .exclude(active=True, last_sent_at__gte=repeat_before)
-            .update(
-                active=True,
-                subject=subject,
-                body=body,
-                last_sent_at=now,
-                resolved_at=None,
-            )
-        )
-    if not claimed:
+    StaffAlert.objects.filter(key=key).update(
+        active=True, subject=subject, body=body, resolved_at=None
+    )
+    if not claim(_health_key(key), settings.CLAW_ALERT_REPEAT_MINUTES * 60):
         return False
-    StaffAlert.objects.filter(key=key).update(times_sent=F("times_sent") + 1)
+    StaffAlert.objects.filter(key=key).update(
+        last_sent_at=timezone.now(), times_sent=F("times_sent") + 1
+    )
     logger.error("STAFF ALERT %s: %s\n%s", key, subject, body)
     _notify(subject, body, key)
     return True
@@ -128,8 +119,20 @@ def raise_alert(key: str, subject: str, body: str = "") -> bool:
 
 def resolve_others(keys_still_active: Iterable[str]) -> int:
     """Mark every active alert not raised in this check as resolved."""
-    return (
-        StaffAlert.objects.filter(active=True)
-        .exclude(key__in=list(keys_still_active))
-        .update(active=False, resolved_at=timezone.now())
+    resolved = StaffAlert.objects.filter(active=True).exclude(
+        key__in=list(keys_still_active)
     )
+    keys = list(resolved.values_list("key", flat=True))
+    AlertClaim.objects.filter(key__in=[_digest(_health_key(k)) for k in keys]).delete()
+    return StaffAlert.objects.filter(key__in=keys, active=True).update(
+        active=False, resolved_at=timezone.now()
+    )
+
+
+def _health_key(key: str) -> str:
+    # apart from notify_staff's keys, which come from task names and ids
+    return "health:" + key
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()

@@ -26,6 +26,7 @@ class TasksAppConfig(AppConfig):
                     "threads or prefork",
                 ),
                 ("CELERY_AI_CONCURRENCY", lambda v: v >= 1, "at least 1"),
+                ("CLAW_LEASE_SECONDS", lambda v: v > 0, "above 0"),
             ],
         )
 
@@ -65,6 +66,23 @@ def visibility_timeout_check(app_configs, **kwargs) -> list:
             )
         ]
     return []
+
+
+@register()
+def lease_check(app_configs, **kwargs) -> list:
+    timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout")
+    if timeout is None or timeout > settings.CLAW_LEASE_SECONDS:
+        return []
+    return [
+        Warning(
+            f"CLAW_LEASE_SECONDS ({settings.CLAW_LEASE_SECONDS:g}s) is not shorter "
+            f"than the broker visibility_timeout ({timeout}s)",
+            hint="When a worker dies outright, Redis hands its task out again after "
+            "the visibility timeout; while the dead worker's lease still looks live "
+            "that delivery is refused as a duplicate. Lower CLAW_LEASE_SECONDS.",
+            id="tasks_app.W002",
+        )
+    ]
 
 
 def _longest_deferral() -> float:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from django.conf import settings
@@ -99,3 +100,54 @@ def queued_task_ids(
         return None
     logger.warning("No presence check for broker %s", url.split("://")[0])
     return None
+
+
+def keep_copy_on_ack(message) -> None:
+    """Make acknowledging message leave the broker's unacknowledged copy in place.
+
+    For a refused duplicate delivery (a second copy of a running attempt): both
+    deliveries carry the same delivery tag, so a plain ack would also delete the
+    copy Redis keeps for the run it was refused for. Put back after the ack, with
+    a fresh timestamp, that copy still comes back one visibility timeout later
+    if the run's worker dies, and goes away when the run acknowledges it. The
+    worker acknowledges later, from its event loop: the copy is read then.
+    """
+    ack = message.ack
+
+    def ack_keeping_copy(multiple=False):
+        put_back = _unacked_copy(message)
+        ack(multiple=multiple)
+        put_back()
+
+    message.ack = ack_keeping_copy
+
+
+def _unacked_copy(message) -> Callable[[], None]:
+    """Read Redis' unacked copy of message; return what writes it back (with a
+    fresh timestamp). Other transports keep no such copy: nothing to do."""
+    channel = getattr(message, "channel", None)
+    qos = getattr(channel, "qos", None)
+    key = getattr(qos, "unacked_key", None)
+    index = getattr(qos, "unacked_index_key", None)
+    tag = getattr(message, "delivery_tag", None)
+    if not (key and index and tag):
+        return lambda: None
+    try:
+        with channel.conn_or_acquire() as client:
+            raw = client.hget(key, tag)
+    except Exception as exc:
+        logger.warning("Could not read the unacked copy of %s: %r", tag, exc)
+        return lambda: None
+
+    def put_back() -> None:
+        if raw is None:
+            return
+        try:
+            with channel.conn_or_acquire() as client:
+                client.pipeline().hset(key, tag, raw).zadd(
+                    index, {tag: time.time()}
+                ).execute()
+        except Exception as exc:
+            logger.warning("Could not keep the unacked copy of %s: %r", tag, exc)
+
+    return put_back

@@ -31,6 +31,7 @@ from django.db import transaction
 from django.db.models import Model
 
 from tasks_app.models import TaskRecord, TaskState
+from tasks_app.ownership import NotOwned
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +117,10 @@ def dispatch(celery_id: str, context: dict) -> None:
     the transition commits. context["name"], where the caller knows the task's
     name, spares the read of a record nobody handles."""
     name = context.pop("name", None)
+    if isinstance(context.get("exc"), NotOwned):
+        # The record's arguments name another user's objects: its handlers,
+        # which act on what the arguments name, must not touch them either.
+        return
     if isinstance(name, str) and name not in _registry.ends and not _registry.models:
         return
     transaction.on_commit(lambda: _dispatch(celery_id, context))

@@ -71,6 +71,12 @@ class TaskRecord(models.Model):
         max_length=255, unique=True, help_text="Celery id of the current attempt."
     )
     worker = models.CharField(max_length=255, blank=True)
+    # The lease of a STARTED attempt: which process runs it ("hostname:pid") and
+    # until when it counts as alive. The runner renews it while the task runs
+    # (tasks_app.leases); a redelivery of the attempt is refused while the lease
+    # is live and may take the attempt over once it lapsed (the runner died).
+    runner = models.CharField(max_length=255, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -121,6 +127,15 @@ class TaskRecord(models.Model):
                 name="taskrecord_owner_idempotency_key",
             )
         ]
+        # The admin's operations beyond viewing, each granted on its own (least
+        # privilege: is_staff only opens the admin). Run-now on schedules needs
+        # django_celery_beat.change_periodictask instead.
+        permissions = [
+            ("retry_taskrecord", "Can retry task records"),
+            ("cancel_taskrecord", "Can cancel task records"),
+            ("submit_taskrecord", "Can submit any task with any arguments"),
+            ("control_workers", "Can restart, grow, shrink and shut down workers"),
+        ]
 
     def __str__(self) -> str:
         # The admin's state names (page titles, messages); the API shows Celery's.
@@ -155,6 +170,9 @@ class TaskEvent(models.Model):
         FAILED = "failed"
         CANCELLED = "cancelled"
         LOST = "lost"
+        # A delivery the worker did not run: an earlier attempt's message, or a
+        # second copy of the attempt that is running now.
+        REFUSED = "refused"
 
     record = models.ForeignKey(
         TaskRecord, on_delete=models.CASCADE, related_name="events"

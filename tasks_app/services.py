@@ -58,6 +58,41 @@ class UnknownTask(ValueError):
     """No task of that name is registered."""
 
 
+class DelayTooLong(ValueError):
+    """A countdown or eta further ahead than the broker can keep a message
+    (API: 400 naming the field)."""
+
+    def __init__(self, field: str, limit: float):
+        self.field = field
+        super().__init__(
+            f"{field}: at most {limit:g} seconds ahead (CELERY_VISIBILITY_TIMEOUT "
+            "less the longest task time limit); a later run would be handed out "
+            "again and again by the broker."
+        )
+
+
+def longest_delay() -> float | None:
+    """Seconds ahead a submission may be scheduled, None if any.
+
+    Redis hands an unacknowledged message out again after the visibility timeout,
+    and a scheduled message waits unacknowledged in a worker until it runs (with
+    acks_late, until it ends): celery#2599. The filesystem broker has no such
+    timeout.
+    """
+    timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout")
+    if settings.IS_FILESYSTEM_BROKER or timeout is None:
+        return None
+    return max(timeout - settings.LONGEST_TIME_LIMIT, 0)
+
+
+def check_delay(field: str, seconds_ahead: float | None) -> None:
+    """DelayTooLong naming field if a run seconds_ahead from now is further ahead
+    than longest_delay()."""
+    limit = longest_delay()
+    if seconds_ahead is not None and limit is not None and seconds_ahead > limit:
+        raise DelayTooLong(field, limit)
+
+
 # --- helpers ---------------------------------------------------------------
 
 
@@ -182,7 +217,10 @@ def submit(
         ).first()
         if existing:
             return existing
-    if eta is None and countdown:
+    if eta is not None:
+        check_delay("eta", (eta - timezone.now()).total_seconds())
+    elif countdown:
+        check_delay("countdown", countdown)  # before timedelta can overflow
         eta = timezone.now() + timedelta(seconds=countdown)
     record = TaskRecord(
         name=name,
@@ -375,38 +413,87 @@ def _parse_eta(value: str | None) -> datetime | None:
 # --- worker-side transitions (called from signal receivers) ----------------
 
 
-def mark_started(celery_id: str, *, name: str, worker: str) -> str | None:
+def mark_started(
+    celery_id: str,
+    *,
+    name: str,
+    worker: str,
+    runner: str = "",
+    record_id: Any = None,
+) -> str | None:
     """Move the current attempt to STARTED; return why it must not run, or None.
+
+    runner (one per delivery, tasks_app.leases.new_runner) takes the attempt's
+    lease, which its process renews while it runs. record_id is the message's
+    claw_record header.
 
     Refusals (the worker then acknowledges the message without running it):
     - "cancelled": the durable cancel flag is set; Celery's in-memory revoke list
       is lost when workers restart, this flag is not.
+    - "stale": the message of an earlier attempt of a record that was retried or
+      re-queued since (Redis hands it back after the visibility timeout or a
+      worker's death); the record's current attempt is another one.
+    - "duplicate": a second copy of the attempt that is running now, whose
+      runner's lease is live (Redis redelivers a task that outlives the
+      visibility timeout). Once the lease lapsed the runner is taken to be dead
+      and the redelivery takes the attempt over.
     - "poisoned": the attempt was delivered more often than the task may run; a
       task that kills its worker process would otherwise loop forever, because
       reject_on_worker_lost requeues it with no count.
     - "finished": a redelivery of an attempt that already ended; running it again
       would repeat its effect.
+    Stale and duplicate deliveries are shown in the record's timeline as
+    "refused" events.
     """
     limit = _worker_max_deliveries(name)
-    if _transition(
-        celery_id,
-        TaskRecord.ACTIVE_STATES,
-        Kind.STARTED,
-        extra_filter={"cancel_requested": False, "deliveries__lt": limit},
-        state=State.STARTED,
-        started_at=timezone.now(),
-        worker=worker,
-        attempts=Sql("attempts + 1"),
-        deliveries=Sql("deliveries + 1"),
-    ):
-        return None
+    for _ in range(3):
+        now = timezone.now()
+        if _transition(
+            celery_id,
+            TaskRecord.ACTIVE_STATES,
+            Kind.STARTED,
+            extra_filter={
+                "cancel_requested": False,
+                "deliveries__lt": limit,
+                "lease": Sql(
+                    "state <> %s OR lease_until IS NULL OR lease_until < %s",
+                    (State.STARTED, ledger_writes.db_value("lease_until", now)),
+                ),
+            },
+            state=State.STARTED,
+            started_at=now,
+            worker=worker,
+            runner=runner,
+            lease_until=now + timedelta(seconds=settings.CLAW_LEASE_SECONDS),
+            attempts=Sql("attempts + 1"),
+            deliveries=Sql("deliveries + 1"),
+        ):
+            return None
+        refusal = _refusal(celery_id, name, worker, runner, record_id, limit, now)
+        if refusal != "again":
+            return refusal
+    # The record kept changing under us (leases released and taken): someone
+    # else has it, so this copy must not run beside them.
+    return _refuse_duplicate(celery_id, worker, runner="")
+
+
+def _refusal(
+    celery_id: str,
+    name: str,
+    worker: str,
+    runner: str,
+    record_id: Any,
+    limit: int,
+    now: datetime,
+) -> str | None:
+    """Why mark_started's transition did not apply; "again" if it may now."""
     row = (
         TaskRecord.objects.filter(celery_id=celery_id)
-        .values("state", "cancel_requested", "deliveries")
+        .values("state", "cancel_requested", "deliveries", "lease_until", "runner")
         .first()
     )
     if row is None:
-        return None  # published before the ledger knew it; let it run untracked
+        return _refuse_stale(celery_id, worker, record_id)
     if row["cancel_requested"]:
         mark_revoked(
             celery_id,
@@ -414,7 +501,17 @@ def mark_started(celery_id: str, *, name: str, worker: str) -> str | None:
             context={"refusal": "cancelled", "name": name},
         )
         return "cancelled"
-    if row["state"] in TaskRecord.ACTIVE_STATES:
+    if row["state"] == State.STARTED and runner and row["runner"] == runner:
+        # Our own write, applied although its COMMIT was lost in flight and
+        # ledger_writes.reconnecting ran it again: this is the run.
+        return None
+    if (
+        row["state"] == State.STARTED
+        and row["lease_until"]
+        and (row["lease_until"] >= now)
+    ):
+        return _refuse_duplicate(celery_id, worker, runner=row["runner"])
+    if row["state"] in TaskRecord.ACTIVE_STATES and row["deliveries"] >= limit:
         mark_failed(
             celery_id,
             error=f"Stopped after {row['deliveries']} deliveries: the task's worker "
@@ -423,7 +520,71 @@ def mark_started(celery_id: str, *, name: str, worker: str) -> str | None:
             context={"refusal": "poisoned", "name": name},
         )
         return "poisoned"
+    if row["state"] in TaskRecord.ACTIVE_STATES:
+        return "again"  # its lease was released or lapsed since our UPDATE
     return "finished"
+
+
+def _refuse_stale(celery_id: str, worker: str, record_id: Any) -> str | None:
+    """Refuse a delivery of an earlier attempt of a record; None if no record
+    ever had celery_id (published before the ledger knew it: it runs untracked).
+
+    Every attempt's "queued" event carries its Celery id, so the record is found
+    for messages without the claw_record header too (beat, .delay()).
+    """
+    earlier = TaskEvent.objects.filter(kind=Kind.QUEUED, celery_id=celery_id)
+    if str(record_id or "").isdigit():
+        earlier = earlier.filter(record_id=int(record_id))
+    found = earlier.values_list("record_id", flat=True).first()
+    if found is None:
+        return None
+    current = TaskRecord.objects.filter(pk=found).values_list("celery_id", flat=True)
+    data = {"reason": "stale", "current": current.first()}
+    ledger_writes.add_delivery_event(found, celery_id, worker, Kind.REFUSED, data)
+    return "stale"
+
+
+def _refuse_duplicate(celery_id: str, worker: str, *, runner: str) -> str:
+    record_id = (
+        TaskRecord.objects.filter(celery_id=celery_id)
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if record_id is not None:
+        data = {"reason": "duplicate", "running_on": runner}
+        ledger_writes.add_delivery_event(
+            record_id, celery_id, worker, Kind.REFUSED, data
+        )
+    return "duplicate"
+
+
+def renew_leases(celery_ids: list[str], *, runner: str) -> int:
+    """Extend the leases runner holds on these running attempts; rows renewed.
+
+    Not a transition and no event (a long task would fill its timeline with
+    them): only a lease this runner still holds moves, so a runner that lost
+    its lease to a takeover cannot extend its successor's.
+    """
+    until = timezone.now() + timedelta(seconds=settings.CLAW_LEASE_SECONDS)
+    return TaskRecord.objects.filter(
+        celery_id__in=celery_ids, state=State.STARTED, runner=runner
+    ).update(lease_until=until)
+
+
+def release_lease(celery_id: str, *, holder: str) -> bool:
+    """The run holding the attempt's lease is over while the record stays
+    STARTED: its process died (the worker saw the pool process go), or it handed
+    the attempt on (Task.replace, a requeueing Reject). The next delivery may
+    then take the attempt over at once instead of waiting for the lease to lapse.
+
+    holder is the run's runner, or leases.process_name of a dead process (every
+    runner of that process).
+    """
+    return bool(
+        TaskRecord.objects.filter(
+            celery_id=celery_id, state=State.STARTED, runner__startswith=holder
+        ).update(lease_until=None)
+    )
 
 
 def mark_retry(celery_id: str, *, error: str, eta: datetime | None = None) -> bool:
@@ -548,6 +709,8 @@ def record_progress(
         progress_current=max(0, int(current)),
         progress_total=max(0, int(total)),
         progress_message=message[:500],
+        # No lease renewal here: a fan-out parent's progress is written by its
+        # members (tasks_app.fanout), not by a run of the parent.
     )
 
 
@@ -650,6 +813,8 @@ def retry(
             eta=None,
             cancel_requested=False,
             deliveries=0,
+            runner="",
+            lease_until=None,
             progress_current=0,
             progress_total=0,
             progress_message="",

@@ -8,9 +8,13 @@ receiver shows up as a stale record (which check_task_health catches).
 
 from __future__ import annotations
 
-from celery import signals
+from celery import signals, states
 
-from tasks_app import connections, services, workers
+from tasks_app import connections, leases, services, workers
+
+# Trace states after which the record has left STARTED (or will, for RETRY), so
+# the run's lease needs no release.
+RUN_ENDED_RECORD = (states.SUCCESS, states.FAILURE, states.RETRY)
 
 
 @signals.worker_init.connect
@@ -32,9 +36,19 @@ def on_before_task_publish(body, routing_key=None, headers=None, properties=None
 @signals.task_prerun.connect
 def on_task_prerun(task_id, task, **_):
     # The refusal is read by LedgerTask.before_start, which can stop the run.
-    task.request.claw_refusal = services.mark_started(
-        task_id, name=task.name, worker=task.request.hostname or ""
+    request = task.request
+    hostname = request.hostname or ""
+    runner = leases.new_runner(hostname)
+    request.claw_refusal = services.mark_started(
+        task_id,
+        name=task.name,
+        worker=hostname,
+        runner=runner,
+        record_id=getattr(request, "claw_record", None),
     )
+    if request.claw_refusal is None:
+        request.claw_runner = runner
+        leases.hold(task_id, runner)
 
 
 @signals.task_success.connect
@@ -46,7 +60,16 @@ def on_task_success(sender, **_):
 
 
 @signals.task_postrun.connect
-def on_task_postrun(**_):
+def on_task_postrun(task_id=None, task=None, state=None, **_):
+    # A refused copy leaves the lease to the run it was refused for (threads
+    # pool: both may share this process).
+    runner = getattr(task.request, "claw_runner", None) if task else None
+    if runner:
+        leases.drop(task_id)
+        if state not in RUN_ENDED_RECORD:
+            # Ignored or rejected (requeued) with the record maybe still
+            # STARTED: the next delivery must not wait for this lease to lapse.
+            services.release_lease(task_id, holder=runner)
     connections.recycle()
 
 

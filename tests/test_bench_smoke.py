@@ -39,3 +39,27 @@ def test_bench_runner_quick_mode_prints_a_table_with_measured_rows():
     assert "| error |" not in stdout, stdout
     rate = float(lines[0].split("|")[3].replace(",", ""))
     assert rate > 0
+
+
+def test_retrieval_quick_mode_ranks_with_every_method():
+    # In-process, no database or worker; --quick embeds 24 passages with e5-small.
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--only", "retrieval",
+         "--no-write"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| error |" not in proc.stdout, proc.stdout
+    recall = {
+        line.split("|")[2].strip().split(":")[0]: float(line.split("|")[3])
+        for line in proc.stdout.splitlines()
+        if "recall@5, all" in line
+    }
+    assert set(recall) >= {
+        "hashing",
+        "bm25",
+        "e5-small",
+        "hybrid e5 + bm25 (floor 0.3)",
+    }
+    assert all(0 <= value <= 1 for value in recall.values())
+    assert recall["e5-small"] > recall["hashing"]  # paraphrases and Chinese

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import socket
+import subprocess
+from pathlib import Path
 
+import pytest
 import yaml
 from django.conf import settings
 
-from tests.harness import BASE_DIR
+from tests.harness import BASE_DIR, wait_for
 
 COMPOSE = yaml.safe_load((BASE_DIR / "docker-compose.yml").read_text())
 ALL_SERVICES = COMPOSE["services"]
@@ -70,11 +76,81 @@ def test_secrets_come_from_the_environment_without_defaults():
         assert re.search(rf"^{secret}=$", example, re.M)
 
 
+def redis_script() -> str:
+    """The redis service's start script as its shell runs it ($$ is compose's $)."""
+    entrypoint = SERVICES["redis"]["entrypoint"]
+    assert entrypoint[:2] == ["sh", "-c"]
+    return entrypoint[2].replace("$$", "$")
+
+
 def test_redis_is_durable_and_never_evicts_queued_messages():
-    redis_cmd = command("redis")
-    assert "--appendonly yes" in redis_cmd
-    assert "--maxmemory-policy noeviction" in redis_cmd
-    assert "--requirepass" in redis_cmd
+    script = redis_script()
+    assert "--appendonly yes" in script
+    assert "--maxmemory-policy noeviction" in script
+    # the image's entrypoint still runs, so Redis drops root for its own user
+    assert "exec docker-entrypoint.sh redis-server" in script
+
+
+def test_the_redis_password_is_on_no_command_line():
+    text = (BASE_DIR / "docker-compose.yml").read_text()
+    assert "--requirepass" not in text and "redis-cli -a" not in text
+    assert SERVICES["redis"]["environment"]["REDIS_PASSWORD"].startswith(
+        "${REDIS_PASSWORD:?"
+    )
+    # compose expands ${...} itself: only the environment may hold the password
+    for name, service in SERVICES.items():
+        commands = [command(name), str(service.get("entrypoint", ""))]
+        commands.append(str(service.get("healthcheck", {}).get("test", "")))
+        assert not any("${REDIS_PASSWORD" in c for c in commands), name
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
+def test_the_redis_start_script_sets_the_password_from_the_environment(tmp_path):
+    # The compose script as written, run with this machine's redis-server: only
+    # the image's entrypoint, the chown to its user and the paths differ.
+    password = "s3cret-" + "x" * 20
+    port = free_port()
+    script = (
+        redis_script()
+        .replace("/tmp/redis-auth.conf", str(tmp_path / "auth.conf"))
+        .replace("chown redis", "true")
+        .replace("exec docker-entrypoint.sh redis-server", "exec redis-server")
+        .strip()
+        + f" --port {port} --dir {tmp_path} --save ''"
+    )
+    env = {"PATH": os.environ["PATH"], "REDIS_PASSWORD": password}
+    server = subprocess.Popen(["sh", "-c", script], env=env)
+    try:
+        health = SERVICES["redis"]["healthcheck"]["test"]
+        assert health[0] == "CMD-SHELL"
+        probe = (
+            health[1].replace("$$", "$").replace("redis-cli", f"redis-cli -p {port}")
+        )
+
+        def healthy():
+            return subprocess.run(["sh", "-c", probe], env=env).returncode == 0
+
+        wait_for(healthy, 10, message="the compose healthcheck to pass")
+        argv = (Path("/proc") / str(server.pid) / "cmdline").read_bytes()
+        assert b"redis-server" in argv and password.encode() not in argv
+        anonymous = subprocess.run(
+            ["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True
+        )
+        assert "NOAUTH" in anonymous.stdout + anonymous.stderr
+        assert oct((tmp_path / "auth.conf").stat().st_mode & 0o777) == "0o600"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_web_is_published_on_loopback_unless_told_otherwise():
+    assert SERVICES["web"]["ports"] == ["${WEB_BIND_ADDRESS:-127.0.0.1}:8000:8000"]
 
 
 def test_app_services_point_at_the_compose_database_and_broker():

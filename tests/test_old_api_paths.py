@@ -11,6 +11,7 @@ from unittest.mock import patch
 import pytest
 
 from claw import conversations
+from conftest import grant
 from knowledge import services as knowledge
 from knowledge.tests.conftest import add_ready
 from tasks_app import rollups, services, tokens, workers
@@ -102,11 +103,11 @@ def test_the_list_filters_by_celery_id_of_any_attempt(alice):
 
 
 @pytest.mark.parametrize("slash", ["", "/"])
-def test_staff_paths_answer_at_the_old_paths(staff, alice, slash, settings):
+def test_staff_paths_answer_at_the_old_paths(operator, alice, slash, settings):
     settings.CLAW_STATS_CACHE_SECONDS = 0
     run("succeeded", owner=alice)
     rollups.fold()
-    api = client_for(staff)
+    api = client_for(operator)
     with patch("tasks_app.workers.queue_lengths", return_value={"default": 0}):
         stats = api.get(f"/api/v1/tasks/stats{slash}")
     with patch("tasks_app.workers.cluster", return_value=[]):
@@ -161,7 +162,10 @@ def readme_curl_lines() -> list[str]:
 def test_every_readme_curl_line_works_against_a_live_server(
     transactional_db, live_server, django_user_model, monkeypatch
 ):
-    staff = django_user_model.objects.create_user("old", is_staff=True)
+    staff = grant(
+        django_user_model.objects.create_user("old", is_staff=True),
+        "tasks_app.control_workers",
+    )
     _, key = tokens.issue(staff)
     failed = record_of(staff, State.FAILURE)
     queued = record_of(staff, State.PENDING)

@@ -9,6 +9,7 @@ from unittest.mock import patch
 
 import pytest
 
+from conftest import grant
 from tasks_app import tokens, workers
 
 
@@ -35,8 +36,11 @@ def test_the_api_matches_its_openapi_schema(
     artifacts_dir,
     settings,
 ):
-    staff = django_user_model.objects.create_user(
-        "fuzz", password="fuzz-pass-123", is_staff=True
+    staff = grant(
+        django_user_model.objects.create_user(
+            "fuzz", password="fuzz-pass-123", is_staff=True
+        ),
+        "tasks_app.control_workers",
     )
     _, key = tokens.issue(staff)
     # An outline request naming no source, with nothing to draw on, is a 400 for

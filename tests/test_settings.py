@@ -59,6 +59,16 @@ def test_a_rate_limit_window_past_the_visibility_timeout_is_warned_about(tmp_pat
     assert "W001" not in fine.stdout + fine.stderr
 
 
+def test_a_lease_not_shorter_than_the_visibility_timeout_is_warned_about(settings):
+    from tasks_app.apps import lease_check
+
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 60}
+    settings.CLAW_LEASE_SECONDS = 60
+    assert [w.id for w in lease_check(None)] == ["tasks_app.W002"]
+    settings.CLAW_LEASE_SECONDS = 20
+    assert lease_check(None) == []
+
+
 def test_only_json_is_accepted(settings):
     assert settings.CELERY_ACCEPT_CONTENT == ["json"]
     assert settings.CELERY_TASK_SERIALIZER == "json"
@@ -82,3 +92,43 @@ def test_settings_out_of_range_are_system_check_errors_with_ids(tmp_path):
     assert "writing.E102" in output and "JOBS_MAX_SECTIONS must be between" in output
     assert "claw.E102" in output and "tasks_app.E101" in output
     assert run_check(embedded_env(tmp_path)).returncode == 0
+
+
+PROXY_HEADER = (
+    "from django.conf import settings; print(repr(settings.SECURE_PROXY_SSL_HEADER))"
+)
+
+
+def test_the_proxy_ssl_header_is_trusted_only_when_a_setting_says_a_proxy_is_there(
+    tmp_path,
+):
+    env = embedded_env(tmp_path)
+
+    def header(**extra) -> str:
+        done = subprocess.run(
+            [sys.executable, "manage.py", "shell", "-c", PROXY_HEADER],
+            cwd=BASE_DIR,
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip().splitlines()[-1]
+
+    assert header() == "None"
+    assert header(HTTPS_ONLY="true") == "None"
+    assert (
+        header(TRUST_PROXY_SSL_HEADER="true") == "('HTTP_X_FORWARDED_PROTO', 'https')"
+    )
+    assert header(TRUST_PROXY_SSL_HEADER="false") == "None"
+
+
+def test_without_a_trusted_proxy_a_forwarded_https_claim_is_not_believed(
+    client, settings
+):
+    # what the production settings give without TRUST_PROXY_SSL_HEADER
+    settings.SECURE_PROXY_SSL_HEADER = None
+    settings.SECURE_SSL_REDIRECT = True
+    claimed = client.get("/api/v1/tasks/", HTTP_X_FORWARDED_PROTO="https")
+    assert claimed.status_code == 301 and claimed["Location"].startswith("https://")

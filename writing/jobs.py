@@ -36,7 +36,7 @@ from knowledge.services import (
     EmbeddingUnavailable,
     KnowledgeBase,
 )
-from tasks_app import fanout
+from tasks_app import fanout, ownership
 from tasks_app import services as ledger
 from tasks_app.models import TaskEvent, TaskRecord
 from tasks_app.progress import TaskCancelled, report_progress
@@ -399,6 +399,14 @@ def resolve_passages(owner, outline: dict) -> dict:
 # --- the tasks' writes ---------------------------------------------------------
 
 
+def ensure_owned(job_pk: int, *, celery_id: str | None = None) -> None:
+    """Raise ownership.NotOwned unless the job belongs to the owner of the task
+    running for it (or of the record whose attempt is celery_id). Every writing
+    task calls this first, before it changes anything."""
+    owner = WritingJob.objects.filter(pk=job_pk).values_list("owner_id", flat=True)
+    ownership.ensure_owned(*owner, what=f"writing job {job_pk}", celery_id=celery_id)
+
+
 def begin_job(job_pk: int) -> WritingJob | None:
     """Start or continue a job: running (a redelivered or re-queued run carries
     on); None if it is gone or already ended."""
@@ -499,6 +507,7 @@ def generate_outline(job_pk: int) -> dict:
     4. The outline is stored and the job succeeds. Failures raise JobFailed; the
        task's failure hook ends the job failed with the message.
     """
+    ensure_owned(job_pk)
     job = begin_job(job_pk)
     if job is None:
         return {"job": job_pk, "status": "skipped"}

@@ -48,6 +48,7 @@ def plan_sections(job_pk: int) -> Plan | None:
     """Begin a document job and pick the sections to write: every section not
     done (on a re-run after the health check re-queued the job, the rest are
     kept). None if the job is gone or ended."""
+    jobs.ensure_owned(job_pk)
     job = jobs.begin_job(job_pk)
     if job is None:
         return None
@@ -128,6 +129,7 @@ def write_section(job_pk: int, position: int, *, final_attempt: bool) -> dict:
     propagates for the task to retry (except on its final attempt), and a cancel
     stops it (the section is marked cancelled).
     """
+    jobs.ensure_owned(job_pk)
     section = claim_section(job_pk, position)
     if section is None:
         return {"position": position, "status": "skipped"}
@@ -201,6 +203,7 @@ def job_task_ended(ended: Ended) -> None:
     job_pk = record.kwargs.get("job_pk", record.args[0] if record.args else None)
     if job_pk is None:
         return
+    jobs.ensure_owned(job_pk, celery_id=record.celery_id)  # args may be edited
     if ended.state == TaskState.REVOKED:
         jobs.cancelled_by_task(job_pk)
     elif ended.refusal == "poisoned":
@@ -219,6 +222,7 @@ def section_task_ended(ended: Ended) -> None:
     args = ended.record.args
     if len(args) < 2:
         return
+    jobs.ensure_owned(args[0], celery_id=ended.record.celery_id)  # args may be edited
     if ended.state == TaskState.REVOKED:
         status, error = Status.CANCELLED, "Cancelled."
     elif ended.refusal == "poisoned":
@@ -272,6 +276,7 @@ def finish_document(job_pk: int, *, celery_id: str) -> dict:
        be vectorized) in one transaction that locks the job row, so two finishing
        runs cannot both add it.
     """
+    jobs.ensure_owned(job_pk, celery_id=celery_id)
     job = WritingJob.objects.select_related("task").filter(pk=job_pk).first()
     if job is None or job.state != State.RUNNING:
         return {"job": job_pk, "status": job.state if job else "missing"}
@@ -377,6 +382,7 @@ def chord_broken(job_pk: int, *, celery_id: str, error: str) -> None:
     callback without running it. Sections left open are the failed ones (every
     member has reported when the chord breaks); the job then finishes as usual,
     and its task's record, which waited for the callback, ends with it."""
+    jobs.ensure_owned(job_pk, celery_id=celery_id)
     job = WritingJob.objects.select_related("task").filter(pk=job_pk).first()
     if job is None or job.task is None or job.task.celery_id != celery_id:
         return  # gone, or a stale chord of an attempt that was re-queued

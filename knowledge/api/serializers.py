@@ -34,7 +34,15 @@ class OwnKnowledgeBaseField(serializers.PrimaryKeyRelatedField):
 
 
 class KnowledgeBaseSerializer(serializers.ModelSerializer):
-    """The embedding provider, model and dimension are fixed at creation."""
+    """The embedding provider, model and dimension are fixed at creation (an
+    operator moves a knowledge base with `reindex_knowledge --provider`)."""
+
+    hybrid = serializers.BooleanField(
+        required=False,
+        help_text="Rank search results by reciprocal-rank fusion of the vectors' "
+        "cosine and BM25 over the chunk texts. Default: on for e5-small knowledge "
+        "bases, off for the others (see the README's measurements).",
+    )
 
     name = TextField(max_length=200)
     description = TextField(visible=False, required=False)
@@ -60,6 +68,7 @@ class KnowledgeBaseSerializer(serializers.ModelSerializer):
             "embedding_provider",
             "embedding_model",
             "embedding_dimension",
+            "hybrid",
             "version",
             "document_count",
             "chunk_count",

@@ -72,10 +72,22 @@ def check_body_size(request, field: str) -> None:
         )
 
 
-def submitted(request, task_name: str, submit: Callable[[str | None], TaskRecord]):
+def submitted(
+    request,
+    task_name: str,
+    submit: Callable[[str | None], TaskRecord],
+    target: KnowledgeBase | Document,
+    args: list | None = None,
+):
     """202 with the task submit(key) queues; a repeated Idempotency-Key answers
-    with the first request's task instead (tasks_app.api.idempotency)."""
-    record = idempotency.submit_once(request, task_name, submit)
+    with the first request's task instead, if that request was for the same
+    target and args, else 409 (tasks_app.api.idempotency)."""
+    record = idempotency.submit_once(
+        request,
+        task_name,
+        submit,
+        replay=lambda previous: idempotency.same_request(previous, target, args=args),
+    )
     return Response(TaskRecordSerializer(record).data, status=status.HTTP_202_ACCEPTED)
 
 
@@ -152,6 +164,9 @@ class KnowledgeBaseViewSet(OwnedQuerysetMixin, viewsets.ModelViewSet):
             lambda key: services.submit_update(
                 kb, body.validated_data["mode"], owner=request.user, idempotency_key=key
             ),
+            kb,
+            # the same key for another mode is another request
+            args=[kb.pk, body.validated_data["mode"]],
         )
 
     @extend_schema(
@@ -166,6 +181,7 @@ class KnowledgeBaseViewSet(OwnedQuerysetMixin, viewsets.ModelViewSet):
             lambda key: services.submit_delete_vectors(
                 kb=kb, owner=request.user, idempotency_key=key
             ),
+            kb,
         )
 
     @extend_schema(
@@ -317,6 +333,7 @@ class DocumentViewSet(
             lambda key: services.submit_vectorize(
                 document, owner=request.user, idempotency_key=key
             ),
+            document,
         )
 
     @extend_schema(
@@ -331,4 +348,5 @@ class DocumentViewSet(
             lambda key: services.submit_delete_vectors(
                 document=document, owner=request.user, idempotency_key=key
             ),
+            document,
         )

@@ -321,6 +321,45 @@ def test_an_idempotency_key_reused_for_another_task_is_409(api, kb, doc):
     assert TaskRecord.objects.count() == 1
 
 
+KEY_REUSES = [
+    ("post", "/api/v1/documents/{doc}/vectorize/", {}, "/api/v1/documents/{other_doc}/vectorize/", {}),
+    ("delete", "/api/v1/documents/{doc}/vectors/", {}, "/api/v1/documents/{other_doc}/vectors/", {}),
+    ("delete", "/api/v1/knowledge-bases/{kb}/vectors/", {}, "/api/v1/documents/{doc}/vectors/", {}),
+    ("delete", "/api/v1/knowledge-bases/{kb}/vectors/", {}, "/api/v1/knowledge-bases/{other_kb}/vectors/", {}),
+    ("post", "/api/v1/knowledge-bases/{kb}/update/", {}, "/api/v1/knowledge-bases/{other_kb}/update/", {}),
+    ("post", "/api/v1/knowledge-bases/{kb}/update/", {}, "/api/v1/knowledge-bases/{kb}/update/", {"mode": "full"}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("method, first_url, first_body, url, body", KEY_REUSES)
+def test_an_idempotency_key_reused_for_another_object_or_body_is_409(
+    api, alice, kb, doc, method, first_url, first_body, url, body
+):
+    other_kb = services.create_knowledge_base(alice, name="Other")
+    other_doc = add_ready(kb, "Dogs", "Dogs bark.")
+    ids = {
+        "kb": kb.pk,
+        "doc": doc.pk,
+        "other_kb": other_kb.pk,
+        "other_doc": other_doc.pk,
+    }
+    send = getattr(api, method)
+    first = send(
+        first_url.format(**ids), first_body, format="json", HTTP_IDEMPOTENCY_KEY="k-9"
+    )
+    assert first.status_code == 202
+
+    reused = send(url.format(**ids), body, format="json", HTTP_IDEMPOTENCY_KEY="k-9")
+    replayed = send(
+        first_url.format(**ids), first_body, format="json", HTTP_IDEMPOTENCY_KEY="k-9"
+    )
+
+    assert reused.status_code == 409
+    assert "Idempotency-Key (k-9)" in reused.json()["detail"]
+    assert replayed.status_code == 202 and replayed.json()["id"] == first.json()["id"]
+    assert TaskRecord.objects.count() == 1
+
+
 def test_update_takes_incremental_by_default_and_refuses_other_modes(api, kb):
     response = api.post(f"/api/v1/knowledge-bases/{kb.pk}/update/")
     assert response.status_code == 202

@@ -12,8 +12,10 @@ from collections.abc import Iterable
 
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, JsonResponse
-from rest_framework.exceptions import NotFound
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.views import exception_handler as drf_exception_handler
+
+from tasks_app.services import DelayTooLong
 
 
 def one_of(values: Iterable[str]) -> str:
@@ -38,6 +40,9 @@ def exception_handler(exc, context):
         # Django's message names the model ("No TaskRecord matches the given
         # query."); an API client needs only to know it is not there.
         exc = NotFound()
+    elif isinstance(exc, DelayTooLong):
+        # any endpoint that passes a client's countdown or eta to submit()
+        exc = ValidationError({exc.field: [str(exc).partition(": ")[2]]})
     response = drf_exception_handler(exc, context)
     if response is not None:
         response.data = field_errors(response.data)

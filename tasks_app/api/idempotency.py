@@ -22,7 +22,9 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from django.contrib.contenttypes.models import ContentType
 from django.db import connection, transaction
+from django.db.models import Model
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework import status
 from rest_framework.exceptions import APIException, ValidationError
@@ -105,6 +107,31 @@ def submit_once(
         if previous is not None:
             return replay(previous) if replay else previous
         return submit(key)
+
+
+def same_request(
+    previous: TaskRecord,
+    target: Model,
+    *,
+    args: list | None = None,
+    kwargs: dict | None = None,
+) -> TaskRecord:
+    """previous, if the request that first used its key was for the same target
+    (and, where given, the same arguments); otherwise KeyReused. claim() only
+    compares the task, so a replay that sends nothing else to compare would hand
+    back another object's task."""
+    same = (
+        previous.content_type_id == ContentType.objects.get_for_model(target).pk
+        and previous.object_id == target.pk
+        and (args is None or previous.args == args)
+        and (kwargs is None or previous.kwargs == kwargs)
+    )
+    if not same:
+        raise KeyReused(
+            f"This {HEADER} ({previous.idempotency_key}) was already used for a "
+            "different request."
+        )
+    return previous
 
 
 def invalid(exc: Exception) -> ValidationError:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rest_framework.permissions import BasePermission
+
 
 class OwnedQuerysetMixin:
     """Limit a viewset's queryset to the user's own objects unless they are staff.
@@ -17,3 +19,14 @@ class OwnedQuerysetMixin:
         if user.is_staff:
             return queryset
         return queryset.filter(**{self.owner_field: user})
+
+
+class CanControlWorkers(BasePermission):
+    """Staff holding tasks_app.control_workers, as the admin's worker controls
+    need: is_staff alone lets a user look, not restart or shut down workers."""
+
+    def has_permission(self, request, view) -> bool:
+        user = request.user
+        return bool(
+            user and user.is_staff and user.has_perm("tasks_app.control_workers")
+        )

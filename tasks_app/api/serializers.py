@@ -112,9 +112,14 @@ class TaskEventSerializer(serializers.ModelSerializer):
 
 
 class RetrySerializer(serializers.Serializer):
-    args = serializers.ListField(required=False, help_text="Replaces the stored args.")
+    """Without a body the retry reruns the stored arguments; only staff may
+    replace them (anyone else sending args or kwargs gets a 403 naming them)."""
+
+    args = serializers.ListField(
+        required=False, help_text="Staff only: replaces the stored args."
+    )
     kwargs = serializers.DictField(
-        required=False, help_text="Replaces the stored kwargs."
+        required=False, help_text="Staff only: replaces the stored kwargs."
     )
 
 

@@ -5,17 +5,22 @@ import re
 from django.conf import settings
 from django.db.models import Q
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from tasks_app import dashboard, services, workers
 from tasks_app.api import params
-from tasks_app.api.permissions import OwnedQuerysetMixin
+from tasks_app.api.permissions import CanControlWorkers, OwnedQuerysetMixin
 from tasks_app.api.serializers import (
     PoolRestartSerializer,
     RetrySerializer,
@@ -76,6 +81,20 @@ class WorkerSerializer(serializers.Serializer):
 
 TASK_NAME = r"^[A-Za-z0-9_.:-]{1,200}$"
 CONFLICT = {409: {"description": "The task's state does not allow this."}}
+
+
+STAFF_EDITS_ARGUMENTS = (
+    "Only staff may change a task's arguments; retry without them to rerun "
+    "the stored ones."
+)
+
+
+def edited_arguments(request) -> list[str]:
+    """The argument fields (args, kwargs) a retry request sends, in that order."""
+    data = request.data
+    if not hasattr(data, "keys"):
+        return []
+    return [field for field in ("args", "kwargs") if field in data]
 
 
 def with_celery_id(queryset, celery_id: str):
@@ -188,7 +207,16 @@ class TaskRecordViewSet(
         )
 
     @extend_schema(
-        request=RetrySerializer, responses={202: TaskRecordSerializer, **CONFLICT}
+        request=RetrySerializer,
+        responses={
+            202: TaskRecordSerializer,
+            403: OpenApiResponse(
+                OpenApiTypes.OBJECT,
+                description="args or kwargs sent by a user who is not staff; the "
+                "body names them.",
+            ),
+            **CONFLICT,
+        },
     )
     @action(detail=True, methods=["post"])
     def retry(self, request, pk=None):
@@ -200,6 +228,11 @@ class TaskRecordViewSet(
                 {"detail": f"Task #{record.pk} is {record.state}, not retryable"},
                 status=status.HTTP_409_CONFLICT,
             )
+        edited = edited_arguments(request)
+        if edited and not request.user.is_staff:
+            # Tasks take raw ids: new arguments could name another user's
+            # objects. Editing them stays staff's (the admin's edit-and-retry).
+            raise PermissionDenied({field: [STAFF_EDITS_ARGUMENTS] for field in edited})
         body = RetrySerializer(data=request.data)
         body.is_valid(raise_exception=True)
         try:
@@ -285,7 +318,7 @@ def control_response(field: str, send) -> Response:
 
 
 class PoolRestartView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [CanControlWorkers]
 
     @extend_schema(request=PoolRestartSerializer, responses=CONTROL_RESPONSES)
     def post(self, request):
@@ -298,7 +331,7 @@ class PoolRestartView(APIView):
 
 
 class ShutdownView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [CanControlWorkers]
 
     @extend_schema(request=ShutdownSerializer, responses=CONTROL_RESPONSES)
     def post(self, request):

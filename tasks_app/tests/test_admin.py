@@ -6,8 +6,10 @@ from unittest.mock import patch
 
 import pytest
 from django.contrib.admin.models import LogEntry
+from django.test import Client
 from django.urls import reverse
 
+from conftest import OPERATIONS_PERMISSIONS, grant
 from tasks_app import rollups, services, workers
 from tasks_app.models import TaskRecord
 from tasks_app.tests.ledger_runs import run
@@ -362,3 +364,228 @@ def test_owner_filter_lists_the_signed_in_user_once(admin_client, admin_user, al
     assert f"me ({admin_user.username})" in html
     assert f"?owner={admin_user.pk}" not in html  # not a second time by name
     assert f"?owner={alice.pk}" in html
+
+
+# --- permissions and CSRF of every operation ------------------------------------
+# Each operation posts what its page would, and says whether anything changed.
+
+
+def post_retry_action(client):
+    record = make_record(State.FAILURE)
+    with patch("tasks_app.services.app.send_task") as send:
+        response = client.post(
+            reverse("admin:tasks_app_taskrecord_changelist"),
+            {"action": "retry_selected", "_selected_action": [record.pk]},
+        )
+    record.refresh_from_db()
+    return response, record.state != State.FAILURE or send.called
+
+
+def post_cancel_action(client):
+    record = make_record(State.PENDING)
+    with patch("tasks_app.workers.revoke") as revoke:
+        response = client.post(
+            reverse("admin:tasks_app_taskrecord_changelist"),
+            {"action": "cancel_selected", "_selected_action": [record.pk]},
+        )
+    record.refresh_from_db()
+    return response, record.state != State.PENDING or revoke.called
+
+
+def post_new_task(client):
+    with patch("tasks_app.services.app.send_task"):
+        response = client.post(
+            reverse("admin:tasks_app_new_task"),
+            {"name": "tests.add", "args": "[2, 3]", "kwargs": "{}", "priority": 5},
+        )
+    return response, TaskRecord.objects.exists()
+
+
+def post_edit_and_retry(client):
+    record = make_record(State.FAILURE)
+    with patch("tasks_app.services.app.send_task"):
+        response = client.post(
+            reverse("admin:tasks_app_edit_and_retry", args=[record.pk]),
+            {"args": "[7, 8]", "kwargs": "{}"},
+        )
+    record.refresh_from_db()
+    return response, record.state != State.FAILURE or record.args != [1, 2]
+
+
+def post_worker_control(client):
+    answer = {"w1@host": {"ok": "shutting down"}}
+    with patch("tasks_app.workers.shutdown", return_value=answer) as shutdown:
+        response = client.post(
+            reverse("admin:tasks_app_workers_control"),
+            {"operation": "shutdown", "worker": "w1@host", "confirm": "yes"},
+        )
+    return response, shutdown.called or LogEntry.objects.exists()
+
+
+def post_failure_group_retry(client):
+    finished(State.FAILURE, error="KeyError('x')")
+    with patch("tasks_app.services.app.send_task") as send:
+        response = client.post(reverse("admin:tasks_app_failures"), {"group": 0})
+    changed = TaskRecord.objects.exclude(state=State.FAILURE).exists()
+    return response, changed or send.called
+
+
+def post_run_now(client):
+    from django_celery_beat.models import PeriodicTask
+
+    from tasks_app.schedules import HEALTH
+
+    schedule = PeriodicTask.objects.get(name=HEALTH)
+    with patch("tasks_app.services.app.send_task"):
+        response = client.post(
+            reverse("admin:django_celery_beat_periodictask_changelist"),
+            {"action": "run_now_selected", "_selected_action": [schedule.pk]},
+        )
+    return response, TaskRecord.objects.exists()
+
+
+OPERATIONS = {
+    "retry action": (post_retry_action, ["tasks_app.retry_taskrecord"]),
+    "cancel action": (post_cancel_action, ["tasks_app.cancel_taskrecord"]),
+    "new task": (post_new_task, ["tasks_app.submit_taskrecord"]),
+    "edit and retry": (
+        post_edit_and_retry,
+        ["tasks_app.retry_taskrecord", "tasks_app.submit_taskrecord"],
+    ),
+    "worker control": (post_worker_control, ["tasks_app.control_workers"]),
+    "failure group retry": (post_failure_group_retry, ["tasks_app.retry_taskrecord"]),
+    "run now": (post_run_now, ["django_celery_beat.change_periodictask"]),
+}
+VIEW = ("tasks_app.view_taskrecord", "django_celery_beat.view_periodictask")
+
+
+def client_of(django_user_model, *perms, **client_options) -> Client:
+    """A logged-in staff user who may view the task and schedule lists, plus perms."""
+    user = django_user_model.objects.create_user("limited", is_staff=True)
+    client = Client(**client_options)
+    client.force_login(grant(user, *VIEW, *perms))
+    return client
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_staff_lacking_an_operations_permission_change_nothing(
+    operation, django_user_model
+):
+    post, needed = OPERATIONS[operation]
+    # every permission but one this operation needs
+    others = [p for p in OPERATIONS_PERMISSIONS if p != needed[0]]
+    response, changed = post(client_of(django_user_model, *others))
+
+    assert not changed
+    if "action" in operation or operation == "run now":
+        # Django does not offer an action its user may not run ("No action
+        # selected.") and runs nothing
+        assert response.status_code == 302
+    else:
+        assert response.status_code == 403
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_staff_holding_an_operations_permissions_carry_it_out(
+    operation, django_user_model
+):
+    post, needed = OPERATIONS[operation]
+    response, changed = post(client_of(django_user_model, *needed))
+
+    assert response.status_code == 302 and changed
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_superusers_carry_out_every_operation(operation, admin_client):
+    post, _ = OPERATIONS[operation]
+    response, changed = post(admin_client)
+
+    assert response.status_code == 302 and changed
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_an_operation_posted_without_a_csrf_token_is_403_and_changes_nothing(
+    operation, django_user_model
+):
+    post, _ = OPERATIONS[operation]
+    client = client_of(
+        django_user_model, *OPERATIONS_PERMISSIONS, enforce_csrf_checks=True
+    )
+    response, changed = post(client)
+
+    assert response.status_code == 403 and not changed
+    assert b"CSRF" in response.content
+
+
+def test_pages_offer_only_the_operations_their_user_may_run(django_user_model):
+    record = make_record(State.FAILURE, error="KeyError('x')")
+    record.finished_at = record.created_at
+    record.save(update_fields=["finished_at"])
+    client = client_of(django_user_model)
+    info = workers.WorkerInfo(
+        name="w1@host", alive=True, pool="prefork", controls=["restart", "shutdown"]
+    )
+    with (
+        patch("tasks_app.workers.cluster", return_value=[info]),
+        patch("tasks_app.workers.queue_lengths", return_value={}),
+    ):
+        pages = [
+            client.get(reverse("admin:tasks_app_taskrecord_changelist")),
+            client.get(reverse("admin:tasks_app_taskrecord_change", args=[record.pk])),
+            client.get(reverse("admin:tasks_app_failures")),
+            client.get(reverse("admin:tasks_app_workers")),
+            client.get(reverse("admin:django_celery_beat_periodictask_changelist")),
+        ]
+    html = "".join(page.content.decode() for page in pages)
+
+    assert all(page.status_code == 200 for page in pages)
+    assert "w1@host" in html and "KeyError" in html
+    for offered in (
+        "retry_selected",
+        "cancel_selected",
+        "run_now_selected",
+        reverse("admin:tasks_app_new_task"),
+        reverse("admin:tasks_app_edit_and_retry", args=[record.pk]),
+        reverse("admin:tasks_app_workers_control"),
+        "Retry this group",
+    ):
+        assert offered not in html
+
+
+def test_new_task_refuses_a_countdown_the_broker_would_redeliver(admin_client):
+    from django.conf import settings
+
+    timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
+    url = reverse("admin:tasks_app_new_task")
+    with patch("tasks_app.services.app.send_task") as send:
+        response = admin_client.post(
+            url,
+            {
+                "name": "tests.add",
+                "args": "[1, 2]",
+                "kwargs": "{}",
+                "priority": 5,
+                "countdown": 3 * timeout,
+            },
+        )
+
+    assert response.status_code == 200  # the form again, with its error
+    errors = response.context["form"].errors
+    assert list(errors) == ["countdown"] and "at most" in errors["countdown"][0]
+    assert not TaskRecord.objects.exists()
+    send.assert_not_called()
+
+
+@pytest.mark.parametrize("group", ["", "x", "-1", "99"])
+def test_retrying_a_group_that_is_not_there_says_so_and_changes_nothing(
+    admin_client, group
+):
+    finished(State.FAILURE, error="KeyError('x')")
+    with patch("tasks_app.services.app.send_task") as send:
+        response = admin_client.post(
+            reverse("admin:tasks_app_failures"), {"group": group}, follow=True
+        )
+
+    assert "That group no longer exists." in response.content.decode()
+    assert TaskRecord.objects.get().state == State.FAILURE
+    send.assert_not_called()

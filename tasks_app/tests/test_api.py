@@ -72,6 +72,21 @@ def test_cluster_endpoints_are_staff_only(method, url, alice):
     assert response.status_code == 403
 
 
+@pytest.mark.parametrize(
+    "url", ["/api/v1/workers/pool/restart/", "/api/v1/workers/shutdown/"]
+)
+def test_worker_control_needs_the_control_workers_permission(url, staff):
+    body = {"worker": "w1@host", "confirm": True}
+    with (
+        patch("tasks_app.workers.shutdown") as shutdown,
+        patch("tasks_app.workers.pool_restart") as restart,
+    ):
+        response = client_for(staff).post(url, body, format="json")
+    assert response.status_code == 403
+    shutdown.assert_not_called()
+    restart.assert_not_called()
+
+
 def test_staff_sees_everyones_tasks_and_users_only_their_own(alice, bob, staff):
     mine, theirs = record_of(alice), record_of(bob)
     ids = [r["id"] for r in client_for(alice).get("/api/v1/tasks/").json()["results"]]
@@ -121,18 +136,56 @@ def test_retry_answers_202_then_409(alice, django_capture_on_commit_callbacks):
         patch("tasks_app.services.app.send_task") as send_task,
         django_capture_on_commit_callbacks(execute=True),
     ):
-        first = api.post(
-            f"/api/v1/tasks/{record.pk}/retry/", {"args": [5, 6]}, format="json"
-        )
+        first = api.post(f"/api/v1/tasks/{record.pk}/retry/")
     assert first.status_code == 202 and first.json()["state"] == "PENDING"
-    assert send_task.call_args.kwargs["args"] == [5, 6]
+    assert send_task.call_args.kwargs["args"] == [1, 2]  # the stored arguments
     second = api.post(f"/api/v1/tasks/{record.pk}/retry/")
     assert second.status_code == 409
 
 
-def test_retry_with_badly_typed_arguments_names_the_field(alice):
+@pytest.mark.parametrize(
+    "body,named",
+    [
+        ({"args": [5, 6]}, ["args"]),
+        ({"kwargs": {"x": 1}}, ["kwargs"]),
+        ({"args": [], "kwargs": {}}, ["args", "kwargs"]),
+        ({"args": None}, ["args"]),
+    ],
+)
+def test_only_staff_may_retry_with_other_arguments(alice, body, named):
     record = record_of(alice, State.FAILURE)
-    response = client_for(alice).post(
+    with patch("tasks_app.services.app.send_task") as send_task:
+        response = client_for(alice).post(
+            f"/api/v1/tasks/{record.pk}/retry/", body, format="json"
+        )
+    assert response.status_code == 403
+    assert sorted(response.json()) == named
+    assert "Only staff" in response.json()[named[0]][0]
+    record.refresh_from_db()
+    assert (record.state, record.args, record.kwargs) == (State.FAILURE, [1, 2], {})
+    send_task.assert_not_called()
+
+
+def test_staff_retry_with_edited_arguments(
+    alice, staff, django_capture_on_commit_callbacks
+):
+    record = record_of(alice, State.FAILURE)
+    with (
+        patch("tasks_app.services.app.send_task") as send_task,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        response = client_for(staff).post(
+            f"/api/v1/tasks/{record.pk}/retry/", {"args": [5, 6]}, format="json"
+        )
+    assert response.status_code == 202 and response.json()["state"] == "PENDING"
+    assert send_task.call_args.kwargs["args"] == [5, 6]
+    record.refresh_from_db()
+    assert record.args == [5, 6]
+
+
+def test_retry_with_badly_typed_arguments_names_the_field(alice, staff):
+    record = record_of(alice, State.FAILURE)
+    response = client_for(staff).post(
         f"/api/v1/tasks/{record.pk}/retry/", {"args": "not a list"}, format="json"
     )
     assert response.status_code == 400 and "args" in response.json()
@@ -148,11 +201,11 @@ def test_retry_of_a_running_task_is_409_whatever_its_body(alice):
     assert response.status_code == 409
 
 
-def test_retry_arguments_with_nul_characters_are_stored_redacted(alice):
+def test_retry_arguments_with_nul_characters_are_stored_redacted(alice, staff):
     # jsonb cannot store U+0000: the stored copy is redacted, the message has it
     record = record_of(alice, State.FAILURE)
     with patch("tasks_app.services.app.send_task"):
-        response = client_for(alice).post(
+        response = client_for(staff).post(
             f"/api/v1/tasks/{record.pk}/retry/",
             {"kwargs": {"a": ["ok", "n\x00l"], "k\x00": 1}},
             format="json",
@@ -193,8 +246,8 @@ def test_stats_count_by_state_and_name_from_the_rollups(staff, alice, settings):
     assert client_for(staff).get("/api/v1/tasks/stats/?hours=0").status_code == 400
 
 
-def test_shutdown_needs_a_worker_and_confirm(staff):
-    api = client_for(staff)
+def test_shutdown_needs_a_worker_and_confirm(operator):
+    api = client_for(operator)
     answer = {"w1": {"ok": "shutting down"}}
     with patch("tasks_app.workers.shutdown", return_value=answer) as shutdown:
         missing = api.post("/api/v1/workers/shutdown/", {"worker": "w1"}, format="json")

@@ -110,3 +110,14 @@ def test_a_crash_in_the_api_is_a_json_500(staff):
     assert response.status_code == 500
     assert response.json() == {"detail": "Server error."}
     assert "boom" not in response.content.decode()
+
+
+def test_a_countdown_the_broker_would_redeliver_is_a_400_naming_the_field():
+    from tasks_app import services
+    from tasks_app.api.errors import exception_handler
+
+    response = exception_handler(services.DelayTooLong("countdown", 6600), {})
+
+    assert response.status_code == 400
+    assert list(response.data) == ["countdown"]
+    assert "at most 6600 seconds" in response.data["countdown"][0]

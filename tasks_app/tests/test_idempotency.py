@@ -103,3 +103,21 @@ def test_concurrent_requests_with_one_key_write_their_rows_once(
     assert len(results) == 2 and results[0] == results[1]
     assert TaskRecord.objects.filter(name="tests.add").count() == 1
     assert TaskRecord.objects.filter(name="tests.sleep").count() == 1
+
+
+def test_same_request_replays_only_for_the_same_target_and_arguments(
+    db, django_user_model, django_capture_on_commit_callbacks
+):
+    alice = django_user_model.objects.create_user("alice")
+    bob = django_user_model.objects.create_user("bob")
+    with django_capture_on_commit_callbacks(execute=False):
+        first = services.submit(
+            "tests.add", args=[1, 2], owner=alice, target=alice, idempotency_key="k"
+        )
+
+    assert idempotency.same_request(first, alice) == first
+    assert idempotency.same_request(first, alice, args=[1, 2]) == first
+    with pytest.raises(idempotency.KeyReused, match=r"Idempotency-Key \(k\)"):
+        idempotency.same_request(first, bob)
+    with pytest.raises(idempotency.KeyReused):
+        idempotency.same_request(first, alice, args=[1, 3])

@@ -11,7 +11,7 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from django_celery_results.models import TaskResult
 
 from tasks_app import alerts, broker_inspect, maintenance, services
-from tasks_app.models import StaffAlert, TaskEvent, TaskRecord
+from tasks_app.models import AlertClaim, StaffAlert, TaskEvent, TaskRecord
 from tasks_app.workers import WorkerInfo
 
 State = TaskRecord.State
@@ -343,11 +343,20 @@ def test_an_active_alert_is_sent_again_after_the_repeat_window(settings):
     with patch("tasks_app.alerts._notify") as notify:
         assert alerts.raise_alert("k", "subject")
         assert not alerts.raise_alert("k", "subject")
-        StaffAlert.objects.filter(key="k").update(
-            last_sent_at=timezone.now() - timedelta(minutes=11)
-        )
+        AlertClaim.objects.update(sent_at=timezone.now() - timedelta(minutes=11))
         assert alerts.raise_alert("k", "subject")
     assert notify.call_count == 2
+
+
+@pytest.mark.django_db
+def test_an_alert_raised_again_after_it_was_resolved_is_sent_at_once():
+    with patch("tasks_app.alerts._notify") as notify:
+        assert alerts.raise_alert("k", "subject")
+        assert alerts.resolve_others([]) == 1
+        assert alerts.raise_alert("k", "subject")  # inside the repeat window
+        assert not alerts.raise_alert("k", "subject")
+    assert notify.call_count == 2
+    assert StaffAlert.objects.get(key="k").times_sent == 2
 
 
 @pytest.mark.django_db

@@ -4,11 +4,13 @@ control broadcast are patched (our own seams)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from unittest import mock
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import transaction
+from django.utils import timezone
 
 from claw.celery import app
 from tasks_app import services
@@ -231,10 +233,16 @@ def test_a_delivery_past_the_limit_is_refused_as_poisoned_and_fails(
         send_task, django_capture_on_commit_callbacks, name="tests.kill_self"
     )
     # tests.kill_self has max_retries=0: one run plus two redeliveries may start.
-    results = [
-        services.mark_started(record.celery_id, name=record.name, worker="w")
-        for _ in range(4)
-    ]
+    # Each run's process dies, and its worker releases the lease (LedgerRequest).
+    results = []
+    for n in range(4):
+        runner = f"w:{n}:token"
+        results.append(
+            services.mark_started(
+                record.celery_id, name=record.name, worker="w", runner=runner
+            )
+        )
+        services.release_lease(record.celery_id, holder=f"w:{n}:")
 
     record.refresh_from_db()
     assert results == [None, None, None, "poisoned"]
@@ -412,3 +420,178 @@ def test_submit_is_one_statement_in_the_callers_transaction(
     assert TaskRecord.objects.get(pk=record.pk).celery_id == record.celery_id
     assert kinds(record) == ["queued"]
     assert send_task.call_args.kwargs["headers"] == {"claw_record": record.pk}
+
+
+def refused(record: TaskRecord) -> list[TaskEvent]:
+    return list(record.events.filter(kind=TaskEvent.Kind.REFUSED).order_by("id"))
+
+
+def test_a_second_delivery_while_the_runners_lease_is_live_is_refused_and_recorded(
+    send_task, django_capture_on_commit_callbacks
+):
+    record = submitted(send_task, django_capture_on_commit_callbacks)
+    assert (
+        services.mark_started(
+            record.celery_id, name=record.name, worker="w1", runner="w1:10:a"
+        )
+        is None
+    )
+
+    refusal = services.mark_started(
+        record.celery_id, name=record.name, worker="w2", runner="w2:20:b"
+    )
+
+    record.refresh_from_db()
+    assert refusal == "duplicate"
+    assert (record.state, record.worker, record.runner) == (
+        State.STARTED,
+        "w1",
+        "w1:10:a",
+    )
+    assert (record.attempts, record.deliveries) == (1, 1)
+    assert kinds(record) == ["queued", "started", "refused"]
+    (event,) = refused(record)
+    assert (event.celery_id, event.worker) == (record.celery_id, "w2")
+    assert event.data == {"reason": "duplicate", "running_on": "w1:10:a"}
+
+
+def test_a_redelivery_takes_over_once_the_lease_lapsed_or_was_released(
+    send_task, django_capture_on_commit_callbacks
+):
+    record = submitted(send_task, django_capture_on_commit_callbacks)
+    services.mark_started(record.celery_id, name=record.name, worker="w1", runner="a")
+    TaskRecord.objects.filter(pk=record.pk).update(
+        lease_until=timezone.now() - timedelta(seconds=1)
+    )
+
+    assert (
+        services.mark_started(
+            record.celery_id, name=record.name, worker="w2", runner="w2:20:b"
+        )
+        is None
+    )
+    assert services.release_lease(record.celery_id, holder="w2:20:")
+    assert (
+        services.mark_started(
+            record.celery_id, name=record.name, worker="w3", runner="w3:30:c"
+        )
+        is None
+    )
+
+    record.refresh_from_db()
+    assert (record.worker, record.runner, record.deliveries) == ("w3", "w3:30:c", 3)
+    assert record.lease_until > timezone.now()
+    assert refused(record) == []
+
+
+def test_a_lost_commit_retried_by_its_own_runner_is_not_a_duplicate(
+    send_task, django_capture_on_commit_callbacks
+):
+    record = submitted(send_task, django_capture_on_commit_callbacks)
+    for _ in range(2):  # ledger_writes.reconnecting running the same write again
+        assert (
+            services.mark_started(
+                record.celery_id, name=record.name, worker="w1", runner="w1:1:a"
+            )
+            is None
+        )
+    assert refused(record) == []
+
+
+def test_only_the_runner_holding_a_lease_renews_it(
+    send_task, django_capture_on_commit_callbacks
+):
+    record = submitted(send_task, django_capture_on_commit_callbacks)
+    services.mark_started(record.celery_id, name=record.name, worker="w", runner="a")
+    past = timezone.now() - timedelta(seconds=1)
+    TaskRecord.objects.filter(pk=record.pk).update(lease_until=past)
+
+    assert services.renew_leases([record.celery_id], runner="someone-else") == 0
+    record.refresh_from_db()
+    assert record.lease_until == past
+    assert services.renew_leases([record.celery_id], runner="a") == 1
+    record.refresh_from_db()
+    assert record.lease_until > timezone.now()
+
+
+@pytest.mark.parametrize("with_header", [True, False])
+def test_a_delivery_of_an_earlier_attempt_is_refused_as_stale_and_recorded(
+    send_task, django_capture_on_commit_callbacks, with_header
+):
+    record = started(send_task, django_capture_on_commit_callbacks)
+    old_id = record.celery_id
+    services.mark_failed(old_id, error="boom")
+    with django_capture_on_commit_callbacks(execute=True):
+        record = services.retry(record)
+
+    refusal = services.mark_started(
+        old_id,
+        name=record.name,
+        worker="w9",
+        runner="w9:9:z",
+        record_id=str(record.pk) if with_header else None,
+    )
+
+    record.refresh_from_db()
+    assert refusal == "stale"
+    assert (record.state, record.attempts) == (State.PENDING, 1)
+    assert kinds(record) == ["queued", "started", "failed", "queued", "refused"]
+    (event,) = refused(record)
+    assert (event.celery_id, event.worker) == (old_id, "w9")
+    assert event.data == {"reason": "stale", "current": record.celery_id}
+    # the current attempt still runs
+    assert (
+        services.mark_started(record.celery_id, name=record.name, worker="w1") is None
+    )
+
+
+def test_a_delivery_no_record_ever_had_runs_untracked_and_writes_nothing():
+    assert (
+        services.mark_started("never-published", name="tests.add", worker="w") is None
+    )
+    assert not TaskEvent.objects.exists()
+
+
+# --- countdowns past the visibility timeout (celery#2599) ---------------------
+
+
+def test_a_countdown_past_the_visibility_timeout_is_refused_naming_the_field(
+    send_task, django_capture_on_commit_callbacks
+):
+    from django.conf import settings
+
+    timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
+    with (
+        django_capture_on_commit_callbacks(execute=True),
+        pytest.raises(services.DelayTooLong, match=r"^countdown: at most") as caught,
+    ):
+        services.submit("tests.add", args=[1, 2], countdown=3 * timeout)
+
+    assert caught.value.field == "countdown"
+    assert not TaskRecord.objects.exists()
+    send_task.assert_not_called()
+
+
+def test_an_eta_past_the_visibility_timeout_is_refused_and_a_near_one_taken(
+    send_task, django_capture_on_commit_callbacks
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    limit = services.longest_delay()
+    assert limit and limit > 0
+    far = timezone.now() + timedelta(seconds=limit + 60)
+    with pytest.raises(services.DelayTooLong, match=r"^eta: "):
+        services.submit("tests.add", args=[1, 2], eta=far)
+    with django_capture_on_commit_callbacks(execute=True):
+        near = services.submit("tests.add", args=[1, 2], countdown=limit - 60)
+
+    assert TaskRecord.objects.get() == near and near.eta is not None
+    send_task.assert_called_once()
+
+
+def test_the_filesystem_broker_has_no_visibility_timeout_to_outlive(settings):
+    settings.IS_FILESYSTEM_BROKER = True
+    assert services.longest_delay() is None
+    services.check_delay("countdown", 10**9)  # no error

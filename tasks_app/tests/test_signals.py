@@ -4,6 +4,7 @@ without a worker."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import timedelta
 from unittest import mock
@@ -15,7 +16,7 @@ from django.utils import timezone
 from django_celery_results.models import TaskResult
 
 from claw.celery import app
-from tasks_app import services
+from tasks_app import leases, services
 from tasks_app.models import TaskRecord
 
 State = TaskRecord.State
@@ -135,15 +136,25 @@ def test_an_accepted_delivery_runs_with_no_refusal():
     finally:
         task.pop_request()
     with mock.patch.object(services, "mark_started", return_value=None) as started:
-        from tasks_app.signals import on_task_prerun
+        from tasks_app.signals import on_task_postrun, on_task_prerun
 
         task.push_request(id="abc", hostname="w1")
         try:
             on_task_prerun("abc", task)
             assert task.request.claw_refusal is None
+            assert leases.held() == {"abc": task.request.claw_runner}
+            on_task_postrun(task_id="abc", task=task, state="SUCCESS")
+            assert leases.held() == {}  # the run's lease is no longer renewed
         finally:
             task.pop_request()
-    started.assert_called_once_with("abc", name="tests.add", worker="w1")
+    started.assert_called_once_with(
+        "abc",
+        name="tests.add",
+        worker="w1",
+        runner=mock.ANY,
+        record_id=None,
+    )
+    assert started.call_args.kwargs["runner"].startswith(f"w1:{os.getpid()}:")
 
 
 def test_a_poisoned_delivery_stores_failure_over_the_stale_started_result():
@@ -239,3 +250,26 @@ def test_storing_a_result_twice_updates_the_row_and_keeps_its_creation_time():
     stored = TaskResult.objects.get(task_id=task_id)
     assert (stored.status, stored.result) == ("FAILURE", '"second"')
     assert stored.date_created == created
+
+
+@pytest.mark.parametrize(("state", "released"), [("IGNORED", True), ("SUCCESS", False)])
+def test_a_run_that_ends_with_its_record_still_started_releases_its_lease(
+    state, released
+):
+    # Task.replace (a fan-out) and a requeueing Reject end the run while the
+    # record stays STARTED: the next delivery of the id must not be refused.
+    from tasks_app.signals import on_task_postrun
+
+    task_id = str(uuid.uuid4())
+    started_record(task_id)
+    TaskRecord.objects.filter(celery_id=task_id).update(runner="w1:7:abc")
+    task = app.tasks["tests.add"]
+    task.push_request(id=task_id, claw_runner="w1:7:abc")
+    try:
+        with mock.patch("tasks_app.connections.recycle"):  # the test's connection
+            on_task_postrun(task_id=task_id, task=task, state=state)
+    finally:
+        task.pop_request()
+
+    record = TaskRecord.objects.get(celery_id=task_id)
+    assert (record.lease_until is None) is released

@@ -92,8 +92,8 @@ def test_the_workers_page_offers_only_what_each_pool_supports(
     assert "Shut down" in rows[threads_worker.hostname]
 
 
-def test_controls_for_unknown_workers_are_404_naming_the_field(staff, celery_worker):
-    api = client_for(staff)
+def test_controls_for_unknown_workers_are_404_naming_the_field(operator, celery_worker):
+    api = client_for(operator)
     shutdown = api.post(
         "/api/v1/workers/shutdown/",
         {"worker": "nobody@nowhere", "confirm": True},
@@ -110,9 +110,9 @@ def test_controls_for_unknown_workers_are_404_naming_the_field(staff, celery_wor
 
 
 def test_a_pool_restart_every_worker_refuses_is_a_409_with_their_answers(
-    staff, threads_worker
+    operator, threads_worker
 ):
-    response = client_for(staff).post(
+    response = client_for(operator).post(
         "/api/v1/workers/pool/restart/",
         {"destination": [threads_worker.hostname]},
         format="json",

@@ -23,6 +23,9 @@ FAULT_ENV = {
     # Sweep the unacked hash every second instead of every 100 s.
     "CELERY_UNACKED_RESTORE_INTERVAL": "1",
     "CELERY_UNACKED_RESTORE_THROTTLE": "1",
+    # A running attempt's lease (renewed every third of it) lapses well before
+    # the visibility timeout hands a killed worker's message out again.
+    "CLAW_LEASE_SECONDS": "2",
 }
 
 

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('tasks_app', '0006_api_token'),
+        ('tasks_app', '0008_taskrecord_lease'),
     ]
 
     operations = [

@@ -3,7 +3,7 @@
 A child process (claw.settings on a fresh bench database) measures:
 1. embed: the hashing provider alone over 800-character chunks (half English,
    half Chinese), in EMBEDDING_BATCH_SIZE batches;
-2. vectorize: services.vectorize_document end to end (chunk, embed, store in one
+2. vectorize: vectorizing.vectorize_document end to end (chunk, embed, store in one
    transaction), synchronously, no worker, nothing reused;
 3. search: search() top-10 at 10k and 100k chunks of dimension 384. Chunks are
    COPYed in with random unit vectors (latency does not depend on their values);
@@ -27,7 +27,7 @@ django.setup()
 import numpy as np
 from django.contrib.auth import get_user_model
 from django.db import connection
-from knowledge import embeddings, search, services
+from knowledge import embeddings, search, services, vectorizing
 from knowledge.models import Chunk, Document
 
 quick = sys.argv[1] == "quick"
@@ -62,7 +62,7 @@ docs = 40 if quick else 200
 ids = [services.add_document(kb, title=f"d{i}", content=" ".join(text(10**6 + i * 10 + j)
        for j in range(5)), vectorize=False).pk for i in range(docs)]
 t = time.perf_counter()
-chunks = sum(services.vectorize_document(pk)["embedded"] for pk in ids)
+chunks = sum(vectorizing.vectorize_document(pk)["embedded"] for pk in ids)
 out["vectorize"] = {"chunks": chunks, "docs": docs, "elapsed": time.perf_counter() - t}
 
 # 3. search latency

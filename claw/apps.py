@@ -31,3 +31,8 @@ class ClawConfig(AppConfig):
         )
         # the platform's staff alerts reach staff as notifications and e-mail
         alerts.register_notifier(services.send_staff_alert)
+        # LLM tokens and reply times on /metrics
+        from claw.metrics import LlmCollector
+        from tasks_app import metrics
+
+        metrics.register_collector(LlmCollector())

@@ -614,6 +614,16 @@ CLAW_BEAT_STALE_AFTER = env_int("CLAW_BEAT_STALE_AFTER", 120)
 # Seconds /health reuses its checks' results (a worker broadcast and a broker
 # connection), so requests to it cannot tie up web workers; 0 checks every time.
 CLAW_HEALTH_CACHE_SECONDS = env_int("CLAW_HEALTH_CACHE_SECONDS", 5)
+# Rollups (tasks_app.rollups): seconds between two folds of new ledger events
+# into the per-minute/hour counts the dashboard, stats and /metrics read; how
+# long an event id missing from the sequence (its transaction not yet
+# committed) is looked for again; days per-minute and per-hour rows are kept.
+CLAW_ROLLUP_SECONDS = env_int("CLAW_ROLLUP_SECONDS", 10)
+CLAW_ROLLUP_GAP_SECONDS = env_int("CLAW_ROLLUP_GAP_SECONDS", 900)
+CLAW_ROLLUP_MINUTES_DAYS = env_int("CLAW_ROLLUP_MINUTES_DAYS", 2)
+CLAW_ROLLUP_HOURS_DAYS = env_int("CLAW_ROLLUP_HOURS_DAYS", 90)
+# Bearer token that may read /metrics (besides a staff session); unset: staff only.
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 
 
 def _not_kombu_default_hostname(record) -> bool:

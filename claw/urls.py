@@ -6,6 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from tasks_app.api import errors
 from tasks_app.health import health
+from tasks_app.metrics import metrics_view
 
 # Each app owns its API routes under /api/v1/ (<app>/api/urls.py).
 api_v1 = [
@@ -19,6 +20,7 @@ urlpatterns = [
     # The admin's "View site" leads here: where everything else is.
     path("", TemplateView.as_view(template_name="claw/index.html"), name="home"),
     path("health", health, name="health"),
+    path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

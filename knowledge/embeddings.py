@@ -256,10 +256,8 @@ class E5SmallProvider(Provider):
         return E5_MODEL
 
     def __init__(self, model: str, dimension: int):
-        if model and model != E5_MODEL:
-            raise EmbeddingRejected(
-                f"e5-small has one model, {E5_MODEL!r}; {model!r} is not it"
-            )
+        # One bundled model: a model name given anyway is ignored, as hashing
+        # ignores it (the knowledge base records the bundled one).
         super().__init__(E5_MODEL, dimension)
 
     def vectors(self, texts: list[str], *, query: bool = False) -> np.ndarray:

@@ -8,7 +8,7 @@ import time
 from django.conf import settings
 
 from claw.celery import app
-from knowledge import services
+from knowledge import services, vectorizing
 from knowledge.embeddings import EmbeddingUnavailable
 from knowledge.models import Document
 from tasks_app import fanout, retries
@@ -45,7 +45,7 @@ def vectorize_document_task(
     update: str | None = None,
     failures: int = 0,
 ) -> dict:
-    """Vectorize one document; see services.vectorize_document.
+    """Vectorize one document; see vectorizing.vectorize_document.
 
     1. Over the cluster-wide KNOWLEDGE_VECTORIZE_RATE_LIMIT the run is deferred
        to a later window: a Celery retry that is not a failure, up to
@@ -67,11 +67,11 @@ def vectorize_document_task(
         return {"document_id": document_id, "status": "skipped"}
     slot = None
     try:
-        slot = services.take_vectorize_slot()
+        slot = vectorizing.take_vectorize_slot()
         # Celery's soft time limit needs prefork; on the threads pool
         # (knowledge_remote) the same limit is a deadline checked between batches.
         deadline = time.monotonic() + self.soft_time_limit
-        outcome = services.vectorize_document(
+        outcome = vectorizing.vectorize_document(
             document_id,
             reuse=reuse,
             final_attempt=failures >= VECTORIZE_RETRIES,
@@ -102,12 +102,12 @@ def vectorize_document_task(
     if slot is not None:
         outcome["started_at"] = slot.at  # when the rate limit let it start
     if update:
-        services.report_update_progress(update)
+        vectorizing.report_update_progress(update)
     return outcome
 
 
 def _gave_up(document_id: int, exc: Exception, raise_on_failure: bool) -> dict:
-    failure = services.vectorize_failed(document_id, exc)
+    failure = vectorizing.vectorize_failed(document_id, exc)
     if raise_on_failure:
         raise failure
     return failure.outcome
@@ -128,11 +128,11 @@ def update_knowledge_base_task(
     Celery fails the chord, and the errback ends this record FAILURE instead of
     leaving it waiting. Nothing to do (an empty knowledge base) finishes at once.
     """
-    document_ids = services.plan_update(kb_id, mode)
+    document_ids = vectorizing.plan_update(kb_id, mode)
     if document_ids is None:
         return {"knowledge_base": kb_id, "mode": mode, "status": "missing"}
     if not document_ids:
-        return services.finish_update([], kb_id=kb_id, mode=mode)
+        return vectorizing.finish_update([], kb_id=kb_id, mode=mode)
     report_progress(0, len(document_ids), f"vectorizing {len(document_ids)} documents")
     queue = services.vectorize_queue(kb_id)
     members = [
@@ -156,13 +156,13 @@ def update_callback(kb_id: int, mode: str):
 
 @app.task(name="knowledge.finish_knowledge_base_update")
 def finish_update_task(outcomes: list[dict], *, kb_id: int, mode: str) -> dict:
-    return services.finish_update(outcomes, kb_id=kb_id, mode=mode)
+    return vectorizing.finish_update(outcomes, kb_id=kb_id, mode=mode)
 
 
 # Ends an update whose chord broke, naming the knowledge base's failed documents.
 update_broken_task = fanout.errback_task(
     "knowledge.knowledge_base_update_broken",
-    lambda parent, kwargs, error: services.fail_update(
+    lambda parent, kwargs, error: vectorizing.fail_update(
         parent, kb_id=kwargs.get("kb_id"), error=error
     ),
 )
@@ -175,4 +175,4 @@ update_broken_task = fanout.errback_task(
 def delete_knowledge_vectors_task(
     kb_id: int | None = None, document_id: int | None = None
 ) -> dict:
-    return services.delete_vectors(kb_id=kb_id, document_id=document_id)
+    return vectorizing.delete_vectors(kb_id=kb_id, document_id=document_id)

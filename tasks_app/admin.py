@@ -14,9 +14,8 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 from django_celery_results.models import TaskResult
 
-from tasks_app import services
-from tasks_app.admin_views import CANCEL, RETRY, OperationsViews
-from tasks_app.admin_widgets import progress_bar, state_badge
+from tasks_app import display, services
+from tasks_app.admin_views import CANCEL, RETRY, OperationsViews, live_cells
 from tasks_app.models import StaffAlert, TaskRecord
 
 
@@ -103,8 +102,14 @@ class OwnerFilter(admin.SimpleListFilter):
     def lookups(self, request, model_admin):
         from django.contrib.auth import get_user_model
 
-        users = get_user_model().objects.order_by("username")[:100]
-        return [("me", "me"), ("none", "nobody (beat, canvas)")] + [
+        # The signed-in user is "me" only, not listed a second time by name.
+        users = (
+            get_user_model()
+            .objects.exclude(pk=request.user.pk)
+            .order_by("username")[:100]
+        )
+        me = f"me ({request.user.get_username()})"
+        return [("me", me), ("none", "nobody (beat, canvas)")] + [
             (str(u.pk), u.get_username()) for u in users
         ]
 
@@ -117,6 +122,16 @@ class OwnerFilter(admin.SimpleListFilter):
         if value and value.isdigit():
             return queryset.filter(owner_id=int(value))
         return queryset
+
+
+def live_cell(record: TaskRecord, field: str) -> str:
+    """One of live_cells(), wrapped so the live page can update it in place."""
+    return format_html(
+        '<span data-claw-record="{}" data-claw-field="{}">{}</span>',
+        record.pk,
+        field,
+        live_cells(record)[field],
+    )
 
 
 @admin.register(TaskRecord)
@@ -132,7 +147,7 @@ class TaskRecordAdmin(OperationsViews, admin.ModelAdmin):
         "priority",
         "worker",
         "owner",
-        "created_at",
+        "created",
     )
     list_filter = ("state", QueueFilter, TaskNameFilter, OwnerFilter, "created_at")
     search_fields = ("=celery_id", "name")  # see search_records
@@ -144,13 +159,11 @@ class TaskRecordAdmin(OperationsViews, admin.ModelAdmin):
         "results",
         "target_link",
         "children_links",
+        "progress_detail",
     ]
     fieldsets = (
         (None, {"fields": ("name", "state", "queue", "priority", "owner", "worker")}),
-        (
-            "Progress",
-            {"fields": ("progress_current", "progress_total", "progress_message")},
-        ),
+        ("Progress", {"fields": ("progress_detail",)}),
         (
             "Attempts",
             {
@@ -213,17 +226,27 @@ class TaskRecordAdmin(OperationsViews, admin.ModelAdmin):
 
     @admin.display(description="State", ordering="state")
     def state_(self, obj: TaskRecord) -> str:
-        return state_badge(obj.state, obj.get_state_display())
+        return live_cell(obj, "state")
 
     @admin.display(description="Progress")
     def progress(self, obj: TaskRecord) -> str:
-        return progress_bar(obj)
+        return live_cell(obj, "progress")
+
+    @admin.display(description="Progress")
+    def progress_detail(self, obj: TaskRecord) -> str:
+        return format_html(
+            "{} {}", live_cell(obj, "state"), live_cell(obj, "progress_detail")
+        )
+
+    @admin.display(description="Created", ordering="created_at")
+    def created(self, obj: TaskRecord) -> str:
+        # The timeline's format, to the minute: one way to write a time, and
+        # narrow enough for the list to fit a 1366 px screen.
+        return display.local(obj.created_at)[:16]
 
     @admin.display(description="Duration")
     def duration(self, obj: TaskRecord) -> str:
-        if obj.started_at and obj.finished_at:
-            return f"{(obj.finished_at - obj.started_at).total_seconds():.1f}s"
-        return "–"
+        return live_cell(obj, "duration")
 
     @admin.display(description="Arguments")
     def arguments(self, obj: TaskRecord) -> str:
@@ -242,7 +265,7 @@ class TaskRecordAdmin(OperationsViews, admin.ModelAdmin):
             format_html(
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code>"
                 "</td></tr>",
-                event.at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
+                display.local(event.at, ms=True),  # the page's one time zone
                 event.kind,
                 event.attempt,
                 event.worker,
@@ -250,9 +273,14 @@ class TaskRecordAdmin(OperationsViews, admin.ModelAdmin):
             )
             for event in obj.events.all()[:500]
         ]
+        # data-after: the live page asks for the events after the last one shown.
+        last = obj.events.order_by("-id").values_list("id", flat=True).first()
         return format_html(
-            '<table class="claw-timeline"><tr><th>time</th><th>event</th>'
+            '<table class="claw-timeline" data-claw-timeline="{}" data-after="{}">'
+            "<tr><th>time</th><th>event</th>"
             "<th>attempt</th><th>worker</th><th>data</th></tr>{}</table>",
+            obj.pk,
+            last or 0,
             mark_safe("".join(rows)),  # each row came from format_html
         )
 
@@ -265,8 +293,8 @@ class TaskRecordAdmin(OperationsViews, admin.ModelAdmin):
                 "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td><pre>{}</pre>"
                 "</td></tr>",
                 result.task_id,
-                result.status,
-                result.date_done,
+                display.state_label(result.status),
+                display.local(result.date_done),
                 (result.result or "")[:2000],
             )
             for result in TaskResult.objects.filter(task_id__in=ids).order_by(
@@ -296,7 +324,7 @@ class TaskRecordAdmin(OperationsViews, admin.ModelAdmin):
                     reverse("admin:tasks_app_taskrecord_change", args=[pk]),
                     pk,
                     name,
-                    state,
+                    display.state_label(state),
                 )
                 for pk, name, state in children
             ),
@@ -351,7 +379,9 @@ class TaskRecordAdmin(OperationsViews, admin.ModelAdmin):
                     refused[str(exc)] = refused.get(str(exc), 0) + 1
                 else:
                     skipped[record.state] = skipped.get(record.state, 0) + 1
-        reasons = ", ".join(f"{n} {state}" for state, n in sorted(skipped.items()))
+        reasons = ", ".join(
+            f"{n} {display.state_label(state)}" for state, n in sorted(skipped.items())
+        )
         level = messages.SUCCESS if changed else messages.WARNING
         self.message_user(
             request,

@@ -7,6 +7,7 @@ import json
 from django import forms
 from django.conf import settings
 from django.utils import timezone
+from django.utils.functional import lazy
 
 from claw.celery import registered_tasks
 from tasks_app import services
@@ -58,7 +59,16 @@ class NewTaskForm(ArgumentsForm):
     )
     priority = forms.IntegerField(min_value=0, max_value=9, initial=5)
     countdown = forms.FloatField(min_value=0, required=False, help_text="seconds")
-    eta = forms.DateTimeField(required=False, help_text="YYYY-MM-DD HH:MM:SS")
+    eta = forms.DateTimeField(
+        required=False,
+        help_text=lazy(
+            lambda: (
+                "YYYY-MM-DD HH:MM:SS, in the admin's time zone, "
+                + timezone.get_current_timezone_name()
+            ),
+            str,
+        )(),
+    )
 
     field_order = ["name", "args", "kwargs", "queue", "priority", "countdown", "eta"]
 

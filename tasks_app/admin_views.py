@@ -10,17 +10,25 @@ from django.contrib import messages
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
-from django.http import HttpResponseRedirect
+from django.http import HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import format_html
-from django.utils.safestring import mark_safe
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from tasks_app import dashboard, services, workers
+from tasks_app import (
+    charts,
+    dashboard,
+    display,
+    metrics,
+    rollups,
+    services,
+    workers,
+)
 from tasks_app.admin_forms import ArgumentsForm, NewTaskForm
-from tasks_app.models import TaskRecord
+from tasks_app.admin_widgets import progress_bar, state_badge
+from tasks_app.models import TaskEvent, TaskRecord
 
 # Staff may look; changing anything takes the model permission for it
 # (TaskRecord.Meta.permissions), granted per user or group like any other.
@@ -47,6 +55,11 @@ class OperationsViews:
                 "dashboard/",
                 self.admin_site.admin_view(self.dashboard_view),
                 name="tasks_app_dashboard",
+            ),
+            path(
+                "live/",
+                self.admin_site.admin_view(self.live_view),
+                name="tasks_app_live",
             ),
             path(
                 "failures/",
@@ -77,27 +90,119 @@ class OperationsViews:
         return extra + super().get_urls()
 
     def dashboard_view(self, request):
-        stats = dashboard.summary(24, slowest=True)
+        # Everything but the broker's queue lengths and the worker ping comes
+        # from the rollups (tasks_app.dashboard), so this page costs the same at
+        # ten thousand records as at ten million.
+        stats = dashboard.summary(24)
         by_state, names = stats["by_state"], stats["by_name"]
-        chart_rows = dashboard.hourly_filled(stats["start"], rows=stats["hourly"])
+        queues = _safely(workers.queue_lengths, {})
+        oldest = dashboard.oldest_waiting(sorted(set(queues) | set(stats["by_queue"])))
+        now = timezone.now()
         context = {
             **self.admin_site.each_context(request),
-            "title": "Task dashboard (last 24 h)",
-            "by_state": [(s, by_state.get(s, 0)) for s in TaskRecord.State.values],
-            "chart": hourly_chart(chart_rows),
-            "slowest": stats["slowest"],
-            "failing": sorted(
-                ((n, c) for n, c in names.items() if c["failed"]),
-                key=lambda item: -item[1]["failed"],
-            )[:5],
-            "failure_rate": dashboard.failure_rate(by_state),
-            "queues": _safely(workers.queue_lengths, {}),
-            "live_workers": _safely(
-                lambda: dashboard.cached("claw:live-workers", workers.ping), []
+            "title": "Task dashboard",
+            "by_state": [
+                (s, label, by_state.get(s, 0)) for s, label in TaskRecord.State.choices
+            ],
+            "charts": [
+                (
+                    "Last hour, per minute",
+                    charts.bar_chart(
+                        dashboard.per_slot(1, rollups.MINUTE),
+                        label_format="%H:%M",
+                        every=10,
+                        chart_id="chart-hour",
+                    ),
+                ),
+                (
+                    "Last 24 hours, per hour",
+                    charts.bar_chart(
+                        dashboard.per_slot(24, rollups.HOUR),
+                        label_format="%H:00",
+                        every=3,
+                        chart_id="chart-day",
+                    ),
+                ),
+                (
+                    "Last 7 days, per hour",
+                    charts.bar_chart(
+                        dashboard.per_slot(24 * 7, rollups.HOUR),
+                        label_format="%a %H:00",
+                        every=24,
+                        chart_id="chart-week",
+                    ),
+                ),
+            ],
+            "types": sorted(
+                (
+                    {
+                        "name": name,
+                        **c,
+                        "failure_rate": display.percent(c["failure_rate"]),
+                        "run_p50": display.duration(c["run_p50"]),
+                        "run_p95": display.duration(c["run_p95"]),
+                        "wait_p95": display.duration(c["wait_p95"]),
+                    }
+                    for name, c in names.items()
+                ),
+                key=lambda row: (-row["total"], row["name"]),
             ),
+            "queue_rows": [
+                {
+                    "name": queue,
+                    "backlog": queues.get(queue),
+                    "latency": display.duration(
+                        (now - oldest[queue]) if oldest.get(queue) else None
+                    ),
+                    "per_hour": stats["by_queue"].get(queue, {}).get("finished", 0)
+                    / 24,
+                }
+                for queue in sorted(set(queues) | set(stats["by_queue"]))
+            ],
+            "failure_rate": display.percent(dashboard.failure_rate(by_state)),
+            # The ping waits for replies: reused for a few seconds, as /metrics.
+            "live_workers": _safely(metrics.live_workers, []),
             "cache_seconds": settings.CLAW_STATS_CACHE_SECONDS,
+            "rollup_seconds": settings.CLAW_ROLLUP_SECONDS,
+            "time_zone": timezone.get_current_timezone_name(),
         }
         return TemplateResponse(request, "admin/tasks_app/dashboard.html", context)
+
+    def live_view(self, request):
+        """What the live pages (tasks_app/static/tasks_app/live.js) poll: the
+        cells of the records on the page and the timeline events after one.
+
+        ?ids=1,2,3 (at most LIVE_MAX_IDS); for a task's page also ?record=<id>
+        &after=<last event id>. Small and read through the primary key and the
+        events' (record, id) index, whatever the page's filters were.
+        """
+        if not self.has_view_permission(request):
+            return JsonResponse({"detail": "Not allowed."}, status=403)
+        try:
+            ids = _id_list(request.GET.get("ids", ""))
+            record = int(request.GET.get("record") or 0)
+            after = int(request.GET.get("after") or 0)
+        except ValueError as exc:
+            return JsonResponse({"ids": str(exc)}, status=400)
+        records = TaskRecord.objects.filter(pk__in=ids)
+        body = {
+            "now": display.local(timezone.now()),
+            "tasks": {str(r.pk): live_cells(r) for r in records},
+        }
+        if record:
+            events = TaskEvent.objects.filter(record_id=record, id__gt=after)
+            body["events"] = [
+                {
+                    "id": e.id,
+                    "at": display.local(e.at, ms=True),
+                    "kind": e.kind,
+                    "attempt": e.attempt,
+                    "worker": e.worker,
+                    "data": json.dumps(e.data, ensure_ascii=False)[:300],
+                }
+                for e in events.order_by("id")[:LIVE_MAX_EVENTS]
+            ]
+        return JsonResponse(body)
 
     def failures_view(self, request):
         """Failures of the last 7 days grouped by task and normalised error."""
@@ -242,48 +347,38 @@ class OperationsViews:
         return back
 
 
+LIVE_MAX_IDS = 200
+LIVE_MAX_EVENTS = 200
+
+
+def _id_list(text: str) -> list[int]:
+    """ "1,2,3" -> [1, 2, 3]; ValueError naming what is wrong."""
+    parts = [p for p in text.split(",") if p.strip()]
+    if len(parts) > LIVE_MAX_IDS:
+        raise ValueError(f"At most {LIVE_MAX_IDS} ids.")
+    if not all(p.strip().isascii() and p.strip().isdigit() for p in parts):
+        raise ValueError("Comma-separated record ids.")
+    return [int(p) for p in parts]
+
+
+def live_cells(record: TaskRecord) -> dict:
+    """The live cells of a record, as the list and the task page render them
+    (each HTML fragment built with format_html)."""
+    duration = "–"
+    if record.started_at and record.finished_at:
+        duration = display.duration(record.finished_at - record.started_at)
+    return {
+        "state": state_badge(record.state, record.get_state_display()),
+        "progress": progress_bar(record),
+        "progress_detail": progress_bar(record, wide=True),
+        "duration": duration,
+        "final": record.is_final,
+    }
+
+
 def _safely(call, default):
     # The dashboard must render even when the broker is down.
     try:
         return call()
     except Exception:
         return default
-
-
-def hourly_chart(rows: list[dict], width: int = 720, height: int = 160) -> str:
-    """Finished (blue) and failed (red) per hour as a server-rendered SVG bar chart."""
-    if not rows:
-        return ""
-    peak = max(r["finished"] for r in rows) or 1
-    step = width / max(len(rows), 1)
-    bars = []
-    for i, row in enumerate(rows):
-        h_all = height * row["finished"] / peak
-        h_failed = height * row["failed"] / peak
-        x = i * step
-        # format_html escapes its arguments to strings first, so numbers are
-        # formatted here.
-        bars.append(
-            format_html(
-                '<rect x="{}" y="{}" width="{}" height="{}" fill="#0d6efd">'
-                "<title>{}: {} finished, {} failed</title></rect>"
-                '<rect x="{}" y="{}" width="{}" height="{}" fill="#dc3545"/>',
-                f"{x:.1f}",
-                f"{height - h_all:.1f}",
-                f"{step * 0.8:.1f}",
-                f"{h_all:.1f}",
-                f"{row['hour']:%H:00}",
-                row["finished"],
-                row["failed"],
-                f"{x:.1f}",
-                f"{height - h_failed:.1f}",
-                f"{step * 0.8:.1f}",
-                f"{h_failed:.1f}",
-            )
-        )
-    return format_html(
-        '<svg class="claw-chart" width="{}" height="{}" role="img">{}</svg>',
-        width,
-        height,
-        mark_safe("".join(bars)),  # each bar came from format_html
-    )

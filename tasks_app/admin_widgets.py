@@ -30,18 +30,32 @@ def state_badge(state: str, label: str) -> str:
     )
 
 
-def progress_bar(record: TaskRecord) -> str:
+def progress_bar(record: TaskRecord, *, wide: bool = False) -> str:
+    """A bar with its percentage; "3 of 4" and the message on hover (and, wide,
+    beside it on a task's page). A finished record's bar is full."""
     percent = record.progress_percent
     if percent is None:
-        return "–"
+        if record.state != TaskRecord.State.SUCCESS:
+            return "–"
+        percent = 100
+    width = 320 if wide else 110
+    detail = f"{record.progress_current} of {record.progress_total}"
+    if record.progress_message:
+        detail += f": {record.progress_message}"
     return format_html(
-        '<div class="claw-progress" title="{}" style="width:110px;background:#e9ecef;'
-        'border-radius:3px"><div style="width:{}%;background:#0d6efd;height:10px;'
-        'border-radius:3px"></div></div><small>{}/{}</small>',
-        record.progress_message,
+        '<div class="claw-progress" role="progressbar" aria-valuenow="{}"'
+        ' aria-valuemin="0" aria-valuemax="100" title="{}" style="display:inline-block;'
+        'vertical-align:middle;width:{}px;background:#e9ecef;border-radius:3px">'
+        '<div class="claw-progress-fill" style="width:{}%;background:{};height:10px;'
+        'border-radius:3px"></div></div> <small class="claw-progress-text">{}%{}'
+        "</small>",
         percent,
-        record.progress_current,
-        record.progress_total,
+        detail,
+        width,
+        percent,
+        BADGE_COLOURS.get(record.state, "#0d6efd"),
+        percent,
+        f" ({detail})" if wide else "",
     )
 
 

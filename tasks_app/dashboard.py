@@ -1,96 +1,171 @@
-"""Aggregate queries over the ledger for the admin dashboard and the stats API.
+"""Aggregates for the admin dashboard, the stats API and /metrics.
 
-Each is one GROUP BY inside a time window, so the cost follows the window, not the
-table. A busy day still puts a million rows in a 24-hour window, and counting them
-takes the database most of a second however it is indexed, so summary() runs two
-such queries for everything both pages show and keeps the answer in the cache for
-CLAW_STATS_CACHE_SECONDS: page views cost a cache read, and the ledger's per-task
-writes pay nothing for the dashboard (no rollup tables to keep up to date).
+They read tasks_app.rollups' per-minute, per-hour and all-time rows, never the
+records: a chart of 7 days is 168 slots summed by the database whatever the
+ledger's size, and no transition pays for them (the rows are folded off the hot
+path). What the rollups cannot know, the records still answer through an index:
+the oldest waiting record of each queue. summary() may be kept in the cache for
+CLAW_STATS_CACHE_SECONDS; with the rollups it is cheap without it too.
 """
 
 from __future__ import annotations
 
 import re
+from collections import defaultdict
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db.models import (
-    Avg,
-    Count,
-    DurationField,
-    ExpressionWrapper,
-    F,
-    Max,
-    Min,
-    Q,
-    Sum,
-)
-from django.db.models.functions import TruncHour
+from django.db.models import Count, Max, Min, Q, Sum
 from django.utils import timezone
 
-from tasks_app import text
-from tasks_app.models import TaskRecord
+from tasks_app import rollups, text
+from tasks_app.models import TaskRecord, TaskRollup
 
 FAILED = Q(state=TaskRecord.State.FAILURE)
+Outcome = TaskRollup.Outcome
+State = TaskRecord.State
+
+# The state a record enters with each outcome: the one set of names the
+# dashboard, the stats API and the task list share.
+OUTCOME_STATES = {
+    Outcome.SENT: State.PENDING,
+    Outcome.STARTED: State.STARTED,
+    Outcome.RETRIED: State.RETRY,
+    Outcome.SUCCEEDED: State.SUCCESS,
+    Outcome.FAILED: State.FAILURE,
+    Outcome.REVOKED: State.REVOKED,
+    Outcome.LOST: State.LOST,
+}
+FINISHED = (Outcome.SUCCEEDED, Outcome.FAILED, Outcome.REVOKED, Outcome.LOST)
+# Runs that ended with a result, whose times make a task type's run time.
+RAN = (Outcome.SUCCEEDED, Outcome.FAILED)
 
 
 def since(hours: int) -> datetime:
     return timezone.now() - timedelta(hours=hours)
 
 
-def counts_by_state(start: datetime) -> dict[str, int]:
-    rows = TaskRecord.objects.filter(created_at__gte=start).values_list("state")
-    return dict(rows.annotate(n=Count("id")).order_by())
+def _span_for(hours: int) -> int:
+    return rollups.MINUTE if hours <= 2 else rollups.HOUR
 
 
-def counts_by_name(start: datetime) -> dict[str, dict[str, int]]:
+def _window(hours: int):
+    span = _span_for(hours)
+    return TaskRollup.objects.filter(
+        span=span, start__gte=rollups.slot(since(hours), span)
+    )
+
+
+def outcome_counts(hours: int) -> dict[str, int]:
+    """How often each outcome happened in the window (whole slots)."""
+    rows = _window(hours).values_list("outcome").annotate(n=Sum("count")).order_by()
+    return {outcome: n for outcome, n in rows}
+
+
+def states_entered(counts: dict[str, int]) -> dict[str, int]:
+    """outcome_counts() under state names: how many times each state was entered."""
+    return {
+        OUTCOME_STATES[outcome].value: n for outcome, n in counts.items() if n
+    }  # fmt: skip
+
+
+def per_slot(hours: int, span: int | None = None) -> list[dict]:
+    """Finished and failed per slot (minute or hour), every slot present, oldest
+    first: what the charts draw."""
+    span = span or _span_for(hours)
+    first = rollups.slot(since(hours), span) + timedelta(seconds=span)
     rows = (
-        TaskRecord.objects.filter(created_at__gte=start)
-        .values("name")
-        .annotate(total=Count("id"), failed=Count("id", filter=FAILED))
+        TaskRollup.objects.filter(span=span, start__gte=first, outcome__in=FINISHED)
+        .values("start")
+        .annotate(
+            finished=Sum("count"),
+            failed=Sum("count", filter=Q(outcome__in=(Outcome.FAILED, Outcome.LOST))),
+        )
         .order_by()
     )
-    return {r["name"]: {"total": r["total"], "failed": r["failed"]} for r in rows}
-
-
-def hourly(start: datetime) -> list[dict]:
-    """Finished and failed records per hour."""
-    return list(
-        TaskRecord.objects.filter(finished_at__gte=start)
-        .annotate(hour=TruncHour("finished_at"))
-        .values("hour")
-        .annotate(finished=Count("id"), failed=Count("id", filter=FAILED))
-        .order_by("hour")
-    )
-
-
-def hourly_filled(
-    start: datetime, hours: int = 24, rows: list[dict] | None = None
-) -> list[dict]:
-    """hourly() (or the given rows), with a zero row for every empty hour."""
-    found = {row["hour"]: row for row in (hourly(start) if rows is None else rows)}
-    first = start.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-    slots = [first + timedelta(hours=i) for i in range(hours)]
+    found = {row["start"]: row for row in rows}
+    count = int(hours * 3600 // span)
     return [
         {
-            "hour": hour,
-            **{k: found.get(hour, {}).get(k, 0) for k in ("finished", "failed")},
+            "start": at,
+            "finished": (found.get(at) or {}).get("finished") or 0,
+            "failed": (found.get(at) or {}).get("failed") or 0,
         }
-        for hour in slots
+        for at in (first + timedelta(seconds=span * i) for i in range(count))
     ]
 
 
-def slowest(start: datetime, limit: int = 5) -> list[dict]:
-    duration = ExpressionWrapper(
-        F("finished_at") - F("started_at"), output_field=DurationField()
+def by_name(hours: int) -> dict[str, dict]:
+    """Per task type: runs, failures, failure rate, p50/p95 run time and p95 wait."""
+    counts: dict[str, dict] = defaultdict(lambda: defaultdict(int))
+    run_buckets: dict[str, list] = defaultdict(list)
+    wait_buckets: dict[str, list] = defaultdict(list)
+    for name, outcome, n, buckets in _window(hours).values_list(
+        "name", "outcome", "count", "buckets"
+    ):
+        counts[name][outcome] += n
+        if outcome in RAN:
+            run_buckets[name].append(buckets)
+        elif outcome == Outcome.STARTED:
+            wait_buckets[name].append(buckets)
+    result = {}
+    for name, c in counts.items():
+        finished = sum(c[o] for o in FINISHED)
+        failed = c[Outcome.FAILED] + c[Outcome.LOST]
+        run = rollups.merged(run_buckets[name])
+        result[name] = {
+            "total": finished,
+            "failed": failed,
+            "succeeded": c[Outcome.SUCCEEDED],
+            "retried": c[Outcome.RETRIED],
+            "revoked": c[Outcome.REVOKED],
+            # None, not 0, for a type with no run that ended with a result
+            "failure_rate": ratio(failed, c[Outcome.SUCCEEDED] + failed)
+            if c[Outcome.SUCCEEDED] + failed
+            else None,
+            "runs": sum(run),
+            "run_p50": rollups.quantile(0.5, run),
+            "run_p95": rollups.quantile(0.95, run),
+            "wait_p95": rollups.quantile(0.95, rollups.merged(wait_buckets[name])),
+        }
+    return result
+
+
+def by_queue(hours: int) -> dict[str, dict[str, int]]:
+    """Per queue: messages sent and runs finished in the window."""
+    rows = (
+        _window(hours)
+        .values("queue")
+        .annotate(
+            sent=Sum("count", filter=Q(outcome=Outcome.SENT)),
+            finished=Sum("count", filter=Q(outcome__in=FINISHED)),
+        )
+        .order_by()
     )
-    return list(
-        TaskRecord.objects.filter(finished_at__gte=start, started_at__isnull=False)
-        .values("name")
-        .annotate(avg=Avg(duration), worst=Max(duration), runs=Count("id"))
-        .order_by("-avg")[:limit]
-    )
+    return {
+        r["queue"]: {"sent": r["sent"] or 0, "finished": r["finished"] or 0}
+        for r in rows
+    }
+
+
+def oldest_waiting(queues) -> dict[str, datetime | None]:
+    """The creation time of each queue's oldest record still waiting to start.
+
+    One index probe per queue: the oldest PENDING record of the queue whose ETA
+    (if any) has passed. A record waiting for a countdown is not late yet.
+    """
+    now = timezone.now()
+    found = {}
+    for queue in queues:
+        found[queue] = (
+            TaskRecord.objects.filter(state=State.PENDING, queue=queue)
+            .filter(Q(eta__isnull=True) | Q(eta__lte=now))
+            .order_by("id")
+            .values_list("created_at", flat=True)
+            .first()
+        )
+    return found
 
 
 def cached(key: str, compute):
@@ -105,96 +180,35 @@ def cached(key: str, compute):
     return value
 
 
-def summary(hours: int, *, slowest: bool = False) -> dict:
-    """By state, by name and per hour (and, if asked, the slowest task types) for
-    the last `hours`.
-
-    Two queries (records created in the window, records finished in it) instead
-    of one per table on the page; cached, see the module docstring. The durations
-    for `slowest` make the second query dearer, so only the dashboard asks.
-    """
-    key = f"claw:stats:{hours}:{int(slowest)}"
-    return cached(key, lambda: _summary(since(hours), slowest))
+def summary(hours: int) -> dict:
+    """By state entered, by task type, by queue and per slot over the last
+    `hours`, from the rollups (see the module docstring); maybe cached."""
+    return cached(f"claw:stats:{hours}", lambda: _summary(hours))
 
 
-def _summary(start: datetime, with_slowest: bool) -> dict:
-    by_state, by_name = window_counts(start)
-    result = {"start": start, "by_state": by_state, "by_name": by_name}
-    if not with_slowest:
-        return {**result, "hourly": hourly(start)}
-    per_hour, per_name = _finished(start)
+def _summary(hours: int) -> dict:
+    counts = outcome_counts(hours)
     return {
-        **result,
-        "hourly": [{"hour": h, **per_hour[h]} for h in sorted(per_hour)],
-        "slowest": sorted(
-            (
-                {"name": name, "avg": r["total"] / r["runs"], "worst": r["worst"],
-                 "runs": r["runs"]}
-                for name, r in per_name.items()
-                if r["runs"]
-            ),
-            key=lambda r: -r["avg"],
-        )[:5],
-    }  # fmt: skip
+        "start": since(hours),
+        "by_state": states_entered(counts),
+        "by_name": by_name(hours),
+        "by_queue": by_queue(hours),
+        "hourly": [
+            {"hour": row["start"], "finished": row["finished"], "failed": row["failed"]}
+            for row in per_slot(hours, rollups.HOUR)
+            if row["finished"]
+        ],
+    }
 
 
-def window_counts(start: datetime) -> tuple[dict[str, int], dict[str, dict]]:
-    """counts_by_state() and counts_by_name() from one GROUP BY state, name."""
-    rows = (
-        TaskRecord.objects.filter(created_at__gte=start)
-        .values_list("state", "name")
-        .annotate(n=Count("id"))
-        .order_by()
-    )
-    by_state: dict[str, int] = {}
-    by_name: dict[str, dict[str, int]] = {}
-    for state, name, n in rows:
-        by_state[state] = by_state.get(state, 0) + n
-        counts = by_name.setdefault(name, {"total": 0, "failed": 0})
-        counts["total"] += n
-        if state == TaskRecord.State.FAILURE:
-            counts["failed"] += n
-    return by_state, by_name
-
-
-def _finished(start: datetime) -> tuple[dict, dict]:
-    """hourly() per hour and slowest()'s sums per name, from one GROUP BY."""
-    duration = ExpressionWrapper(
-        F("finished_at") - F("started_at"), output_field=DurationField()
-    )
-    rows = (
-        TaskRecord.objects.filter(finished_at__gte=start)
-        .annotate(hour=TruncHour("finished_at"))
-        .values("hour", "name")
-        .annotate(
-            finished=Count("id"),
-            failed=Count("id", filter=FAILED),
-            runs=Count("started_at"),
-            total=Sum(duration),
-            worst=Max(duration),
-        )
-        .order_by()
-    )
-    per_hour: dict[datetime, dict[str, int]] = {}
-    per_name: dict[str, dict] = {}
-    for row in rows:
-        hour = per_hour.setdefault(row["hour"], {"finished": 0, "failed": 0})
-        hour["finished"] += row["finished"]
-        hour["failed"] += row["failed"]
-        if not row["runs"]:
-            continue
-        name = per_name.setdefault(
-            row["name"], {"runs": 0, "total": timedelta(0), "worst": row["worst"]}
-        )
-        name["runs"] += row["runs"]
-        name["total"] += row["total"]
-        name["worst"] = max(name["worst"], row["worst"])
-    return per_hour, per_name
+def ratio(part: int, whole: int) -> float:
+    return part / whole if whole else 0.0
 
 
 def failure_rate(by_state: dict[str, int]) -> float:
-    finished = by_state.get("SUCCESS", 0) + by_state.get("FAILURE", 0)
-    return by_state.get("FAILURE", 0) / finished if finished else 0.0
+    """Failed (or lost) among the runs that ended with a result."""
+    failed = by_state.get(State.FAILURE, 0) + by_state.get(State.LOST, 0)
+    return ratio(failed, by_state.get(State.SUCCESS, 0) + failed)
 
 
 NUMBERS = re.compile(

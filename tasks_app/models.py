@@ -75,7 +75,9 @@ class TaskRecord(models.Model):
     # until when it counts as alive. The runner renews it while the task runs
     # (tasks_app.leases); a redelivery of the attempt is refused while the lease
     # is live and may take the attempt over once it lapsed (the runner died).
-    runner = models.CharField(max_length=255, blank=True)
+    # db_default: rows inserted by code that predates the column (a rolling deploy,
+    # a historical migration state) get "" rather than failing NOT NULL.
+    runner = models.CharField(max_length=255, blank=True, default="", db_default="")
     lease_until = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -138,7 +140,8 @@ class TaskRecord(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.name} #{self.pk} ({self.state})"
+        # The admin's state names (page titles, messages); the API shows Celery's.
+        return f"{self.name} #{self.pk} ({self.get_state_display()})"
 
     @classmethod
     def for_target(cls, target: models.Model) -> models.QuerySet:
@@ -300,3 +303,65 @@ class ApiToken(models.Model):
         now = timezone.now()
         expired = self.expires_at is not None and self.expires_at <= now
         return self.revoked_at is None and not expired
+
+
+class TaskRollup(models.Model):
+    """Counts and duration histograms of task events per time slot, name, queue
+    and outcome, folded from TaskEvent rows off the hot path (tasks_app.rollups).
+
+    span is the slot's length in seconds: 60 (the last hours, per minute), 3600
+    (weeks, per hour), or 0 for the one all-time row per name, queue and outcome
+    that /metrics' counters read. The dashboard and the stats API read these rows
+    instead of counting records.
+    """
+
+    class Outcome(models.TextChoices):
+        SENT = "sent"
+        STARTED = "started"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        RETRIED = "retried"
+        REVOKED = "revoked"
+        LOST = "lost"
+
+    span = models.PositiveIntegerField()
+    start = models.DateTimeField()
+    name = models.CharField(max_length=200)
+    queue = models.CharField(max_length=100)
+    outcome = models.CharField(max_length=10, choices=Outcome.choices)
+    count = models.BigIntegerField(default=0)
+    # Durations: wait (queued to started) for "started", run time for the
+    # outcomes that end a run. observed counts the events that had one.
+    observed = models.BigIntegerField(default=0)
+    seconds = models.FloatField(default=0.0)
+    buckets = models.JSONField(
+        default=list, help_text="Counts per tasks_app.rollups.BOUNDS slot (+Inf last)."
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["span", "start", "name", "queue", "outcome"],
+                name="taskrollup_slot",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.outcome} {self.name}@{self.queue} {self.start:%Y-%m-%d %H:%M}"
+
+
+class RollupWatermark(models.Model):
+    """How far the fold has read TaskEvent (one row, pk=1), moved in the same
+    transaction as the rollups it produced, so each event is counted once.
+
+    gaps: ids above an earlier watermark that were missing when it was read
+    (an event whose transaction had not committed yet, or rolled back), with the
+    time first missed; each fold looks for them again until they expire.
+    """
+
+    last_id = models.BigIntegerField(default=0)
+    gaps = models.JSONField(default=dict, blank=True)
+    folded_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"rollups folded to event {self.last_id}"

@@ -7,6 +7,7 @@ from django_celery_beat.models import CrontabSchedule, IntervalSchedule, Periodi
 
 CLEANUP = "claw: cleanup expired results"
 HEALTH = "claw: check task health"
+ROLLUPS = "claw: fold rollups"
 
 
 def ensure_default_schedules() -> list[str]:
@@ -45,4 +46,19 @@ def ensure_default_schedules() -> list[str]:
             description="Marks lost tasks, re-publishes vanished ones, raises alerts.",
         )
         created.append(HEALTH)
+    if not PeriodicTask.objects.filter(name=ROLLUPS).exists():
+        every, _ = IntervalSchedule.objects.get_or_create(
+            every=settings.CLAW_ROLLUP_SECONDS, period=IntervalSchedule.SECONDS
+        )
+        PeriodicTask.objects.create(
+            name=ROLLUPS,
+            task="tasks_app.fold_rollups",
+            interval=every,
+            queue="default",
+            # A fold that waited this long is superseded by the next one.
+            expire_seconds=60,
+            description="Folds new task events into the dashboard's and "
+            "/metrics' per-minute rollups.",
+        )
+        created.append(ROLLUPS)
     return created

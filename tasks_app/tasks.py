@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from claw.celery import app
-from tasks_app import maintenance
+from tasks_app import maintenance, rollups
 
 
 @app.task(name="tasks_app.ping")
@@ -18,3 +18,8 @@ def cleanup_expired_results_task() -> dict:
 @app.task(name="tasks_app.check_task_health")
 def check_task_health_task() -> dict:
     return maintenance.check_health()
+
+
+@app.task(name="tasks_app.fold_rollups")
+def fold_rollups_task() -> dict:
+    return {"folded": rollups.fold(), "pruned": rollups.prune()}

@@ -16,7 +16,9 @@ from django.conf import settings
 from tests.harness import BASE_DIR, wait_for
 
 COMPOSE = yaml.safe_load((BASE_DIR / "docker-compose.yml").read_text())
-SERVICES = COMPOSE["services"]
+ALL_SERVICES = COMPOSE["services"]
+# What `docker compose up` starts; the rest are opt-in profiles (monitoring).
+SERVICES = {n: s for n, s in ALL_SERVICES.items() if not s.get("profiles")}
 
 
 def command(name: str) -> str:
@@ -169,3 +171,25 @@ def test_ai_replies_run_on_the_threads_pool_and_knowledge_on_prefork():
     # threads cannot be killed at a hard time limit; statements cannot hang
     assert int(SERVICES["worker-ai"]["environment"]["DB_STATEMENT_TIMEOUT"]) > 0
     assert "DB_STATEMENT_TIMEOUT" not in SERVICES["web"]["environment"]
+
+
+def test_monitoring_is_an_optional_profile_provisioned_with_the_shipped_files():
+    profiled = {n for n, s in ALL_SERVICES.items() if s.get("profiles")}
+    assert profiled == {"prometheus", "grafana"}
+    for name in profiled:
+        assert ALL_SERVICES[name]["profiles"] == ["monitoring"]
+        for volume in ALL_SERVICES[name]["volumes"]:
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (BASE_DIR / source).exists(), source
+    prometheus = yaml.safe_load(
+        (BASE_DIR / "deploy/prometheus/prometheus.yml").read_text()
+    )
+    (job,) = prometheus["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    assert job["static_configs"][0]["targets"] == ["web:8000"]
+    # the token is a secret from the environment, not written in a file
+    assert job["authorization"]["credentials_file"] == "/run/secrets/metrics_token"
+    assert COMPOSE["secrets"]["metrics_token"] == {"environment": "METRICS_TOKEN"}
+    assert ALL_SERVICES["prometheus"]["secrets"] == ["metrics_token"]
+    assert "/etc/prometheus/alerts.yml" in prometheus["rule_files"]

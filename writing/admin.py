@@ -44,6 +44,13 @@ def passages_html(passages: list[dict]) -> str:
     )
 
 
+def live_block(key: str, content) -> str:
+    """A block the job's page refreshes in place (tasks_app's live script swaps
+    every data-claw-swap element with the same one of a fresh copy of the page);
+    on the list the block is inert."""
+    return format_html('<div data-claw-swap="{}">{}</div>', key, content)
+
+
 class JobTaskInline(TaskRecordInline):
     """The job's task and the chord's section tasks, each linking to its timeline."""
 
@@ -142,12 +149,16 @@ class WritingJobAdmin(admin.ModelAdmin):
 
     @admin.display(description="State", ordering="state")
     def state_(self, job: WritingJob) -> str:
-        return state_badge(BADGES[job.state], job.get_state_display())
+        return live_block(
+            f"state-{job.pk}", state_badge(BADGES[job.state], job.get_state_display())
+        )
 
     @admin.display(description="Progress")
     def progress_(self, job: WritingJob) -> str:
         unit = "sections" if job.kind == WritingJob.Kind.DOCUMENT else "steps"
-        return f"{job.progress_done} of {job.progress_total} {unit}"
+        return live_block(
+            f"progress-{job.pk}", f"{job.progress_done} of {job.progress_total} {unit}"
+        )
 
     @admin.display(description="Outline")
     def outline_(self, job: WritingJob) -> str:
@@ -191,11 +202,14 @@ class WritingJobAdmin(admin.ModelAdmin):
             for section in job.sections.order_by("position")
         ]
         if not rows:
-            return "–"
-        return format_html(
-            '<table class="claw-sections"><tr><th>#</th><th>heading</th>'
-            "<th>status</th><th>error</th><th>task</th></tr>{}</table>",
-            format_html_join("", "{}", ((row,) for row in rows)),
+            return live_block(f"sections-{job.pk}", "–")
+        return live_block(
+            f"sections-{job.pk}",
+            format_html(
+                '<table class="claw-sections"><tr><th>#</th><th>heading</th>'
+                "<th>status</th><th>error</th><th>task</th></tr>{}</table>",
+                format_html_join("", "{}", ((row,) for row in rows)),
+            ),
         )
 
     @staticmethod

@@ -50,8 +50,9 @@ class KnowledgeBaseSerializer(serializers.ModelSerializer):
         visible=False,
         required=False,
         max_length=200,
-        help_text="Blank: the provider's default. The hashing provider has one "
-        "model (v1) and ignores this.",
+        help_text="Blank: the provider's default. The hashing and e5-small "
+        "providers each have one model (v1, multilingual-e5-small-q4) and ignore "
+        "this.",
     )
     document_count = serializers.IntegerField(read_only=True)
     chunk_count = serializers.IntegerField(read_only=True)

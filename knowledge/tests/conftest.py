@@ -4,7 +4,7 @@ from unittest.mock import patch
 
 import pytest
 
-from knowledge import search, services
+from knowledge import search, services, vectorizing
 
 
 @pytest.fixture(autouse=True)
@@ -31,6 +31,6 @@ def kb(alice):
 def add_ready(kb, title: str, content: str):
     """A document vectorized synchronously (no worker)."""
     document = services.add_document(kb, title=title, content=content, vectorize=False)
-    services.vectorize_document(document.pk)
+    vectorizing.vectorize_document(document.pk)
     document.refresh_from_db()
     return document

@@ -41,6 +41,8 @@ def test_the_change_page_has_a_search_box_that_shows_ranked_results(
     ).content.decode()
     search_url = reverse("admin:knowledge_knowledgebase_search", args=[kb.pk])
     assert 'id="kb-search"' in change and search_url in change
+    # above the form and its Save/Delete buttons, where an operator looks first
+    assert change.index('id="kb-search"') < change.index('class="submit-row"')
 
     response = admin_client.get(search_url, {"q": "kerosene rockets orbit", "k": 3})
 

@@ -14,7 +14,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 
-from knowledge import embeddings, lexical, search, services
+from knowledge import embeddings, lexical, search, services, vectorizing
 from knowledge.models import Chunk, Document
 from tasks_app.models import TaskRecord
 from tests.harness import wait_for
@@ -45,8 +45,9 @@ def test_vectors_are_384_unit_floats_and_no_other_dimension_is_accepted():
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     with pytest.raises(embeddings.EmbeddingRejected, match="384 dimensions"):
         embeddings.get_provider(E5, dimension=256)
-    with pytest.raises(embeddings.EmbeddingRejected, match="one model"):
-        embeddings.get_provider(E5, model="some-other-model", dimension=384)
+    # one bundled model: another name is ignored, as the hashing provider does
+    other = embeddings.get_provider(E5, model="some-other-model", dimension=384)
+    assert other.model == embeddings.E5_MODEL
     assert e5_provider().model_name == "e5-small:multilingual-e5-small-q4"
 
 
@@ -232,7 +233,7 @@ def test_hybrid_search_finds_the_exact_term_and_switching_it_off_reloads(alice):
     docs = {}
     for key, text in texts.items():
         docs[key] = services.add_document(kb, title=key, content=text, vectorize=False)
-        services.vectorize_document(docs[key].pk)
+        vectorizing.vectorize_document(docs[key].pk)
 
     hits = search.search(kb, "KX-4172", k=3)
     assert hits[0].document_id == docs["a"].pk
@@ -257,7 +258,7 @@ def test_search_many_merges_a_hybrid_knowledge_base_by_rank_not_by_score(alice, 
         document = services.add_document(
             target, title=title, content=text, vectorize=False
         )
-        services.vectorize_document(document.pk)
+        vectorizing.vectorize_document(document.pk)
 
     hits = services.search_many([(kb, None), (hybrid, None)], "tea", k=2)
 
@@ -272,7 +273,7 @@ def test_reindex_with_provider_moves_a_knowledge_base_to_e5_with_a_rebuild(kb):
     document = services.add_document(
         kb, title="Cats", content="The cat sat on the mat.", vectorize=False
     )
-    services.vectorize_document(document.pk)
+    vectorizing.vectorize_document(document.pk)
     version = type(kb).objects.get(pk=kb.pk).version
     out = StringIO()
 
@@ -293,8 +294,8 @@ def test_reindex_with_provider_moves_a_knowledge_base_to_e5_with_a_rebuild(kb):
     assert search.search(kb, "feline on a rug") == []
 
     # the rebuild, as the worker runs it
-    for pk in services.plan_update(kb.pk, services.REBUILD):
-        services.vectorize_document(pk)
+    for pk in vectorizing.plan_update(kb.pk, services.REBUILD):
+        vectorizing.vectorize_document(pk)
     assert set(Chunk.objects.values_list("model_name", flat=True)) == {
         f"{E5}:{embeddings.E5_MODEL}"
     }

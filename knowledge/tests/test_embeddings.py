@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from claw.tests.conftest import ScriptedServer
-from knowledge import embeddings, services
+from knowledge import embeddings, services, vectorizing
 from knowledge.embeddings import EmbeddingRejected, EmbeddingUnavailable, embed
 from knowledge.models import Document
 
@@ -225,7 +225,7 @@ def test_a_document_whose_endpoint_answers_400_ends_failed_with_its_message(
     )
 
     with pytest.raises(services.VectorizeFailed):
-        services.vectorize_document(document.pk)
+        vectorizing.vectorize_document(document.pk)
 
     document.refresh_from_db()
     assert document.status == Document.Status.FAILED

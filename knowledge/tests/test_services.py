@@ -8,7 +8,8 @@ from unittest.mock import patch
 import numpy as np
 import pytest
 
-from knowledge import embeddings, services
+from knowledge import embeddings, services, vectorizing
+from knowledge.chunking import chunk_text
 from knowledge.models import Chunk, Document, KnowledgeBase
 from knowledge.tests.conftest import add_ready
 from tasks_app.models import TaskRecord
@@ -123,7 +124,7 @@ def test_a_rerun_embeds_nothing_and_keeps_chunks_and_version(kb):
     ids = list(document.chunks.values_list("id", flat=True))
     before = version(kb)
 
-    outcome = services.vectorize_document(document.pk)
+    outcome = vectorizing.vectorize_document(document.pk)
 
     assert outcome["embedded"] == 0
     assert outcome["reused"] == outcome["chunks"] == len(ids)
@@ -138,7 +139,7 @@ def test_an_edit_re_embeds_only_the_changed_chunks(kb):
     services.update_document(
         document, content=TEXT + " A brand new closing sentence.", vectorize=False
     )
-    outcome = services.vectorize_document(document.pk)
+    outcome = vectorizing.vectorize_document(document.pk)
 
     assert outcome["status"] == "ready"
     assert outcome["embedded"] == 1  # only the last chunk's text changed
@@ -153,7 +154,7 @@ def test_reuse_false_embeds_every_chunk_again(kb):
     with patch.object(
         embeddings, "embed_with", wraps=embeddings.embed_with
     ) as embed_with:
-        outcome = services.vectorize_document(document.pk, reuse=False)
+        outcome = vectorizing.vectorize_document(document.pk, reuse=False)
 
     assert outcome["embedded"] == document.chunk_count
     assert sum(len(call.args[1]) for call in embed_with.call_args_list) == (
@@ -165,7 +166,7 @@ def test_vectors_are_reused_across_documents_with_the_same_text(kb):
     add_ready(kb, "First", TEXT)
     second = services.add_document(kb, title="Copy", content=TEXT, vectorize=False)
 
-    outcome = services.vectorize_document(second.pk)
+    outcome = vectorizing.vectorize_document(second.pk)
 
     assert outcome["embedded"] == 0
     assert Chunk.objects.filter(document=second).count() == outcome["chunks"]
@@ -184,7 +185,7 @@ def test_vectorize_embeds_in_batches(kb, settings):
 
 
 def test_a_missing_document_is_skipped():
-    assert services.vectorize_document(10**9)["status"] == "missing"
+    assert vectorizing.vectorize_document(10**9)["status"] == "missing"
 
 
 def test_an_empty_document_is_ready_with_no_chunks(kb):
@@ -206,7 +207,7 @@ def test_a_permanent_provider_error_marks_the_document_failed_and_keeps_old_chun
         patch.object(embeddings, "embed_with", side_effect=rejected),
         pytest.raises(services.VectorizeFailed) as caught,
     ):
-        services.vectorize_document(document.pk)
+        vectorizing.vectorize_document(document.pk)
 
     document.refresh_from_db()
     assert document.status == Status.FAILED
@@ -224,7 +225,7 @@ def test_a_run_past_its_deadline_fails_the_document_as_a_soft_limit_would(kb, se
     # checked before each embedding batch (each of which takes 0.1 s here)
     settings.EMBEDDING_BATCH_SIZE = 1
     document = services.add_document(kb, title="T", content=TEXT, vectorize=False)
-    chunks = len(services.chunk_text(TEXT))
+    chunks = len(chunk_text(TEXT))
 
     real = embeddings.embed_with
 
@@ -236,7 +237,7 @@ def test_a_run_past_its_deadline_fails_the_document_as_a_soft_limit_would(kb, se
         patch.object(embeddings, "embed_with", side_effect=slow) as calls,
         pytest.raises(services.VectorizeFailed),
     ):
-        services.vectorize_document(document.pk, deadline=time.monotonic() + 0.25)
+        vectorizing.vectorize_document(document.pk, deadline=time.monotonic() + 0.25)
 
     document.refresh_from_db()
     assert 1 <= calls.call_count < chunks
@@ -256,7 +257,7 @@ def test_a_transient_error_propagates_for_a_retry_unless_final(kb):
         patch.object(embeddings, "embed_with", side_effect=down),
         pytest.raises(embeddings.EmbeddingUnavailable),
     ):
-        services.vectorize_document(document.pk, final_attempt=False)
+        vectorizing.vectorize_document(document.pk, final_attempt=False)
     document.refresh_from_db()
     assert document.status == Status.PENDING
     assert "will retry" in document.error
@@ -265,7 +266,7 @@ def test_a_transient_error_propagates_for_a_retry_unless_final(kb):
         patch.object(embeddings, "embed_with", side_effect=down),
         pytest.raises(services.VectorizeFailed),
     ):
-        services.vectorize_document(document.pk, final_attempt=True)
+        vectorizing.vectorize_document(document.pk, final_attempt=True)
     document.refresh_from_db()
     assert (document.status, document.error) == (Status.FAILED, "endpoint down")
 
@@ -287,7 +288,7 @@ def test_stored_vectors_loads_one_vector_per_text_however_many_share_it(
     hashes = set(copies[0].chunks.values_list("content_hash", flat=True))
 
     with django_assert_num_queries(2):  # one id per hash, then those vectors
-        found = services.stored_vectors(hashes, "hashing:v1", 384)
+        found = vectorizing.stored_vectors(hashes, "hashing:v1", 384)
 
     assert set(found) == hashes
     assert all(len(blob) == 384 * 4 for blob in found.values())
@@ -312,7 +313,7 @@ def test_a_vectorize_over_the_rate_limit_is_deferred_then_gives_up(kb, settings)
             task.pop_request()
 
     with (
-        patch.object(services, "take_vectorize_slot", side_effect=full),
+        patch.object(vectorizing, "take_vectorize_slot", side_effect=full),
         patch.object(task, "retry", side_effect=Retry) as retry,
     ):
         # deferred while deferrals are left: a retry at the next free window

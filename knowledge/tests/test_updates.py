@@ -8,7 +8,7 @@ import pytest
 from celery.app.task import Context
 from celery.exceptions import ChordError
 
-from knowledge import services, tasks
+from knowledge import services, tasks, vectorizing
 from knowledge.models import Chunk, Document, KnowledgeBase
 from knowledge.tests.conftest import add_ready
 from tasks_app import services as ledger
@@ -34,7 +34,7 @@ def test_incremental_picks_changed_new_failed_and_stuck_documents(kb, three):
     Document.objects.filter(pk=failed.pk).update(status=Status.FAILED)
     Document.objects.filter(pk=stuck.pk).update(status=Status.VECTORIZING)
 
-    ids = services.plan_update(kb.pk, "incremental")
+    ids = vectorizing.plan_update(kb.pk, "incremental")
 
     assert ids == sorted([edited.pk, new.pk, failed.pk, stuck.pk])
     assert Document.objects.get(pk=edited.pk).status == Status.PENDING
@@ -43,12 +43,12 @@ def test_incremental_picks_changed_new_failed_and_stuck_documents(kb, three):
 def test_full_picks_every_document_and_keeps_vectors(kb, three):
     chunks = Chunk.objects.count()
 
-    assert services.plan_update(kb.pk, "full") == sorted(d.pk for d in three)
+    assert vectorizing.plan_update(kb.pk, "full") == sorted(d.pk for d in three)
     assert Chunk.objects.count() == chunks
 
 
 def test_rebuild_drops_every_vector_first(kb, three):
-    ids = services.plan_update(kb.pk, "rebuild")
+    ids = vectorizing.plan_update(kb.pk, "rebuild")
 
     assert ids == sorted(d.pk for d in three)
     assert not Chunk.objects.exists()
@@ -56,9 +56,9 @@ def test_rebuild_drops_every_vector_first(kb, three):
 
 
 def test_plan_update_of_a_missing_kb_is_none_and_a_bad_mode_is_refused(kb):
-    assert services.plan_update(10**9, "full") is None
+    assert vectorizing.plan_update(10**9, "full") is None
     with pytest.raises(services.InvalidInput, match="^mode:"):
-        services.plan_update(kb.pk, "sideways")
+        vectorizing.plan_update(kb.pk, "sideways")
 
 
 def test_finish_update_sums_the_outcomes():
@@ -68,7 +68,7 @@ def test_finish_update_sums_the_outcomes():
         {"document_id": 3, "status": "missing"},
     ]
 
-    summary = services.finish_update(outcomes, kb_id=7, mode="full")
+    summary = vectorizing.finish_update(outcomes, kb_id=7, mode="full")
 
     assert summary == {
         "knowledge_base": 7,
@@ -92,7 +92,7 @@ def test_finish_update_names_failed_documents(kb):
     ]
 
     with pytest.raises(services.UpdateFailed) as caught:
-        services.finish_update(outcomes, kb_id=kb.pk, mode="incremental")
+        vectorizing.finish_update(outcomes, kb_id=kb.pk, mode="incremental")
 
     assert str(caught.value) == (
         f"2 of 3 documents failed: #{doc.pk} 'Manual': endpoint said 400; "
@@ -104,8 +104,8 @@ def test_delete_vectors_of_a_kb_works_in_batches_and_bumps_the_version(kb, three
     ready, edited, _ = three
     version = KnowledgeBase.objects.get(pk=kb.pk).version
 
-    with patch.object(services, "DELETE_BATCH_DOCUMENTS", 1):
-        report = services.delete_vectors(kb_id=kb.pk)
+    with patch.object(vectorizing, "DELETE_BATCH_DOCUMENTS", 1):
+        report = vectorizing.delete_vectors(kb_id=kb.pk)
 
     assert report == {"documents": 3, "chunks_deleted": 2}
     assert not Chunk.objects.exists()
@@ -119,11 +119,11 @@ def test_delete_vectors_of_a_kb_works_in_batches_and_bumps_the_version(kb, three
 def test_delete_vectors_of_one_document_leaves_the_others(kb, three):
     ready, edited, _ = three
 
-    services.delete_vectors(document_id=edited.pk)
+    vectorizing.delete_vectors(document_id=edited.pk)
 
     assert set(Chunk.objects.values_list("document_id", flat=True)) == {ready.pk}
     with pytest.raises(services.InvalidInput):
-        services.delete_vectors()
+        vectorizing.delete_vectors()
 
 
 def test_the_chord_errback_fails_the_waiting_update_naming_failed_documents(kb):
@@ -167,7 +167,7 @@ def test_members_count_finished_siblings_into_the_updates_progress(kb):
     ledger.record_progress(update.celery_id, 0, 3)
     TaskRecord.objects.filter(pk=siblings[0].pk).update(state="SUCCESS")
 
-    services.report_update_progress(update.celery_id)  # sibling 2 is finishing
+    vectorizing.report_update_progress(update.celery_id)  # sibling 2 is finishing
 
     update.refresh_from_db()
     assert (update.progress_current, update.progress_total) == (2, 3)

@@ -14,7 +14,7 @@ from celery import chord
 from django_celery_results.models import TaskResult
 
 from claw.celery import app
-from knowledge import search, services, tasks
+from knowledge import search, services, tasks, vectorizing
 from knowledge.models import Chunk, Document
 from tasks_app import services as ledger
 from tasks_app.models import TaskRecord
@@ -224,7 +224,7 @@ def test_delete_vectors_on_a_worker_empties_the_knowledge_base(
         document = services.add_document(
             kb, title=topic, content=english(i, topic), vectorize=False
         )
-        services.vectorize_document(document.pk)
+        vectorizing.vectorize_document(document.pk)
 
     record = wait_final(services.submit_delete_vectors(kb=kb, owner=alice))
 
@@ -245,7 +245,7 @@ def test_a_chord_broken_by_a_member_that_failed_outright_still_ends_the_update(
     # one that was never published, started by hand, as Task.replace leaves it.
     kb = services.create_knowledge_base(alice, name="Atlas")
     document = services.add_document(kb, title="Bad", content="x", vectorize=False)
-    services.vectorize_document(document.pk)
+    vectorizing.vectorize_document(document.pk)
     Document.objects.filter(pk=document.pk).update(status=Status.FAILED, error="bad")
     with patch.object(ledger, "publish", return_value=True):
         record = services.submit_update(kb, "full", owner=alice)

@@ -35,8 +35,21 @@ STATS_SCHEMA = inline_serializer(
     "TaskStats",
     {
         "window_hours": serializers.IntegerField(),
-        "by_state": serializers.DictField(child=serializers.IntegerField()),
-        "by_name": serializers.DictField(child=serializers.DictField()),
+        "by_state": serializers.DictField(
+            child=serializers.IntegerField(),
+            help_text="How many times each state was entered in the window "
+            "(whole minutes up to 2 h, whole hours beyond).",
+        ),
+        "by_name": serializers.DictField(
+            child=serializers.DictField(),
+            help_text="Per task type: total (finished), failed, succeeded, retried, "
+            "revoked, failure_rate, runs, run_p50, run_p95 and wait_p95 (seconds, "
+            "null without data).",
+        ),
+        "by_queue": serializers.DictField(
+            child=serializers.DictField(child=serializers.IntegerField()),
+            help_text="Per queue: sent and finished in the window.",
+        ),
         "throughput_per_hour": serializers.ListField(child=serializers.DictField()),
         "failure_rate": serializers.FloatField(),
         "queues": serializers.DictField(),
@@ -244,7 +257,7 @@ class TaskRecordViewSet(
         hours = given[0] if len(given) == 1 else ("24" if not given else "")
         if not hours.isdigit() or not 1 <= int(hours) <= 720:
             raise ValidationError({"hours": "Must be an integer from 1 to 720."})
-        stats = dashboard.summary(int(hours))  # cached, see dashboard
+        stats = dashboard.summary(int(hours))  # from the rollups, see dashboard
         by_state = stats["by_state"]
         try:
             queues = workers.queue_lengths()
@@ -255,6 +268,7 @@ class TaskRecordViewSet(
                 "window_hours": int(hours),
                 "by_state": by_state,
                 "by_name": stats["by_name"],
+                "by_queue": stats["by_queue"],
                 "throughput_per_hour": stats["hourly"],
                 "failure_rate": dashboard.failure_rate(by_state),
                 "queues": queues,

@@ -18,7 +18,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='taskrecord',
             name='runner',
-            field=models.CharField(blank=True, max_length=255),
+            field=models.CharField(blank=True, db_default='', default='', max_length=255),
         ),
         migrations.AlterField(
             model_name='taskevent',

@@ -10,8 +10,9 @@ from django.test import Client
 from django.urls import reverse
 
 from conftest import OPERATIONS_PERMISSIONS, grant
-from tasks_app import services, workers
+from tasks_app import rollups, services, workers
 from tasks_app.models import TaskRecord
+from tasks_app.tests.ledger_runs import run
 
 State = TaskRecord.State
 pytestmark = pytest.mark.django_db
@@ -70,7 +71,7 @@ def test_retry_action_reports_changed_and_skipped(admin_client):
             follow=True,
         )
     text = response.content.decode()
-    assert "Retried 1 task(s); skipped 1 not in an allowed state (1 STARTED)." in text
+    assert "Retried 1 task(s); skipped 1 not in an allowed state (1 Started)." in text
     failed.refresh_from_db()
     assert failed.state == State.PENDING
 
@@ -147,9 +148,19 @@ def finished(state, error="", seconds=1.0) -> TaskRecord:
     )
 
 
-def test_dashboard_shows_counts_chart_and_failing_types(admin_client):
-    finished(State.SUCCESS)
-    finished(State.FAILURE, error="ValueError('boom 1')")
+def test_dashboard_reads_the_rollups_and_shows_charts_types_and_queues(
+    admin_client, settings
+):
+    from django.core.cache import cache
+
+    from tasks_app import metrics
+
+    settings.CLAW_STATS_CACHE_SECONDS = 0
+    cache.delete(metrics.PING_KEY)  # ping now (patched), not an earlier answer
+    run("succeeded", runtime=2.1)
+    run("failed")
+    run("retried")
+    rollups.fold()
     with (
         patch("tasks_app.workers.queue_lengths", return_value={"default": 4}),
         patch("tasks_app.workers.ping", return_value=["w1@host"]),
@@ -157,9 +168,14 @@ def test_dashboard_shows_counts_chart_and_failing_types(admin_client):
         response = admin_client.get(reverse("admin:tasks_app_dashboard"))
     html = response.content.decode()
     assert response.status_code == 200
-    assert "claw-chart" in html and "<rect" in html
+    assert html.count('class="claw-chart"') == 3
+    assert "finished, 1 failed</title>" in html  # a slot's values on hover
+    assert "failed or lost" in html  # the legend
     assert "w1@host" in html
-    assert 'id="failing"' in html and "tests.add" in html
+    assert 'id="types"' in html and "tests.add" in html
+    assert "33.3%" in html  # failure rate of tests.add: 1 of 3
+    assert "Succeeded" in html and "SUCCESS<" not in html  # one set of names
+    assert f"Times in {settings.TIME_ZONE}" in html
     index = admin_client.get(reverse("admin:index")).content.decode()
     assert reverse("admin:tasks_app_dashboard") in index
 
@@ -242,8 +258,11 @@ def test_schedules_show_next_run_last_outcome_and_run_now_keeps_queue_and_priori
     html = admin_client.get(
         reverse("admin:django_celery_beat_periodictask_changelist")
     ).content.decode()
-    assert "Next run" in html and "CST" in html  # Asia/Shanghai, the schedule's zone
+    assert "Next run" in html and "Times in Asia/Shanghai" in html  # the one zone
     assert "claw-badge" in html  # the last run's outcome
+    # one "run now" (ours, which keeps the owner), next and last run up front
+    assert 'value="run_now_selected"' in html and 'value="run_tasks"' not in html
+    assert html.index("column-next_run_") < html.index("column-scheduler")
     with patch("tasks_app.services.app.send_task"):
         response = admin_client.post(
             reverse("admin:django_celery_beat_periodictask_changelist"),
@@ -291,6 +310,60 @@ def test_owner_filter_and_children_links(admin_client, admin_user):
         reverse("admin:tasks_app_taskrecord_change", args=[parent.pk])
     ).content.decode()
     assert reverse("admin:tasks_app_taskrecord_change", args=[child.pk]) in detail
+
+
+def test_live_endpoint_returns_cells_and_the_events_after_one(admin_client):
+    from tasks_app.tests.ledger_runs import run
+
+    record = run("started")
+    other = run("succeeded", runtime=2.1)
+    first = record.events.order_by("id").first()
+    url = reverse("admin:tasks_app_live")
+
+    body = admin_client.get(
+        url, {"ids": f"{record.pk},{other.pk}", "record": record.pk, "after": first.id}
+    ).json()
+
+    assert set(body["tasks"]) == {str(record.pk), str(other.pk)}
+    assert "Started" in body["tasks"][str(record.pk)]["state"]
+    assert body["tasks"][str(other.pk)]["duration"] == "2.1 s"
+    assert body["tasks"][str(other.pk)]["final"] is True
+    assert [e["kind"] for e in body["events"]] == ["started"]  # after "queued"
+    assert body["events"][0]["at"].count(":") == 2  # in the admin's zone, with ms
+
+
+@pytest.mark.parametrize("ids", ["1,x", "²", ",".join(["1"] * 201)])
+def test_live_endpoint_names_bad_ids(admin_client, ids):
+    response = admin_client.get(reverse("admin:tasks_app_live"), {"ids": ids})
+    assert response.status_code == 400 and "ids" in response.json()
+
+
+def test_live_endpoint_is_staff_only(client, alice):
+    client.force_login(alice)
+    response = client.get(reverse("admin:tasks_app_live"), {"ids": "1"})
+    assert response.status_code == 302  # to the admin login, as every admin page
+
+
+def test_live_pages_carry_the_script_and_their_cells(admin_client):
+    record = make_record(State.STARTED, progress_current=1, progress_total=4)
+    listing = admin_client.get(reverse("admin:tasks_app_taskrecord_changelist"))
+    detail = admin_client.get(
+        reverse("admin:tasks_app_taskrecord_change", args=[record.pk])
+    )
+    for page in (listing, detail):
+        html = page.content.decode()
+        assert "tasks_app/live.js" in html and "data-claw-live=" in html
+        assert f'data-claw-record="{record.pk}" data-claw-field="state"' in html
+    assert f'data-claw-timeline="{record.pk}"' in detail.content.decode()
+
+
+def test_owner_filter_lists_the_signed_in_user_once(admin_client, admin_user, alice):
+    html = admin_client.get(
+        reverse("admin:tasks_app_taskrecord_changelist")
+    ).content.decode()
+    assert f"me ({admin_user.username})" in html
+    assert f"?owner={admin_user.pk}" not in html  # not a second time by name
+    assert f"?owner={alice.pk}" in html
 
 
 # --- permissions and CSRF of every operation ------------------------------------

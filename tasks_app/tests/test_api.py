@@ -7,8 +7,9 @@ from unittest.mock import patch
 import pytest
 from rest_framework.test import APIClient
 
-from tasks_app import services, tokens
+from tasks_app import rollups, services, tokens
 from tasks_app.models import TaskRecord
+from tasks_app.tests.ledger_runs import run
 
 State = TaskRecord.State
 pytestmark = pytest.mark.django_db
@@ -224,13 +225,22 @@ def test_cancel_answers_202_then_409(alice):
     assert record.state == State.REVOKED
 
 
-def test_stats_count_by_state_and_name(staff, alice):
-    record_of(alice, State.SUCCESS)
-    record_of(alice, State.FAILURE)
+def test_stats_count_by_state_and_name_from_the_rollups(staff, alice, settings):
+    settings.CLAW_STATS_CACHE_SECONDS = 0
+    run("succeeded", owner=alice)
+    run("failed", owner=alice)
+    rollups.fold()
     with patch("tasks_app.workers.queue_lengths", return_value={"default": 3}):
         body = client_for(staff).get("/api/v1/tasks/stats/?hours=1").json()
-    assert body["by_state"] == {"SUCCESS": 1, "FAILURE": 1}
-    assert body["by_name"]["tests.add"] == {"total": 2, "failed": 1}
+    assert body["by_state"] == {
+        "PENDING": 2,
+        "STARTED": 2,
+        "SUCCESS": 1,
+        "FAILURE": 1,
+    }
+    assert body["by_name"]["tests.add"]["total"] == 2
+    assert body["by_name"]["tests.add"]["failed"] == 1
+    assert body["by_queue"] == {"default": {"sent": 2, "finished": 2}}
     assert body["failure_rate"] == 0.5
     assert body["queues"] == {"default": 3}
     assert client_for(staff).get("/api/v1/tasks/stats/?hours=0").status_code == 400

@@ -145,4 +145,4 @@ def test_ensure_schedules_dry_run_then_creates_the_defaults():
     assert "Would create: claw: cleanup expired results" in out
     assert not PeriodicTask.objects.exists()
     out = run("ensure_schedules")
-    assert PeriodicTask.objects.count() == 2
+    assert PeriodicTask.objects.count() == 3

@@ -14,9 +14,10 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from tasks_app import connections, dashboard, services, workers
+from tasks_app import connections, dashboard, rollups, services, workers
 from tasks_app.admin import search_records
 from tasks_app.models import TaskRecord
+from tasks_app.tests.ledger_runs import run
 
 State = TaskRecord.State
 
@@ -59,42 +60,34 @@ def test_the_name_search_has_a_trigram_index_on_postgresql():
 
 
 @pytest.mark.django_db
-def test_summary_matches_the_single_queries_and_is_served_from_the_cache(settings):
-    record("tests.add", started_at=None)
-    record("tests.add", State.FAILURE)
-    record("tests.sleep", started_at=timezone.now() - timedelta(seconds=9))
-    start = dashboard.since(24)
+def test_summary_reads_no_record_and_is_served_from_the_cache(settings):
+    run("succeeded", name="tests.add")
+    run("failed", name="tests.add")
+    run("succeeded", name="tests.sleep", runtime=9)
+    rollups.fold()
     settings.CLAW_STATS_CACHE_SECONDS = 30
     # A memory cache, so that "served from the cache" is visible as no query at
     # all (the default database cache would answer with one of its own).
     settings.CACHES = {
         "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
     }
-    cache.delete("claw:stats:24:1")
+    cache.delete("claw:stats:24")
 
-    first = dashboard.summary(24, slowest=True)
-    assert first["by_state"] == dashboard.counts_by_state(start)
-    assert first["by_name"] == dashboard.counts_by_name(start)
-    assert first["hourly"] == dashboard.hourly(start)
-    assert [(r["name"], r["runs"]) for r in first["slowest"]] == [
-        (r["name"], r["runs"]) for r in dashboard.slowest(start)
-    ]
-    assert first["slowest"][0]["name"] == "tests.sleep"
-    assert dashboard.summary(24)["hourly"] == first["hourly"]  # the API's
     with CaptureQueriesContext(connection) as queries:
-        again = dashboard.summary(24, slowest=True)
-    record("tests.add")  # not seen until the cache entry expires
+        first = dashboard.summary(24)
+    assert all("tasks_app_taskrecord" not in q["sql"] for q in queries)
+    assert all("tasks_app_taskevent" not in q["sql"] for q in queries)
+    assert first["by_state"]["SUCCESS"] == 2 and first["by_state"]["FAILURE"] == 1
+    assert first["by_name"]["tests.sleep"]["run_p50"] > 5
+    with CaptureQueriesContext(connection) as queries:
+        again = dashboard.summary(24)
+    run("succeeded", name="tests.add")  # not seen until the cache entry expires
+    rollups.fold()
 
     assert len(queries) == 0 and again == first
-    assert dashboard.summary(24, slowest=True)["by_state"] == {
-        "SUCCESS": 2,
-        "FAILURE": 1,
-    }
-    cache.delete("claw:stats:24:1")
-    assert dashboard.summary(24, slowest=True)["by_state"] == {
-        "SUCCESS": 3,
-        "FAILURE": 1,
-    }
+    assert dashboard.summary(24)["by_state"]["SUCCESS"] == 2
+    cache.delete("claw:stats:24")
+    assert dashboard.summary(24)["by_state"]["SUCCESS"] == 3
 
 
 def test_only_a_worker_on_short_task_queues_prefetches_more(settings):

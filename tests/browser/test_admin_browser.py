@@ -12,7 +12,7 @@ import shutil
 import pytest
 
 from knowledge.tests.conftest import add_ready
-from tasks_app import services
+from tasks_app import rollups, services
 from tasks_app.models import TaskRecord
 from tests.harness import wait_for
 
@@ -130,8 +130,13 @@ def test_staff_operate_tasks_from_the_admin_in_a_real_browser(
     page.wait_for_selector("#workers")
     assert celery_worker.hostname in page.inner_text("#workers")
     shot(page, "05-workers")
+    rollups.fold()  # what the periodic fold does every CLAW_ROLLUP_SECONDS
     page.goto(f"{base}/admin/tasks_app/taskrecord/dashboard/")
     page.wait_for_selector("svg.claw-chart")
+    page.hover("#chart-hour .claw-slot >> nth=-1")  # values on hover (a tooltip)
+    assert "finished" in page.text_content("#chart-hour .claw-slot >> nth=-1")
+    assert "tests.fail" in page.inner_text("#types")
+    assert "Times in" in page.inner_text("#claw-time-zone")
     assert celery_worker.hostname in page.inner_text("#live-workers")
     shot(page, "06-dashboard")
 

@@ -104,3 +104,14 @@ def test_deleting_a_job_in_the_admin_cancels_its_tasks_first(admin_client, alice
     assert response.status_code == 302
     assert not WritingJob.objects.exists()
     assert TaskRecord.objects.get(pk=job.task_id).state == "REVOKED"
+
+
+def test_a_job_page_is_live(admin_client, written):
+    """Its state, progress and sections are blocks the live script refreshes."""
+    url = reverse("admin:writing_writingjob_change", args=[written.pk])
+
+    html = admin_client.get(url).content.decode()
+
+    assert "tasks_app/live.js" in html and "data-claw-live=" in html
+    for block in ("state", "progress", "sections"):
+        assert f'data-claw-swap="{block}-{written.pk}"' in html

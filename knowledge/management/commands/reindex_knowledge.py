@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from knowledge import embeddings, services
+from knowledge import embeddings, services, vectorizing
 from knowledge.models import KnowledgeBase
 from tasks_app import services as ledger
 
@@ -71,7 +71,7 @@ class Command(BaseCommand):
         )
 
     def _list(self, knowledge_base: KnowledgeBase, mode: str) -> None:
-        documents = services.update_candidates(knowledge_base.pk, mode)
+        documents = vectorizing.update_candidates(knowledge_base.pk, mode)
         total = documents.count()
         drop = " after deleting every vector" if mode == services.REBUILD else ""
         self.stdout.write(

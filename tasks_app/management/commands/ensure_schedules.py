@@ -15,11 +15,11 @@ class Command(BaseCommand):
         if dry_run:
             from django_celery_beat.models import PeriodicTask
 
-            from tasks_app.schedules import CLEANUP, HEALTH
+            from tasks_app.schedules import CLEANUP, HEALTH, ROLLUPS
 
             missing = [
                 n
-                for n in (CLEANUP, HEALTH)
+                for n in (CLEANUP, HEALTH, ROLLUPS)
                 if not PeriodicTask.objects.filter(name=n).exists()
             ]
             self.stdout.write(f"Would create: {', '.join(missing) or 'nothing'}")

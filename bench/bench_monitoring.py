@@ -1,0 +1,195 @@
+"""Issue 18: the dashboard, the stats API and /metrics read rollups, not records.
+
+For each size, records (bench/gen.py) get a realistic timeline (queued, started,
+then succeeded/failed/cancelled by state); the fold folds every event into the
+rollups (its rate is a row), then each page is requested through Django's test
+Client with the stats cache off: p50 and p95 of N requests after one warm-up.
+
+Sizes: BENCH_MONITORING_SIZES (comma-separated record counts), default
+10k,1M,10M for a full run and 10k for --quick. 10M takes a few GB and most of an
+hour to generate and fold: run it on a machine of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from bench.bench_throughput import CLAW_WORKER, claw_env, measure, rate_rows
+from bench.common import ARTIFACTS, ROOT, flush_redis, psql, row, run_py
+from bench.gen import fill
+
+DB = "claw_bench_monitoring"
+SIZES_FULL, SIZES_QUICK = (10_000, 1_000_000, 10_000_000), (10_000,)
+TOKEN = "bench-metrics-token"
+PAGES = {
+    "dashboard (cache off)": "/admin/tasks_app/taskrecord/dashboard/",
+    "API stats (cache off)": "/api/v1/tasks/stats/",
+    "/metrics scrape": "/metrics",
+}
+TARGETS = {  # p50 for the pages, p95 for the scrape, at 10M (issue 18)
+    "dashboard (cache off)": ("p50", 100),
+    "API stats (cache off)": ("p50", 50),
+    "/metrics scrape": ("p95", 100),
+}
+
+# queued at creation, started, then the final event of the record's state
+TIMELINE_SQL = """
+INSERT INTO tasks_app_taskevent (kind, at, attempt, celery_id, worker, data, record_id)
+SELECT e.kind, e.at, 1, r.celery_id, r.worker, '{{}}'::jsonb, r.id
+FROM tasks_app_taskrecord r
+CROSS JOIN LATERAL (VALUES
+    (0, 'queued', r.created_at - interval '50 milliseconds'),
+    (1, 'started', r.started_at),
+    (2, CASE r.state WHEN 'SUCCESS' THEN 'succeeded' WHEN 'FAILURE' THEN 'failed'
+                     WHEN 'REVOKED' THEN 'cancelled' END, r.finished_at)
+) AS e(n, kind, at)
+WHERE r.id > {after} AND e.kind IS NOT NULL
+  AND NOT (e.n = 2 AND r.state IN ('PENDING', 'STARTED'))
+  AND NOT (e.n = 1 AND r.state = 'PENDING')
+ORDER BY r.id, e.n
+"""
+
+FOLD = """
+import json, time, django
+django.setup()
+from tasks_app import rollups
+from tasks_app.models import TaskEvent
+t = time.perf_counter()
+n = rollups.fold(max_batches=10**9)
+elapsed = time.perf_counter() - t
+print(json.dumps({"events": n, "seconds": elapsed}))
+"""
+
+CHILD = """
+import json, statistics, sys, time, django
+django.setup()
+from django.contrib.auth import get_user_model
+from django.test import Client
+pages, n, token = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+User = get_user_model()
+user = User.objects.filter(username="bench").first() or User.objects.create_superuser(
+    "bench", "bench@example.com", "bench-password")
+staff, scraper = Client(), Client(HTTP_AUTHORIZATION="Bearer " + token)
+staff.force_login(user)
+out = {}
+for label, url in pages.items():
+    client = scraper if url == "/metrics" else staff
+    status = client.get(url).status_code
+    if status != 200:
+        out[label] = {"status": status}
+        continue
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        client.get(url)
+        times.append((time.perf_counter() - t) * 1000)
+    times.sort()
+    out[label] = {"status": 200, "p50": statistics.median(times),
+                  "p95": times[min(len(times) - 1, int(0.95 * len(times)))],
+                  "max": times[-1]}
+print(json.dumps(out))
+"""
+
+
+FOLD_LOOP = """
+import sys, time, django
+django.setup()
+from tasks_app import rollups
+while True:
+    rollups.fold()
+    time.sleep(float(sys.argv[1]))
+"""
+# Seconds between folds while scenario 1 runs: harsher than the default 10 s, so
+# a short run sees several folds.
+FOLD_EVERY = 1.0
+
+
+def throughput_with_and_without_fold(quick: bool) -> list[dict]:
+    """Scenario 1 (c), CLAW tiny tasks, without, with a process folding the
+    rollups every FOLD_EVERY seconds, and without again, back to back on one
+    database after a warm-up run."""
+    n = 1500 if quick else 5000
+    env = claw_env("claw_bench_fold_throughput")
+    flush_redis()
+    measure("claw", n, env, "claw", extra=CLAW_WORKER)  # warm-up, not reported
+    flush_redis()
+    plain = measure("claw", n, env, "claw", extra=CLAW_WORKER)
+    flush_redis()
+    folder = subprocess.Popen(
+        [sys.executable, "-c", FOLD_LOOP, str(FOLD_EVERY)], cwd=ROOT, env=env
+    )
+    try:
+        folding = measure("claw", n, env, "claw", extra=CLAW_WORKER)
+    finally:
+        folder.terminate()
+        folder.wait(30)
+    flush_redis()
+    again = measure("claw", n, env, "claw", extra=CLAW_WORKER)
+    flush_redis()
+    rows = rate_rows("1 tiny tasks", "(c) CLAW, no fold", plain)
+    rows += rate_rows(
+        "1 tiny tasks", f"(c) CLAW, folding every {FOLD_EVERY:g} s", folding
+    )
+    rows += rate_rows("1 tiny tasks", "(c) CLAW, no fold again", again)
+    without = (plain["rate"] + again["rate"]) / 2
+    ratio = folding["rate"] / without if without else 0.0
+    rows.append(
+        row("1 tiny tasks", "with fold / mean of the runs without", round(ratio, 2),
+            "x", "unchanged within noise", "one run each, back to back")
+    )  # fmt: skip
+    return rows
+
+
+def sizes(quick: bool) -> tuple[int, ...]:
+    given = os.environ.get("BENCH_MONITORING_SIZES")
+    if given:
+        return tuple(int(s) for s in given.split(","))
+    return SIZES_QUICK if quick else SIZES_FULL
+
+
+def run(quick: bool = False) -> list[dict]:
+    env = claw_env(DB)
+    env.update(
+        ALLOWED_HOSTS="testserver,127.0.0.1,localhost",
+        STATIC_ROOT=str(ARTIFACTS / "static"),
+        CLAW_STATS_CACHE_SECONDS="0",
+        METRICS_TOKEN=TOKEN,
+    )
+    run_py(["manage.py", "collectstatic", "--noinput", "-v", "0"], env)
+    rows, have = [], 0
+    for size in sizes(quick):
+        after = int(psql("SELECT coalesce(max(id), 0) FROM tasks_app_taskrecord", DB))
+        fill(DB, size - have, events=False, tag=str(size))
+        psql(TIMELINE_SQL.format(after=after), DB)
+        psql("ANALYZE", DB)
+        have = size
+        fold = json.loads(
+            run_py(["-c", FOLD], env, timeout=7200).strip().splitlines()[-1]
+        )
+        rate = fold["events"] / fold["seconds"] if fold["seconds"] else 0
+        rows.append(
+            row("18 rollups", f"fold @ {size:,} records", round(rate), "events/s", "",
+                f"{fold['events']:,} new events in {fold['seconds']:.1f} s")
+        )  # fmt: skip
+        n = 20
+        out = run_py(["-c", CHILD, json.dumps(PAGES), str(n), TOKEN], env, timeout=600)
+        results = json.loads(out.strip().splitlines()[-1])
+        for label, r in results.items():
+            stat, limit = TARGETS[label]
+            metric = f"{label} {stat} @ {size:,}"
+            if r["status"] != 200:
+                rows.append(
+                    row("18 monitoring", metric, "", "ms", "", f"HTTP {r['status']}")
+                )
+                continue
+            note = f"p50 {r['p50']:.1f}, p95 {r['p95']:.1f}, max {r['max']:.0f} ms"
+            if size >= 10_000_000:
+                note = ("met; " if r[stat] < limit else "MISSED; ") + note
+            rows.append(
+                row("18 monitoring", metric, round(r[stat], 1), "ms",
+                    f"< {limit} at 10M", note)
+            )  # fmt: skip
+    return rows + throughput_with_and_without_fold(quick)

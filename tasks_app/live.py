@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -60,6 +61,17 @@ TASK_EVENT_NAMES = {
     TaskEvent.Kind.FAILED: "task_failed",
     TaskEvent.Kind.CANCELLED: "task_cancelled",
     TaskEvent.Kind.LOST: "task_lost",
+}
+# The record's state once the event happened (Celery's names, as the API shows).
+STATE_AFTER = {
+    TaskEvent.Kind.QUEUED: TaskRecord.State.PENDING,
+    TaskEvent.Kind.STARTED: TaskRecord.State.STARTED,
+    TaskEvent.Kind.PROGRESS: TaskRecord.State.STARTED,
+    TaskEvent.Kind.RETRY: TaskRecord.State.RETRY,
+    TaskEvent.Kind.SUCCEEDED: TaskRecord.State.SUCCESS,
+    TaskEvent.Kind.FAILED: TaskRecord.State.FAILURE,
+    TaskEvent.Kind.CANCELLED: TaskRecord.State.REVOKED,
+    TaskEvent.Kind.LOST: TaskRecord.State.LOST,
 }
 # A task stream ends once its record is here (LOST too: the health check
 # re-queues a lost record as a new attempt, which a client follows anew).
@@ -249,7 +261,9 @@ class Hub:
 
         while True:
             client = aioredis.Redis.from_url(
-                settings.CLAW_LIVE_REDIS_URL, socket_connect_timeout=1
+                settings.CLAW_LIVE_REDIS_URL,
+                socket_connect_timeout=1,
+                client_name=f"claw-live-hub-{os.getpid()}",  # in CLIENT LIST
             )
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
@@ -448,7 +462,7 @@ def task_event_data(event: TaskEvent, record: TaskRecord, result: Any) -> dict:
         "celery_id": event.celery_id,
         "name": record.name,
         "kind": event.kind,
-        "state": record.state,
+        "state": STATE_AFTER.get(event.kind, record.state),
         "attempt": event.attempt,
         "worker": event.worker,
         "at": event.at.isoformat(),

@@ -27,6 +27,7 @@ def test_compose_has_the_documented_services():
         "postgres",
         "redis",
         "web",
+        "streams",
         "worker-ai",
         "worker-knowledge",
         "worker-default",
@@ -57,6 +58,12 @@ def test_exactly_one_beat_and_web_runs_gunicorn():
     assert "gunicorn claw.wsgi" in command("web")
 
 
+def test_streams_run_the_asgi_app_on_uvicorn_workers():
+    # WSGI would buffer the streams and gunicorn's sync workers kill long requests
+    assert "gunicorn claw.asgi:application" in command("streams")
+    assert "--worker-class tasks_app.asgi_worker.StreamsWorker" in command("streams")
+
+
 def test_secrets_come_from_the_environment_without_defaults():
     text = (BASE_DIR / "docker-compose.yml").read_text()
     for secret in ("SECRET_KEY", "POSTGRES_PASSWORD", "REDIS_PASSWORD"):
@@ -76,7 +83,14 @@ def test_redis_is_durable_and_never_evicts_queued_messages():
 
 
 def test_app_services_point_at_the_compose_database_and_broker():
-    for name in ("web", "worker-ai", "worker-knowledge", "worker-default", "beat"):
+    for name in (
+        "web",
+        "streams",
+        "worker-ai",
+        "worker-knowledge",
+        "worker-default",
+        "beat",
+    ):
         env = SERVICES[name]["environment"]
         assert env["DATABASE_URL"].startswith("postgres://")
         assert env["CELERY_BROKER_URL"].startswith("redis://")

@@ -13,7 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import BASE_DIR, wait_for
+from claw.tests.conftest import ScriptedServer
+from tests.harness import BASE_DIR, CeleryProcess, wait_for
+
+QUEUE = "live_llm"  # the streams suite's own worker's queue
 
 
 def free_port() -> int:
@@ -131,3 +134,34 @@ def asgi_server(worker_env, artifacts_dir):
         yield server.wait_ready()
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def llm_server():
+    with ScriptedServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def llm_worker(worker_env, artifacts_dir, llm_server):
+    from claw.celery import app
+
+    env = {
+        **worker_env,
+        "LLM_BASE_URL": llm_server.url + "/v1",
+        "LLM_MODEL": "test-model",
+        "AI_RATE_LIMIT": "",
+        "AI_STREAM_SAVE_INTERVAL": "30",
+    }
+    worker = CeleryProcess(
+        "worker", env, ["-Q", QUEUE, "-c", "2"], artifacts_dir / "worker-live.log"
+    )
+    with worker.running(app):
+        yield worker
+
+
+@pytest.fixture
+def llm(llm_server, llm_worker, asgi_server, transactional_db):
+    llm_server.script.clear()
+    llm_server.requests.clear()
+    return llm_server

@@ -16,47 +16,16 @@ from rest_framework.authtoken.models import Token
 
 from claw import conversations
 from claw.models import Message
-from claw.tests.conftest import ScriptedServer, sse
+from claw.tests.conftest import sse
 from tasks_app.models import TaskRecord
-from tests.harness import CeleryProcess, wait_for
-from tests.streams.conftest import SSEClient, close_stream, open_stream
+from tests.harness import wait_for
+from tests.streams.conftest import QUEUE, SSEClient, close_stream, open_stream
 
 pytestmark = pytest.mark.worker
-QUEUE = "live_llm"
+
 PIECES = [f"word{n} " for n in range(12)]
 ANSWER = "".join(PIECES)
 PAUSE = 0.15  # between chunks: the whole answer takes about 2 s
-
-
-@pytest.fixture(scope="module")
-def llm_server():
-    with ScriptedServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def llm_worker(worker_env, artifacts_dir, llm_server):
-    from claw.celery import app
-
-    env = {
-        **worker_env,
-        "LLM_BASE_URL": llm_server.url + "/v1",
-        "LLM_MODEL": "test-model",
-        "AI_RATE_LIMIT": "",
-        "AI_STREAM_SAVE_INTERVAL": "30",
-    }
-    worker = CeleryProcess(
-        "worker", env, ["-Q", QUEUE, "-c", "2"], artifacts_dir / "worker-live.log"
-    )
-    with worker.running(app):
-        yield worker
-
-
-@pytest.fixture
-def llm(llm_server, llm_worker, asgi_server, transactional_db):
-    llm_server.script.clear()
-    llm_server.requests.clear()
-    return llm_server
 
 
 def ask(user, content="What is CLAW?") -> Message:

@@ -410,7 +410,7 @@ def drf_object(request: HttpRequest, view_class, **kwargs):
     drf_request = view.initialize_request(request, **kwargs)
     view.request = drf_request
     try:
-        view.initial(drf_request, **kwargs)
+        _check(view, drf_request)
         return view.get_object(), None
     except Exception as exc:
         response = view.finalize_response(
@@ -420,6 +420,14 @@ def drf_object(request: HttpRequest, view_class, **kwargs):
         return None, response
 
 
+def _check(view, request) -> None:
+    """APIView.initial() without its content negotiation: an EventSource asks
+    for text/event-stream, which no DRF renderer offers (errors are JSON)."""
+    view.perform_authentication(request)
+    view.check_permissions(request)
+    view.check_throttles(request)
+
+
 def drf_user(request: HttpRequest, view_class):
     """The authenticated user as view_class would see it, or the error response."""
     view = view_class(action_map={"get": "list"}, args=(), kwargs={}, format_kwarg=None)
@@ -427,7 +435,7 @@ def drf_user(request: HttpRequest, view_class):
     drf_request = view.initialize_request(request)
     view.request = drf_request
     try:
-        view.initial(drf_request)
+        _check(view, drf_request)
         return drf_request.user, None
     except Exception as exc:
         response = view.finalize_response(drf_request, view.handle_exception(exc))
@@ -571,6 +579,24 @@ class TaskSource(Source):
             self.sent[event.id] = now
             self.after = max(self.after or 0, event.id)
         return out
+
+
+def over(source: TaskSource) -> bool:
+    """A client resuming after the last event of a record that has ended: it gets
+    204 (which stops an EventSource) rather than an empty stream that would make
+    it reconnect for ever. Sync: run in_thread."""
+    if source.after is None or source.ending is None:
+        return False
+    ended = TaskRecord.objects.filter(pk=source.ending, state__in=ENDING_STATES)
+    records = TaskRecord.objects.filter(source.records)
+    later = TaskEvent.objects.filter(record__in=records, id__gt=source.after)
+    return ended.exists() and not later.exists()
+
+
+async def task_response(source: TaskSource) -> HttpResponse:
+    if await in_thread(over, source):
+        return ended_response()
+    return sse_response(source)
 
 
 def task_source(record: TaskRecord, after: int | None, **extra) -> TaskSource:

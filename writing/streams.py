@@ -31,7 +31,7 @@ async def job_stream(request, job_id: str):
     if job.task_id is None:  # not submitted (a job is created with its task)
         return live.json_error(409, "detail", "The job has no task to follow.")
     record = await live.in_thread(lambda: job.task)
-    return live.sse_response(live.tree_source(record, after, job_id=job.job_id))
+    return await live.task_response(live.tree_source(record, after, job_id=job.job_id))
 
 
 def job_scope(user, value: str) -> live.Scope:

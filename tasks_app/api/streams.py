@@ -27,7 +27,7 @@ async def task_stream(request, pk: str):
         after = live.parse_event_id(live.last_event_id(request))
     except ValueError as exc:
         return live.json_error(400, "after", str(exc))
-    return live.sse_response(live.task_source(record, after))
+    return await live.task_response(live.task_source(record, after))
 
 
 async def events_stream(request):

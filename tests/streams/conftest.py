@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from claw.tests.conftest import ScriptedServer
+from tests.browser.test_admin_browser import browser_page  # noqa: F401 - a fixture
 from tests.harness import BASE_DIR, CeleryProcess, wait_for
 
 QUEUE = "live_llm"  # the streams suite's own worker's queue
@@ -110,6 +111,7 @@ class SSEClient:
 
 def open_stream(base: str, path: str, token: str | None, **headers) -> httpx.Response:
     """GET a stream; the caller reads it with SSEClient and closes it."""
+    headers.setdefault("Accept", "text/event-stream")  # as EventSource sends
     if token:
         headers["Authorization"] = f"Token {token}"
     client = httpx.Client(base_url=base, timeout=httpx.Timeout(30, connect=5))

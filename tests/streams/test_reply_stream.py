@@ -215,6 +215,12 @@ def test_a_task_stream_names_events_as_the_old_system_and_ends(alice, llm, asgi_
         assert [e.id for e in SSEClient(again)] == [e.id for e in events[1:]]
     finally:
         close_stream(again)
+    # after the last event of an ended task: 204, so an EventSource stops
+    last = open_stream(asgi_server.url, f"{path}?after={events[-1].id}", token(alice))
+    try:
+        assert last.status_code == 204
+    finally:
+        close_stream(last)
 
 
 def test_the_events_stream_carries_the_callers_replies_and_tasks_only(

@@ -225,10 +225,16 @@ def delta_key(message_id: int) -> str:
 
 
 def stream_piece(
-    message_id: int, owner_id: int, conversation_id: int, offset: int, text: str
+    message_id: int,
+    owner_id: int,
+    conversation_id: int,
+    run: str,
+    offset: int,
+    text: str,
 ) -> None:
     """Publish one chunk of a reply as the provider streamed it: text is the
-    reply's content[offset:offset + len(text)]."""
+    reply's content[offset:offset + len(text)] in the run that began at `run`
+    (the message's started_at, ISO 8601: a rerun writes from offset 0 again)."""
     live.publish(
         {
             "k": "delta",
@@ -236,6 +242,7 @@ def stream_piece(
             "m": message_id,
             "u": owner_id,
             "c": conversation_id,
+            "a": run,
             "o": offset,
             "t": text,
         },

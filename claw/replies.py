@@ -76,6 +76,7 @@ def generate(message_id: int, *, started_at: float, deadline: float) -> dict:
             message_id,
             conversation.owner_id,
             conversation.pk,
+            message.started_at.isoformat(),
         ),
     )
     latency_ms = max(1, round((time.monotonic() - clock) * 1000))

@@ -1,7 +1,9 @@
 """A reply's text as the model writes it: GET /api/v1/messages/{id}/stream/.
 
 Events: `passages` (the citations, once known), `delta` (each chunk as the
-provider streamed it), then `done` (status, token usage, latency) or `error`.
+provider streamed it), then `done` (status, token usage, latency) or `error`;
+`reset` when the reply is written again from the start (an automatic retry after
+a provider error mid-reply): the client drops the text it has.
 An event's id is where the client stands: "<characters received>:<passages
 received, 0 or 1>", and ":end" once done or error was sent. Resuming after an id
 sends exactly the rest; after ":end" the answer is 204 (an EventSource stops).
@@ -38,6 +40,7 @@ FIELDS = (
     "latency_ms",
     "provider",
     "model",
+    "started_at",
     "finished_at",
     "conversation_id",
 )
@@ -66,6 +69,7 @@ class MessageSource(live.Source):
         self.chars = chars
         self.passages_sent = passages_sent
         self.finished = False
+        self.run: str | None = None  # the run (started_at) the text belongs to
 
     def position(self, end: bool = False) -> str:
         return f"{self.chars}:{int(self.passages_sent)}" + (":end" if end else "")
@@ -92,6 +96,13 @@ class MessageSource(live.Source):
             self.finished = True
             error = {"message": self.id, "status": "deleted", "error": "Deleted."}
             return [live.sse("error", error, self.position(end=True))]
+        run = live.iso(row["started_at"])
+        if self.run is not None and run is not None and run != self.run:
+            # The reply is being written again from the start (an automatic retry
+            # after a provider error): the client drops what it has.
+            self.chars, self.passages_sent = 0, False
+            out.append(live.sse("reset", {"message": self.id}, self.position()))
+        self.run = run or self.run
         if not self.passages_sent and row["passages"]:
             self.passages_sent = True
             data = {"message": self.id, "passages": row["passages"]}
@@ -104,7 +115,8 @@ class MessageSource(live.Source):
             out.append(self._end(row))
             return out
         for piece in sorted(pieces, key=lambda p: p["o"]):
-            out += self.take(piece) or []
+            if piece.get("a") == self.run:
+                out += self.take(piece) or []
         return out
 
     def _end(self, row: dict) -> str:
@@ -135,6 +147,8 @@ class MessageSource(live.Source):
     def take(self, item: dict) -> list[str] | None:
         if item.get("k") != "delta" or item.get("m") != self.id:
             return None  # the message changed (passages, its end): read it
+        if item.get("a") != self.run:
+            return None  # another run of the reply: the row says which is current
         offset, text = item["o"], item["t"]
         if offset + len(text) <= self.chars:
             return []  # sent already (replayed from the row or the Redis Stream)

@@ -348,7 +348,11 @@ async def run(source: Source) -> AsyncIterator[str]:
                 heartbeat if live else settings.CLAW_LIVE_POLL_INTERVAL
             )
             out: list[str] = []
-            need = resync or not live
+            # Without Redis: read the database each poll interval. With it, also
+            # after a quiet heartbeat interval, in case a publish was lost (a
+            # worker that could not reach Redis for a moment): a stream never
+            # waits for ever on a doorbell that did not ring.
+            need = resync or not live or not items
             for item in items:
                 events = source.take(item)
                 if events is None:
@@ -573,9 +577,12 @@ class TaskSource(Source):
         for event in rows:
             data = task_event_data(event, event.record, results.get(event.celery_id))
             data.update(self.extra)
-            out.append(
-                sse(TASK_EVENT_NAMES.get(event.kind, event.kind), data, event.id)
-            )
+            # An event committed after a later one is sent without an id, so the
+            # client's Last-Event-ID stays the highest it has: resuming repeats
+            # nothing.
+            late = self.after is not None and event.id < self.after
+            name = TASK_EVENT_NAMES.get(event.kind, event.kind)
+            out.append(sse(name, data, None if late else event.id))
             self.sent[event.id] = now
             self.after = max(self.after or 0, event.id)
         return out

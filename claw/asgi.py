@@ -22,7 +22,13 @@ from django.core.asgi import get_asgi_application
 
 django_asgi = get_asgi_application()  # sets Django up first
 
+from claw.celery import registered_tasks  # noqa: E402
 from claw.wsgi import application as django_wsgi  # noqa: E402
+
+# Import every tasks module now: the first requests run at once on the thread
+# pool, and a lazy first import raced by another thread found no task registered
+# (UnknownTask, a 500 on the first submissions after a start).
+registered_tasks()
 
 STREAM_PATH = re.compile(r"^/api/v1/(?:.+/)?stream/$")
 wsgi = WSGIMiddleware(django_wsgi, workers=settings.CLAW_WSGI_THREADS)

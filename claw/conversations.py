@@ -10,6 +10,7 @@ run, so a redelivered or retried run never adds a second reply.
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -245,6 +246,7 @@ def stream_piece(
             "a": run,
             "o": offset,
             "t": text,
+            "w": round(time.time(), 6),  # when the worker received it
         },
         stream_key=delta_key(message_id),
     )

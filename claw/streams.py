@@ -74,10 +74,12 @@ class MessageSource(live.Source):
     def position(self, end: bool = False) -> str:
         return f"{self.chars}:{int(self.passages_sent)}" + (":end" if end else "")
 
-    def _delta(self, text: str) -> str:
+    def _delta(self, text: str, at: float | None = None) -> str:
         offset = self.chars
         self.chars += len(text)
         data = {"message": self.id, "offset": offset, "text": text}
+        if at is not None:
+            data["at"] = at  # when the worker received the chunk (epoch seconds)
         return live.sse("delta", data, self.position())
 
     async def catch_up(self) -> list[str]:
@@ -154,7 +156,7 @@ class MessageSource(live.Source):
             return []  # sent already (replayed from the row or the Redis Stream)
         if offset > self.chars:
             return None  # a gap: the row and the Redis Stream have what is missing
-        return [self._delta(text[self.chars - offset :])]
+        return [self._delta(text[self.chars - offset :], item.get("w"))]
 
 
 async def message_stream(request, pk: int):
@@ -185,6 +187,7 @@ def render_item(item: dict) -> list[str] | None:
         "conversation": item.get("c"),
         "offset": item["o"],
         "text": item["t"],
+        "at": item.get("w"),
     }
     return [live.sse("delta", data)]
 

@@ -212,8 +212,10 @@ class Follower:
     async def get(self, timeout: float) -> tuple[list[dict], bool]:
         if not self.items and not self.resync:
             self.event.clear()
+            # asyncio.timeout, not wait_for: no task created per wait
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.event.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self.event.wait()
         items, self.items = self.items, []
         resync, self.resync = self.resync, False
         return items, resync

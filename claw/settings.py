@@ -424,8 +424,9 @@ CLAW_LIVE_RETRY_MS = env_int("CLAW_LIVE_RETRY_MS", 2000)
 # Each reply's chunks are also kept in a bounded Redis Stream for late joiners.
 CLAW_LIVE_STREAM_MAXLEN = env_int("CLAW_LIVE_STREAM_MAXLEN", 5000)
 CLAW_LIVE_STREAM_TTL = env_int("CLAW_LIVE_STREAM_TTL", 3600)
-# Threads per web process serving the REST API and admin under ASGI (claw.asgi).
-CLAW_WSGI_THREADS = env_int("CLAW_WSGI_THREADS", 16)
+# Threads per web process serving the REST API and admin under ASGI (claw.asgi);
+# each may hold a database connection (size PostgreSQL's max_connections for it).
+CLAW_WSGI_THREADS = env_int("CLAW_WSGI_THREADS", 8)
 
 # Longest hard time limit of any task (vectorize_document); the visibility timeout
 # must stay above it (system check tasks_app.W001).

@@ -105,3 +105,45 @@ def test_streams_on_the_embedded_stack_read_the_database(tmp_path, artifacts_dir
     assert "".join(d.data["text"] for d in deltas) == ANSWER
     assert task_events[0] == "task_queued" and task_events[-1] == "task_completed"
     assert time.monotonic() - started < 30
+
+
+def test_without_redis_a_stream_reads_the_database_and_completes(
+    alice, llm, worker_env, artifacts_dir
+):
+    # The streams server cannot reach Redis at all (nothing listens there); the
+    # worker still publishes to the real one.
+    server = AsgiServer(
+        {**worker_env, "CLAW_LIVE_REDIS_URL": "redis://127.0.0.1:9/5"},
+        artifacts_dir / "uvicorn-no-redis.log",
+    )
+    try:
+        server.wait_ready()
+        llm.script.append(sse(*PIECES, pause=0.05))
+        reply = ask(alice)
+        response = open_stream(
+            server.url, f"/api/v1/messages/{reply.pk}/stream/", token(alice)
+        )
+        try:
+            events = list(SSEClient(response))
+        finally:
+            close_stream(response)
+    finally:
+        server.stop()
+    reply.refresh_from_db()
+    assert events[-1].event == "done"
+    assert "".join(e.data["text"] for e in events if e.event == "delta") == ANSWER
+    assert reply.content == ANSWER
+
+
+def test_a_quiet_stream_sends_heartbeats(bob, llm, asgi_server):
+    # the suite's server sends one after each quiet second (CLAW_LIVE_HEARTBEAT=1)
+    response = open_stream(asgi_server.url, "/api/v1/events/stream/", token(bob))
+    started = time.monotonic()
+    try:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        while next(lines) != ": keep-alive":
+            assert time.monotonic() - started < 5
+    finally:
+        close_stream(response)
+    assert 0.5 < time.monotonic() - started < 5

@@ -83,8 +83,14 @@ print(json.dumps({
 
 @pytest.mark.worker
 def test_runstack_serves_a_healthy_stack_and_stops_every_child_on_ctrl_c(tmp_path):
-    # no rate limit: twenty replies would otherwise wait for later windows
-    env = {**embedded_env(tmp_path), "HTTPS_ONLY": "false", "AI_RATE_LIMIT": ""}
+    # no rate limit: twenty replies would otherwise wait for later windows; no
+    # per-user cap on replies in flight (issue 20): the twenty are one user's
+    env = {
+        **embedded_env(tmp_path),
+        "HTTPS_ONLY": "false",
+        "AI_RATE_LIMIT": "",
+        "AI_MAX_REPLIES_IN_FLIGHT": "0",
+    }
     manage(env, "migrate", "--noinput")
     manage(env, "collectstatic", "--noinput", "-v", "0")
     created = manage(env, "ensure_admin")

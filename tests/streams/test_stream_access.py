@@ -6,6 +6,7 @@ stream. A new stream in the schema is checked here without being named."""
 
 from __future__ import annotations
 
+import json
 import re
 from unittest.mock import patch
 
@@ -76,3 +77,24 @@ def test_streams_follow_the_rest_apis_access_rules(
     for user in (alice, staff):
         status, kind = status_of(asgi_server.url, url, user)
         assert status == 200 and kind.startswith("text/event-stream"), (user, status)
+
+
+def test_the_events_stream_narrows_to_ones_own_job_or_conversation(
+    objects, alice, bob, asgi_server
+):
+    base, path = asgi_server.url, "/api/v1/events/stream/"
+    assert status_of(base, f"{path}?job={objects['job']}", alice)[0] == 200
+    assert status_of(base, f"{path}?job={objects['job']}", bob)[0] == 404
+    for query, field in (
+        ("?job=no%20spaces", "job"),
+        ("?conversation=x", "conversation"),
+        (f"?conversation={objects['conversation']}&job=plan", "job"),
+        ("?after=abc", "after"),
+    ):
+        response = open_stream(base, path + query, token(alice))
+        try:
+            assert response.status_code == 400, query
+            body = json.loads(response.read())
+            assert field in body, (query, body)
+        finally:
+            close_stream(response)

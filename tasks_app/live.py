@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -527,10 +528,14 @@ class TaskSource(Source):
     ending: int | None = None
     extra: dict = field(default_factory=dict)
     finished: bool = False
-    # Ids sent in the last LOOKBACK seconds: an event whose transaction committed
-    # after a later one's is still sent, once (PostgreSQL ids are taken at
-    # INSERT, not at COMMIT).
-    sent: dict[int, float] = field(default_factory=dict)
+    # PostgreSQL hands ids out at INSERT, not at COMMIT: an event may become
+    # visible after one with a higher id was sent. So each read starts not after
+    # the highest id sent but after the highest id sent LOOKBACK seconds ago
+    # (marks: (time, highest id) at each read), and skips what it sent since
+    # (`sent`): a late event is sent once, LOOKBACK seconds being far longer than
+    # a ledger write's transaction.
+    marks: deque = field(default_factory=deque)
+    sent: set = field(default_factory=set)
     LOOKBACK = 10.0
 
     async def catch_up(self) -> list[str]:
@@ -558,12 +563,18 @@ class TaskSource(Source):
             self.finished = True
         return out
 
+    def _floor(self, now: float) -> int | None:
+        if not self.marks or self.marks[-1][1] != self.after:
+            self.marks.append((now, self.after))
+        while len(self.marks) > 1 and now - self.marks[1][0] >= self.LOOKBACK:
+            self.marks.popleft()
+        floor = self.marks[0][1]
+        if floor is not None:
+            self.sent = {i for i in self.sent if i > floor}
+        return floor
+
     def _fetch(self) -> list[str]:
-        now = time.monotonic()
-        self.sent = {k: v for k, v in self.sent.items() if now - v < self.LOOKBACK}
-        floor = self.after
-        if self.sent:
-            floor = min(floor or 0, min(self.sent) - 1)
+        floor = self._floor(time.monotonic())
         rows = TaskEvent.objects.filter(
             record__in=TaskRecord.objects.filter(self.records)
         )
@@ -585,7 +596,7 @@ class TaskSource(Source):
             late = self.after is not None and event.id < self.after
             name = TASK_EVENT_NAMES.get(event.kind, event.kind)
             out.append(sse(name, data, None if late else event.id))
-            self.sent[event.id] = now
+            self.sent.add(event.id)
             self.after = max(self.after or 0, event.id)
         return out
 

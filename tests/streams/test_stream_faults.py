@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 import pytest
 import redis
 from django.conf import settings
 
+from claw import conversations
 from claw.tests.conftest import ScriptedServer, sse
-from tests.harness import CeleryProcess
-from tests.streams.conftest import AsgiServer, SSEClient, close_stream, open_stream
+from tests.harness import CeleryProcess, wait_for
+from tests.streams.conftest import (
+    AsgiServer,
+    SSEClient,
+    close_stream,
+    free_port,
+    open_stream,
+)
 from tests.streams.test_reply_stream import ANSWER, PIECES, ask, read_until, token
 from tests.test_smoke_embedded import embedded_env, manage
 
@@ -107,32 +115,83 @@ def test_streams_on_the_embedded_stack_read_the_database(tmp_path, artifacts_dir
     assert time.monotonic() - started < 30
 
 
-def test_without_redis_a_stream_reads_the_database_and_completes(
+class PrivateRedis:
+    """A redis-server of this test's own, to restart without disturbing the
+    broker everyone else uses (no persistence: a restart loses everything)."""
+
+    def __init__(self, log):
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.log = log
+        self.process = None
+
+    def start(self) -> PrivateRedis:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--save", "", "--appendonly",
+             "no", "--bind", "127.0.0.1"],
+            stdout=open(self.log, "ab"),  # noqa: SIM115 - lives with the process
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        wait_for(self.answers, 10, interval=0.05, message="redis-server to start")
+        return self
+
+    def answers(self) -> bool:
+        try:
+            return redis.Redis.from_url(self.url, socket_timeout=0.5).ping()
+        except redis.RedisError:
+            return False
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def test_a_stream_completes_when_redis_restarts_mid_reply(
     alice, llm, worker_env, artifacts_dir
 ):
-    # The streams server cannot reach Redis at all (nothing listens there); the
-    # worker still publishes to the real one.
-    server = AsgiServer(
-        {**worker_env, "CLAW_LIVE_REDIS_URL": "redis://127.0.0.1:9/5"},
-        artifacts_dir / "uvicorn-no-redis.log",
-    )
+    # The live path (worker -> Redis -> streams server) through a Redis that is
+    # killed and started again while the reply streams; the broker stays up.
+    private = PrivateRedis(artifacts_dir / "redis-private.log").start()
+    env = {**worker_env, "CLAW_LIVE_REDIS_URL": private.url, "CLAW_LIVE_HEARTBEAT": "1"}
+    server = AsgiServer(env, artifacts_dir / "uvicorn-restart.log")
+    from claw.celery import app
+
+    worker = CeleryProcess(
+        "worker",
+        {**env, "LLM_BASE_URL": llm.url + "/v1", "AI_RATE_LIMIT": "",
+         "AI_STREAM_SAVE_INTERVAL": "30"},
+        ["-Q", "live_restart", "-c", "1"],
+        artifacts_dir / "worker-restart.log",
+    )  # fmt: skip
     try:
         server.wait_ready()
-        llm.script.append(sse(*PIECES, pause=0.05))
-        reply = ask(alice)
+        worker.start().wait_ready(app)
+        llm.script.append(sse(*PIECES, pause=0.25))
+        conversation = conversations.create_conversation(alice, provider="openai")
+        reply = conversations.post_message(
+            conversation, "?", queue="live_restart"
+        ).assistant_message
         response = open_stream(
             server.url, f"/api/v1/messages/{reply.pk}/stream/", token(alice)
         )
         try:
-            events = list(SSEClient(response))
+            client = SSEClient(response)
+            before = read_until(client, lambda evs: evs[-1].event == "delta")
+            private.stop()
+            time.sleep(0.5)
+            private.start()
+            rest = list(client)
         finally:
             close_stream(response)
     finally:
+        worker.stop()
         server.stop()
+        private.stop()
     reply.refresh_from_db()
-    assert events[-1].event == "done"
-    assert "".join(e.data["text"] for e in events if e.event == "delta") == ANSWER
-    assert reply.content == ANSWER
+    assert rest[-1].event == "done"
+    text = "".join(e.data["text"] for e in before + rest if e.event == "delta")
+    assert text == reply.content == ANSWER
 
 
 def test_a_quiet_stream_sends_heartbeats(bob, llm, asgi_server):

@@ -24,6 +24,7 @@ django_asgi = get_asgi_application()  # sets Django up first
 
 from claw.celery import registered_tasks  # noqa: E402
 from claw.wsgi import application as django_wsgi  # noqa: E402
+from tasks_app import live  # noqa: E402
 
 # Import every tasks module now: the first requests run at once on the thread
 # pool, and a lazy first import raced by another thread found no task registered
@@ -47,6 +48,7 @@ async def lifespan(receive, send):
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            live.hub().start()  # subscribed before the first stream opens
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})

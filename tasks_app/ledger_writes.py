@@ -56,7 +56,7 @@ def _announce(celery_id: str, row: tuple | None = None) -> None:
     """Ring the live doorbell of an event just written, once it commits: row is
     (record id, owner id, root id, parent id) when the write returned it; otherwise, and
     only when something listens (the services stack), it is read."""
-    if not live.enabled():
+    if not live.enabled() or not live.listening():
         return
     if row is None:
         row = (

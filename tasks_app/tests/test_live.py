@@ -42,6 +42,7 @@ def test_a_committed_transition_rings_with_its_record_owner_and_tree(
     pubsub.subscribe(live.channel())
     try:
         pubsub.get_message(timeout=1)  # the subscription's confirmation
+        live._listeners = (float("-inf"), False)  # count the subscribers afresh
         with django_capture_on_commit_callbacks(execute=True):
             assert services.record_progress(child.celery_id, 1, 2, "half")
         message = pubsub.get_message(timeout=2)
@@ -57,6 +58,24 @@ def test_a_committed_transition_rings_with_its_record_owner_and_tree(
         ("user", alice.pk),
         ("all",),
     }
+
+
+def test_no_doorbell_rings_while_no_streams_process_listens(
+    settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    settings.CLAW_LIVE_REDIS_URL = settings.CELERY_BROKER_URL
+    live._client.cache_clear()
+    monkeypatch.setattr(live, "_listeners", (float("-inf"), False))
+    # a channel nobody subscribes to (this session's streams server listens on
+    # the real one)
+    monkeypatch.setattr(live, "channel", lambda: f"claw:live:nobody-{time.time()}")
+    monkeypatch.setattr(live, "_send", lambda *a: pytest.fail("published"))
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            ledger_writes.add_event(record().celery_id, TaskEvent.Kind.PROGRESS, {})
+        assert live._listeners[1] is False  # asked Redis: nobody subscribed
+    finally:
+        live._client.cache_clear()
 
 
 def test_nothing_is_published_without_redis(settings, monkeypatch):

@@ -377,7 +377,7 @@ async def run(source: Source) -> AsyncIterator[str]:
         first = await source.catch_up()
         if first:
             yield "".join(first)
-        quiet_since = time.monotonic()
+        quiet_since = read_at = time.monotonic()
         while not source.finished:
             live = the_hub.live
             items, resync = await follower.get(
@@ -385,10 +385,11 @@ async def run(source: Source) -> AsyncIterator[str]:
             )
             out: list[str] = []
             # Without Redis: read the database each poll interval. With it, also
-            # after a quiet heartbeat interval, in case a publish was lost (a
-            # worker that could not reach Redis for a moment): a stream never
-            # waits for ever on a doorbell that did not ring.
-            need = resync or not live or not items
+            # once a heartbeat interval has passed without a read, in case a
+            # publish was lost (a worker that could not reach Redis for a
+            # moment): a stream never waits for ever on a doorbell that did not
+            # ring.
+            need = resync or not live or time.monotonic() - read_at >= heartbeat
             for item in items:
                 events = source.take(item)
                 if events is None:
@@ -397,6 +398,7 @@ async def run(source: Source) -> AsyncIterator[str]:
                     out += events
             if need:
                 out += await source.catch_up()
+                read_at = time.monotonic()
             now = time.monotonic()
             if out:
                 yield "".join(out)

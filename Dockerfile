@@ -6,4 +6,5 @@ RUN pip install -r requirements.txt
 COPY . .
 RUN useradd --create-home claw && chown -R claw /app
 USER claw
-EXPOSE 8000
+# 8000: web (gunicorn, WSGI); 8001: streams (the ASGI app, docker-compose.yml)
+EXPOSE 8000 8001

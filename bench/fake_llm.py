@@ -1,6 +1,6 @@
 """A local chat-completions server for benchmarks: streams each answer over a delay.
 
-    python -m bench.fake_llm [--port 0] [--delay 0.5] [--pieces 10]
+    python -m bench.fake_llm [--port 0] [--delay 0.5] [--pieces 10] [--stamp]
 
 POST /v1/chat/completions answers 200 with Server-Sent Events, chunked, on a
 keep-alive connection (as OpenAI, vLLM and llama.cpp do): ``pieces`` content
@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 
 STATS = {"requests": 0, "active": 0, "peak": 0}
 
@@ -25,8 +26,14 @@ def event(payload: dict) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
+STAMP = False  # --stamp: each piece carries its send time (bench_streams)
+
+
 def piece(n: int) -> bytes:
-    delta = {"content": f"word{n} "}
+    # With --stamp the text says when it left ("w3@1764751234.567890 "), so a
+    # client reading it through CLAW's streams can tell how long it took.
+    text = f"w{n}@{time.time():.6f} " if STAMP else f"word{n} "
+    delta = {"content": text}
     return event({"model": "bench-model", "choices": [{"index": 0, "delta": delta}]})
 
 
@@ -110,7 +117,9 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--delay", type=float, default=0.5)
     parser.add_argument("--pieces", type=int, default=10)
+    parser.add_argument("--stamp", action="store_true", help="send times in text")
     args = parser.parse_args()
+    STAMP = args.stamp
     try:
         asyncio.run(main(args.port, args.delay, args.pieces))
     except KeyboardInterrupt:

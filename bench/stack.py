@@ -56,11 +56,14 @@ class Child(Worker):
         )
 
 
-def fake_model(delay: float = 0.5, pieces: int = 10) -> tuple[Child, str]:
+def fake_model(
+    delay: float = 0.5, pieces: int = 10, stamp: bool = False
+) -> tuple[Child, str]:
     """The local chat-completions server and its base URL."""
     child = Child(
         [sys.executable, "-m", "bench.fake_llm", "--delay", str(delay)]
-        + ["--pieces", str(pieces)],
+        + ["--pieces", str(pieces)]
+        + (["--stamp"] if stamp else []),
         {**os.environ, "PYTHONPATH": str(ROOT)},
         "pool-fake-llm",
         pipe=True,

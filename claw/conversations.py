@@ -10,6 +10,7 @@ run, so a redelivered or retried run never adds a second reply.
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -20,7 +21,7 @@ from django.db.models import Case, Value, When
 from django.utils import timezone
 
 from claw.models import Conversation, Message
-from tasks_app import ownership
+from tasks_app import live, ownership
 from tasks_app import services as ledger
 from tasks_app.lifecycle import Ended
 from tasks_app.models import TaskRecord
@@ -207,6 +208,9 @@ def begin_reply(message_id: int, *, started_at: datetime) -> Message | None:
     )
     if not updated:
         return None
+    # A rerun writes from the first character again; earlier chunks would mislead.
+    live.delete_stream(delta_key(message_id))
+    _ring(message_id)
     return Message.objects.select_related("conversation", "reply_to").get(pk=message_id)
 
 
@@ -220,6 +224,47 @@ def needs_reply(message_id: int) -> bool:
 
 def save_passages(message_id: int, passages: list[dict]) -> None:
     Message.objects.filter(pk=message_id).update(passages=passages)
+    _ring(message_id)
+
+
+# --- live readers (claw.streams) ----------------------------------------------------
+
+
+def delta_key(message_id: int) -> str:
+    """The Redis Stream holding a reply's chunks for readers that join late."""
+    return f"claw:live:reply:{message_id}"
+
+
+def stream_piece(
+    message_id: int,
+    owner_id: int,
+    conversation_id: int,
+    run: str,
+    offset: int,
+    text: str,
+) -> None:
+    """Publish one chunk of a reply as the provider streamed it: text is the
+    reply's content[offset:offset + len(text)] in the run that began at `run`
+    (the message's started_at, ISO 8601: a rerun writes from offset 0 again)."""
+    live.publish(
+        {
+            "k": "delta",
+            "to": [("msg", message_id)],
+            "m": message_id,
+            "u": owner_id,
+            "c": conversation_id,
+            "a": run,
+            "o": offset,
+            "t": text,
+            "w": round(time.time(), 6),  # when the worker received it
+        },
+        stream_key=delta_key(message_id),
+    )
+
+
+def _ring(message_id: int) -> None:
+    """Tell a reply's live readers that its row changed (passages, its end)."""
+    live.publish({"k": "msg", "to": [("msg", message_id)], "m": message_id})
 
 
 def save_partial(message_id: int, text: str) -> bool:
@@ -244,7 +289,7 @@ def finish_reply(
     tokens_estimated: bool,
     latency_ms: int,
 ) -> bool:
-    return bool(
+    finished = bool(
         Message.objects.filter(pk=message_id, status=Status.GENERATING).update(
             status=Status.DONE,
             content=text,
@@ -259,6 +304,9 @@ def finish_reply(
             finished_at=timezone.now(),
         )
     )
+    if finished:
+        _ring(message_id)
+    return finished
 
 
 def wait_for_retry(message_id: int, *, error: str) -> None:
@@ -266,6 +314,7 @@ def wait_for_retry(message_id: int, *, error: str) -> None:
     Message.objects.filter(pk=message_id, status__in=Message.ACTIVE_STATUSES).update(
         status=Status.PENDING, error=error[:2000]
     )
+    _ring(message_id)
 
 
 def reply_ended(ended: Ended) -> None:
@@ -307,4 +356,7 @@ def fail_reply(message_id: int, *, error: str, text: str | None = None) -> bool:
             When(content="", then=Value(False)), default=Value(True)
         )
     rows = Message.objects.filter(pk=message_id, status__in=Message.ACTIVE_STATUSES)
-    return bool(rows.update(**updates))
+    failed = bool(rows.update(**updates))
+    if failed:
+        _ring(message_id)
+    return failed

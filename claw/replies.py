@@ -6,6 +6,7 @@ goes through claw.conversations.
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import UTC, datetime
 
@@ -72,6 +73,13 @@ def generate(message_id: int, *, started_at: float, deadline: float) -> dict:
         completion,
         message_id,
         deadline,
+        publish=functools.partial(
+            conversations.stream_piece,
+            message_id,
+            conversation.owner_id,
+            conversation.pk,
+            message.started_at.isoformat(),
+        ),
     )
     latency_ms = max(1, round((time.monotonic() - clock) * 1000))
     prompt_text = "\n".join(m["content"] for m in prompt)
@@ -99,14 +107,24 @@ def generate(message_id: int, *, started_at: float, deadline: float) -> dict:
     }
 
 
-def _stream(provider, prompt, passages, completion, message_id, deadline) -> str:
+def _stream(
+    provider, prompt, passages, completion, message_id, deadline, *, publish=None
+) -> str:
     """Consume the provider's stream into the message; return why it stopped
-    early ("deadline", "soft_time_limit") or ""."""
+    early ("deadline", "soft_time_limit") or "".
+
+    Each chunk goes to live readers as it arrives (publish(offset, text)); the
+    row is written only every AI_STREAM_SAVE_INTERVAL.
+    """
     last_save = time.monotonic()
+    published = 0
     try:
         for _piece in provider.stream(
             prompt, passages=passages, completion=completion, deadline=deadline
         ):
+            if publish is not None and len(completion.text) > published:
+                publish(published, completion.text[published:])
+                published = len(completion.text)
             now = time.monotonic()
             if now - last_save < settings.AI_STREAM_SAVE_INTERVAL:
                 continue

@@ -455,6 +455,7 @@ SPECTACULAR_SETTINGS = {
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
+        "tasks_app.live.add_to_schema",  # the SSE streams (async views)
         "tasks_app.api.schema.add_error_responses",
     ],
 }
@@ -465,6 +466,22 @@ CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
 IS_FILESYSTEM_BROKER = CELERY_BROKER_URL.startswith("filesystem")
 IS_REDIS_BROKER = CELERY_BROKER_URL.startswith(("redis", "rediss"))
 
+# --- Live events (Server-Sent Events streams, tasks_app.live) -------------------
+# Where workers publish TaskEvents and reply chunks for live readers: the broker's
+# Redis on the services stack; blank (the embedded stack) and streams read the
+# database every CLAW_LIVE_POLL_INTERVAL seconds instead.
+CLAW_LIVE_REDIS_URL = env_str(
+    "CLAW_LIVE_REDIS_URL", CELERY_BROKER_URL if IS_REDIS_BROKER else ""
+)
+CLAW_LIVE_POLL_INTERVAL = env_float("CLAW_LIVE_POLL_INTERVAL", 0.25)
+CLAW_LIVE_HEARTBEAT = env_float("CLAW_LIVE_HEARTBEAT", 15)
+CLAW_LIVE_RETRY_MS = env_int("CLAW_LIVE_RETRY_MS", 2000)
+# Each reply's chunks are also kept in a bounded Redis Stream for late joiners.
+CLAW_LIVE_STREAM_MAXLEN = env_int("CLAW_LIVE_STREAM_MAXLEN", 5000)
+CLAW_LIVE_STREAM_TTL = env_int("CLAW_LIVE_STREAM_TTL", 3600)
+# Threads per web process serving the REST API and admin under ASGI (claw.asgi);
+# each may hold a database connection (size PostgreSQL's max_connections for it).
+CLAW_WSGI_THREADS = env_int("CLAW_WSGI_THREADS", 8)
 # Redis redelivers unacked messages after visibility_timeout, so keep it above the
 # longest hard time limit of any registered task (services.longest_time_limit;
 # system check tasks_app.W001) or acks_late tasks run twice.

@@ -1,4 +1,6 @@
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
 from django.urls import include, path
 from django.views import defaults
 from django.views.generic import TemplateView
@@ -21,6 +23,18 @@ urlpatterns = [
     path("", TemplateView.as_view(template_name="claw/index.html"), name="home"),
     path("health", health, name="health"),
     path("metrics", metrics_view, name="metrics"),
+    # The chat page: plain HTML and JavaScript on the public API and its streams.
+    path(
+        "chat/",
+        login_required(TemplateView.as_view(template_name="claw/chat.html")),
+        name="chat",
+    ),
+    path(
+        "accounts/login/",
+        auth_views.LoginView.as_view(template_name="claw/login.html"),
+        name="login",
+    ),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -17,6 +17,7 @@ from typing import Any
 from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
+from tasks_app import live
 from tasks_app.models import TaskEvent, TaskRecord
 
 # Seconds to wait before each new try of a write whose connection was lost (a
@@ -48,6 +49,23 @@ def add_event(celery_id: str, kind: str, data: dict | None = None) -> None:
     sql = _event_insert(record_table) + " WHERE celery_id = %s"
     with connection.cursor() as cursor:
         cursor.execute(sql, [*_event_params(kind, data), celery_id])
+    _announce(celery_id)
+
+
+def _announce(celery_id: str, row: tuple | None = None) -> None:
+    """Ring the live doorbell of an event just written, once it commits: row is
+    (record id, owner id, root id, parent id) when the write returned it; otherwise, and
+    only when something listens (the services stack), it is read."""
+    if not live.enabled() or not live.listening():
+        return
+    if row is None:
+        row = (
+            TaskRecord.objects.filter(celery_id=celery_id)
+            .values_list("pk", "owner_id", "root_id", "parent_id")
+            .first()
+        )
+    if row is not None:
+        live.task_event_written(*row)
 
 
 def add_delivery_event(
@@ -169,14 +187,24 @@ def transition(
     update, params = _update(celery_id, from_states, conditions, updates)
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            sql = f"WITH moved AS ({update} RETURNING id, attempts, celery_id, worker)"
+            sql = (
+                f"WITH moved AS ({update} RETURNING id, attempts, celery_id, worker,"
+                " owner_id, root_id, parent_id)"
+            )
             if also:
                 sql += f", also AS ({also[0]})"
                 params += also[1]
+            # The event INSERT runs as a CTE whether or not the SELECT reads it;
+            # the SELECT returns what the live doorbell needs.
             cursor.execute(
-                f"{sql} {_event_insert('moved')}", params + _event_params(kind, data)
+                f"{sql}, event AS ({_event_insert('moved')})"
+                " SELECT id, owner_id, root_id, parent_id FROM moved",
+                params + _event_params(kind, data),
             )
-            return cursor.rowcount == 1
+            row = cursor.fetchone()
+            if row is not None:
+                _announce(celery_id, row)
+            return row is not None
         with transaction.atomic():
             cursor.execute(update, params)
             applied = cursor.rowcount == 1
@@ -211,6 +239,10 @@ def insert_record(record: TaskRecord, kind: str, data: dict | None) -> None:
     with connection.cursor() as cursor:
         cursor.execute(sql, values + _event_params(kind, data))
         record.pk = cursor.fetchone()[0]
+    _announce(
+        record.celery_id,
+        (record.pk, record.owner_id, record.root_id, record.parent_id),
+    )
     record._state.adding = False
     record._state.db = connection.alias
 

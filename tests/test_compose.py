@@ -35,6 +35,7 @@ def test_compose_has_the_documented_services():
         "postgres",
         "redis",
         "web",
+        "streams",
         "worker-ai",
         "worker-knowledge",
         "worker-default",
@@ -63,6 +64,12 @@ def test_exactly_one_beat_and_web_runs_gunicorn():
     beats = [n for n in SERVICES if "celery -A claw beat" in command(n)]
     assert beats == ["beat"]
     assert "gunicorn claw.wsgi" in command("web")
+
+
+def test_streams_run_the_asgi_app_on_uvicorn_workers():
+    # WSGI would buffer the streams and gunicorn's sync workers kill long requests
+    assert "gunicorn claw.asgi:application" in command("streams")
+    assert "--worker-class tasks_app.asgi_worker.StreamsWorker" in command("streams")
 
 
 def test_secrets_come_from_the_environment_without_defaults():
@@ -154,7 +161,14 @@ def test_web_is_published_on_loopback_unless_told_otherwise():
 
 
 def test_app_services_point_at_the_compose_database_and_broker():
-    for name in ("web", "worker-ai", "worker-knowledge", "worker-default", "beat"):
+    for name in (
+        "web",
+        "streams",
+        "worker-ai",
+        "worker-knowledge",
+        "worker-default",
+        "beat",
+    ):
         env = SERVICES[name]["environment"]
         assert env["DATABASE_URL"].startswith("postgres://")
         assert env["CELERY_BROKER_URL"].startswith("redis://")

@@ -83,8 +83,8 @@ print(json.dumps({
 
 @pytest.mark.worker
 def test_runstack_serves_a_healthy_stack_and_stops_every_child_on_ctrl_c(tmp_path):
-    # no rate limit: twenty replies would otherwise wait for later windows
-    # one user asks twenty questions at once to load both pools: no per-user cap
+    # no rate limit: twenty replies would otherwise wait for later windows; no
+    # per-user cap on replies in flight (issue 20): the twenty are one user's
     env = {
         **embedded_env(tmp_path),
         "HTTPS_ONLY": "false",

@@ -1,7 +1,7 @@
 from django.urls import path, re_path
 from rest_framework.routers import DefaultRouter
 
-from tasks_app.api import views
+from tasks_app.api import streams, views
 
 router = DefaultRouter(trailing_slash=True)
 router.register("tasks", views.TaskRecordViewSet, basename="taskrecord")
@@ -35,6 +35,9 @@ old_paths = [
 
 urlpatterns = [
     *old_paths,
+    # Server-Sent Events (async views; tasks_app.live, README "Live events")
+    path("tasks/<str:pk>/stream/", streams.task_stream, name="taskrecord-stream"),
+    path("events/stream/", streams.events_stream, name="events-stream"),
     path("workers/", views.WorkersView.as_view(), name="workers"),
     path(
         "workers/pool/restart/", views.PoolRestartView.as_view(), name="workers-restart"

@@ -1,6 +1,7 @@
-from django.urls import path
+from django.urls import path, re_path
 from rest_framework.routers import DefaultRouter
 
+from writing import jobs, streams
 from writing.api import views
 
 router = DefaultRouter(trailing_slash=True)
@@ -17,4 +18,13 @@ aliases = [
     for name in ("outline", "document")
 ]
 
-urlpatterns = [*aliases, *router.urls]
+urlpatterns = [
+    # Server-Sent Events (an async view; writing.streams)
+    re_path(
+        rf"^jobs/(?P<job_id>{jobs.URL_JOB_ID})/stream/$",
+        streams.job_stream,
+        name="writingjob-stream",
+    ),
+    *aliases,
+    *router.urls,
+]

@@ -79,7 +79,8 @@ class Restart:
 
 class Command(BaseCommand):
     help = (
-        "Start gunicorn, a threads-pool Celery worker for AI replies and remote "
+        "Start gunicorn (uvicorn workers: the API, the admin and the live "
+        "event streams), a threads-pool Celery worker for AI replies and remote "
         "embeddings, a prefork "
         "worker for every other queue and one beat. Ctrl-C or SIGTERM stops all "
         "of them; one that dies unexpectedly is restarted with backoff."
@@ -156,9 +157,13 @@ class Command(BaseCommand):
         bin_dir = os.path.dirname(python)
         celery = [python, "-m", "celery", "-A", "claw"]
         return {
+            # The ASGI app (claw.asgi): the REST API and admin on a thread pool,
+            # the Server-Sent Events streams as coroutines, on one port.
             "web": [
                 os.path.join(bin_dir, "gunicorn"),
-                "claw.wsgi",
+                "claw.asgi:application",
+                "--worker-class",
+                "tasks_app.asgi_worker.StreamsWorker",
                 "--bind",
                 f"{host}:{port}",
                 "--workers",

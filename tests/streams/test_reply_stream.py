@@ -12,11 +12,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from rest_framework.authtoken.models import Token
 
 from claw import conversations
 from claw.models import Message
 from claw.tests.conftest import sse
+from tasks_app import tokens
 from tasks_app.models import TaskRecord
 from tests.harness import wait_for
 from tests.streams.conftest import QUEUE, SSEClient, close_stream, open_stream
@@ -36,7 +36,7 @@ def ask(user, content="What is CLAW?") -> Message:
 
 
 def token(user) -> str:
-    return Token.objects.get_or_create(user=user)[0].key
+    return tokens.issue(user)[1]
 
 
 def wait_done(message: Message, timeout: float = 30) -> Message:

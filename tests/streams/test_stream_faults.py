@@ -59,12 +59,12 @@ def test_a_stream_survives_losing_redis_mid_reply(alice, llm, asgi_server):
 EMBEDDED_SETUP = """
 import json
 from django.contrib.auth import get_user_model
-from rest_framework.authtoken.models import Token
 from claw import conversations
+from tasks_app import tokens
 user = get_user_model().objects.create_user("eve", password="x-pass-123")
 conversation = conversations.create_conversation(user, provider="openai")
 reply = conversations.post_message(conversation, "hello?").assistant_message
-print(json.dumps({"token": Token.objects.create(user=user).key,
+print(json.dumps({"token": tokens.issue(user)[1],
                   "message": reply.pk, "task": reply.task_id}))
 """
 

@@ -485,6 +485,20 @@ def drf_user(request: HttpRequest, view_class):
         return None, response
 
 
+async def open_for_events(request: HttpRequest, view_class, **kwargs):
+    """The object a task-event stream follows and the event id to resume after,
+    as (object, after, None), or (None, None, the error response): a 404 or 401
+    as the REST view would answer, a 400 naming `after` if it is malformed."""
+    obj, error = await in_thread(drf_object, request, view_class, **kwargs)
+    if error is not None:
+        return None, None, error
+    try:
+        after = parse_event_id(last_event_id(request))
+    except ValueError as exc:
+        return None, None, json_error(400, "after", str(exc))
+    return obj, after, None
+
+
 def json_error(status: int, field: str, message: str) -> HttpResponse:
     return HttpResponse(
         json.dumps({field: [message]}), status=status, content_type="application/json"

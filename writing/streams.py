@@ -19,15 +19,9 @@ from writing.models import WritingJob
 
 
 async def job_stream(request, job_id: str):
-    job, error = await live.in_thread(
-        live.drf_object, request, JobViewSet, job_id=job_id
-    )
+    job, after, error = await live.open_for_events(request, JobViewSet, job_id=job_id)
     if error is not None:
         return error
-    try:
-        after = live.parse_event_id(live.last_event_id(request))
-    except ValueError as exc:
-        return live.json_error(400, "after", str(exc))
     if job.task_id is None:  # not submitted (a job is created with its task)
         return live.json_error(409, "detail", "The job has no task to follow.")
     record = await live.in_thread(lambda: job.task)

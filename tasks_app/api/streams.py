@@ -18,15 +18,9 @@ async def task_stream(request, pk: str):
     """GET /api/v1/tasks/{id}/stream/: the record's TaskEvent timeline as
     task_queued, task_started, task_progress, ... events; ends at its final
     state."""
-    record, error = await live.in_thread(
-        live.drf_object, request, TaskRecordViewSet, pk=pk
-    )
+    record, after, error = await live.open_for_events(request, TaskRecordViewSet, pk=pk)
     if error is not None:
         return error
-    try:
-        after = live.parse_event_id(live.last_event_id(request))
-    except ValueError as exc:
-        return live.json_error(400, "after", str(exc))
     return await live.task_response(live.task_source(record, after))
 
 

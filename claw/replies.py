@@ -132,14 +132,16 @@ def _stream(
             try:
                 if not conversations.save_partial(message_id, completion.text):
                     break  # deleted or stopped meanwhile; finish_reply will not apply
+                report_progress(
+                    len(completion.pieces), 0, f"{len(completion.text)} characters"
+                )
             except retries.DATABASE_ERRORS:
-                # The database is restarting: keep streaming into memory and
-                # save at the next interval (finish_reply waits for it).
+                # The database is restarting (the save or the progress write found
+                # it gone): keep streaming into memory and save at the next
+                # interval (finish_reply waits for it), rather than let the task
+                # run again and ask the model anew.
                 retries.close_connections()
                 continue
-            report_progress(
-                len(completion.pieces), 0, f"{len(completion.text)} characters"
-            )
     except TaskCancelled:
         conversations.fail_reply(
             message_id, error="Cancelled while generating.", text=completion.text

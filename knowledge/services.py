@@ -71,6 +71,10 @@ def create_knowledge_base(
     if not name or not name.strip(BLANK):
         raise InvalidInput("name: must not be blank")
     embedding_provider = embedding_provider or settings.KNOWLEDGE_DEFAULT_PROVIDER
+    fixed = getattr(embeddings.PROVIDERS.get(embedding_provider), "fixed_dimension", 0)
+    # A provider whose model has one size (e5-small: 384) uses it whatever was
+    # asked, as one-model providers ignore a model name; the record says which.
+    embedding_dimension = fixed or embedding_dimension
     provider = checked_provider(
         embedding_provider, embedding_model, embedding_dimension
     )

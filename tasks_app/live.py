@@ -123,6 +123,12 @@ def publish(item: dict, *, stream_key: str | None = None) -> None:
     """
     if not enabled():
         return
+    if not transaction.get_connection().in_atomic_block:
+        # Not transaction.on_commit: outside a transaction it asks the connection
+        # for its autocommit state, which connects, and a reply streaming through
+        # a database outage must keep publishing its chunks.
+        _send(item, stream_key)
+        return
     transaction.on_commit(lambda: _send(item, stream_key))
 
 

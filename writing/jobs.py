@@ -581,7 +581,7 @@ def reopen_for_retry(record: TaskRecord) -> None:
     sections not done (sections.plan_sections). A job that succeeded or was
     cancelled refuses, saying why; an active one (its task was lost) carries on.
     """
-    job_pk = record.kwargs.get("job_pk") or record.args[0]
+    job_pk = _job_pk(record, record.kwargs.get("job_pk"), *record.args[:1])
     job = WritingJob.objects.select_for_update().filter(pk=job_pk).first()
     if job is None:
         raise ledger.InvalidTransition(f"Task #{record.pk}: its writing job is gone")
@@ -602,7 +602,8 @@ def refuse_section_retry(record: TaskRecord):
     failed): the job's retry rewrites every failed section and merges. While the
     job is active (the health check re-queues a lost section, which then
     finishes the job itself if it is the last) the retry goes ahead."""
-    job_pk, position = record.args[0], record.args[1]
+    job_pk = _job_pk(record, *record.args[:1])
+    position = record.args[1] if len(record.args) > 1 else "?"
     job = WritingJob.objects.select_related("task").filter(pk=job_pk).first()
     if job is not None and job.state in WritingJob.ACTIVE_STATES:
         return
@@ -612,6 +613,17 @@ def refuse_section_retry(record: TaskRecord):
         f"Task #{record.pk} writes section {position} of writing job {name}: retry "
         f"the job instead ({job_task}or POST /api/v1/jobs/<job_id>/retry/), which "
         "rewrites every failed section and merges the document"
+    )
+
+
+def _job_pk(record: TaskRecord, *candidates) -> int:
+    """The writing job a record's (possibly staff-edited) arguments name: the
+    first integer among candidates; InvalidTransition if none is one."""
+    for value in candidates:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    raise ledger.InvalidTransition(
+        f"Task #{record.pk}: its arguments name no writing job (an integer id)"
     )
 
 

@@ -57,7 +57,11 @@ class KnowledgeBaseSerializer(serializers.ModelSerializer):
     document_count = serializers.IntegerField(read_only=True)
     chunk_count = serializers.IntegerField(read_only=True)
     embedding_dimension = serializers.IntegerField(
-        min_value=1, max_value=embeddings.MAX_DIMENSION, default=384
+        min_value=1,
+        max_value=embeddings.MAX_DIMENSION,
+        default=384,
+        help_text="Vector size for providers that take one (hashing, "
+        "sentence-transformers, openai); e5-small's vectors always have 384.",
     )
 
     class Meta:

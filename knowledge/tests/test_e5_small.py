@@ -192,15 +192,17 @@ def test_the_default_provider_is_a_setting_and_hybrid_follows_the_provider(alice
         kb = services.create_knowledge_base(alice, name="b")
     assert (kb.embedding_provider, kb.embedding_model) == (E5, embeddings.E5_MODEL)
     assert kb.hybrid == services.default_hybrid(E5)
-    with pytest.raises(services.InvalidInput, match="^embedding_provider: "):
-        services.create_knowledge_base(
-            alice, name="c", embedding_provider=E5, embedding_dimension=512
-        )
+    # e5-small vectors have one size: the knowledge base records it, whatever
+    # dimension was asked for (as a model name is ignored)
+    kb = services.create_knowledge_base(
+        alice, name="c", embedding_provider=E5, embedding_dimension=512
+    )
+    assert kb.embedding_dimension == embeddings.E5_DIMENSION
 
 
 @pytestmark_db
 @pytest.mark.usefixtures("no_broker")
-def test_api_rejects_an_e5_knowledge_base_of_another_dimension(alice):
+def test_an_e5_knowledge_base_has_384_dimensions_whatever_is_asked(alice):
     from tasks_app.tests.test_api import client_for
 
     alice_client = client_for(alice)
@@ -209,8 +211,8 @@ def test_api_rejects_an_e5_knowledge_base_of_another_dimension(alice):
         {"name": "x", "embedding_provider": E5, "embedding_dimension": 128},
         format="json",
     )
-    assert response.status_code == 400, response.content
-    assert "embedding_provider" in response.json()
+    assert response.status_code == 201, response.content
+    assert response.json()["embedding_dimension"] == embeddings.E5_DIMENSION
     ok = alice_client.post(
         "/api/v1/knowledge-bases/",
         {"name": "x", "embedding_provider": E5, "hybrid": True},

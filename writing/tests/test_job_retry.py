@@ -154,3 +154,24 @@ def test_a_failed_outline_is_rerun_and_the_admin_retries_jobs(
     jobs.generate_outline(job.pk)
     job.refresh_from_db()
     assert job.state == State.SUCCEEDED and job.outline["sections"]
+
+
+@pytest.mark.parametrize(
+    "name, args",
+    [
+        ("knowledge.generate_document_from_outline", [{"not": "a job"}]),
+        ("knowledge.write_section", [["junk"], 0]),
+        ("knowledge.write_section", []),
+    ],
+)
+def test_a_retry_whose_stored_arguments_name_no_job_is_a_409(staff, name, args):
+    # Staff may edit a record's arguments; a writing task's retry handler must
+    # then refuse what names no job, not fail with a 500.
+    record = TaskRecord.objects.create(
+        name=name, celery_id=f"junk-{len(args)}", state="FAILURE", args=args
+    )
+
+    answer = client_for(staff).post(f"/api/v1/tasks/{record.pk}/retry/")
+
+    assert answer.status_code == 409, answer.content
+    assert "writing job" in answer.json()["detail"]

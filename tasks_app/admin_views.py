@@ -94,10 +94,7 @@ class OperationsViews:
         # from the rollups (tasks_app.dashboard), so this page costs the same at
         # ten thousand records as at ten million.
         stats = dashboard.summary(24)
-        by_state, names = stats["by_state"], stats["by_name"]
-        queues = _safely(workers.queue_lengths, {})
-        oldest = dashboard.oldest_waiting(sorted(set(queues) | set(stats["by_queue"])))
-        now = timezone.now()
+        by_state = stats["by_state"]
         context = {
             **self.admin_site.each_context(request),
             "title": "Task dashboard",
@@ -105,60 +102,13 @@ class OperationsViews:
                 (s, label, by_state.get(s, 0)) for s, label in TaskRecord.State.choices
             ],
             "charts": [
-                (
-                    "Last hour, per minute",
-                    charts.bar_chart(
-                        dashboard.per_slot(1, rollups.MINUTE),
-                        label_format="%H:%M",
-                        every=10,
-                        chart_id="chart-hour",
-                    ),
-                ),
-                (
-                    "Last 24 hours, per hour",
-                    charts.bar_chart(
-                        dashboard.per_slot(24, rollups.HOUR),
-                        label_format="%H:00",
-                        every=3,
-                        chart_id="chart-day",
-                    ),
-                ),
-                (
-                    "Last 7 days, per hour",
-                    charts.bar_chart(
-                        dashboard.per_slot(24 * 7, rollups.HOUR),
-                        label_format="%a %H:00",
-                        every=24,
-                        chart_id="chart-week",
-                    ),
-                ),
+                (title, charts.bar_chart(dashboard.per_slot(hours, slot), **options))
+                for title, hours, slot, options in DASHBOARD_CHARTS
             ],
-            "types": sorted(
-                (
-                    {
-                        "name": name,
-                        **c,
-                        "failure_rate": display.percent(c["failure_rate"]),
-                        "run_p50": display.duration(c["run_p50"]),
-                        "run_p95": display.duration(c["run_p95"]),
-                        "wait_p95": display.duration(c["wait_p95"]),
-                    }
-                    for name, c in names.items()
-                ),
-                key=lambda row: (-row["total"], row["name"]),
+            "types": _type_rows(stats["by_name"]),
+            "queue_rows": _queue_rows(
+                _safely(workers.queue_lengths, {}), stats["by_queue"]
             ),
-            "queue_rows": [
-                {
-                    "name": queue,
-                    "backlog": queues.get(queue),
-                    "latency": display.duration(
-                        (now - oldest[queue]) if oldest.get(queue) else None
-                    ),
-                    "per_hour": stats["by_queue"].get(queue, {}).get("finished", 0)
-                    / 24,
-                }
-                for queue in sorted(set(queues) | set(stats["by_queue"]))
-            ],
             "failure_rate": display.percent(dashboard.failure_rate(by_state)),
             # The ping waits for replies: reused for a few seconds, as /metrics.
             "live_workers": _safely(metrics.live_workers, []),
@@ -382,3 +332,62 @@ def _safely(call, default):
         return call()
     except Exception:
         return default
+
+
+# The dashboard's finished/failed charts: title, hours back, rollup slot, and how
+# the chart labels its bars.
+DASHBOARD_CHARTS = (
+    (
+        "Last hour, per minute",
+        1,
+        rollups.MINUTE,
+        {"label_format": "%H:%M", "every": 10, "chart_id": "chart-hour"},
+    ),
+    (
+        "Last 24 hours, per hour",
+        24,
+        rollups.HOUR,
+        {"label_format": "%H:00", "every": 3, "chart_id": "chart-day"},
+    ),
+    (
+        "Last 7 days, per hour",
+        24 * 7,
+        rollups.HOUR,
+        {"label_format": "%a %H:00", "every": 24, "chart_id": "chart-week"},
+    ),
+)
+
+
+def _type_rows(names: dict) -> list[dict]:
+    """Per task type, busiest first, with rates and durations as people read them."""
+    rows = (
+        {
+            "name": name,
+            **c,
+            "failure_rate": display.percent(c["failure_rate"]),
+            "run_p50": display.duration(c["run_p50"]),
+            "run_p95": display.duration(c["run_p95"]),
+            "wait_p95": display.duration(c["wait_p95"]),
+        }
+        for name, c in names.items()
+    )
+    return sorted(rows, key=lambda row: (-row["total"], row["name"]))
+
+
+def _queue_rows(lengths: dict, by_queue: dict) -> list[dict]:
+    """Per queue: backlog (the broker's), age of the oldest waiting message and
+    finished per hour over the last 24 h (the rollups)."""
+    names = sorted(set(lengths) | set(by_queue))
+    oldest = dashboard.oldest_waiting(names)
+    now = timezone.now()
+    return [
+        {
+            "name": queue,
+            "backlog": lengths.get(queue),
+            "latency": display.duration(
+                (now - oldest[queue]) if oldest.get(queue) else None
+            ),
+            "per_hour": by_queue.get(queue, {}).get("finished", 0) / 24,
+        }
+        for queue in names
+    ]

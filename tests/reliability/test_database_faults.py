@@ -137,6 +137,28 @@ def with_reconnect(call):
         return None
 
 
+def settle(records, timeout: float = 90) -> tuple[dict, list | None]:
+    """Wait (running the health check, as beat would) until every record is final,
+    reconnecting as the server comes back; (state by record, the (state, error)
+    of those that did not succeed)."""
+    final = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        final = with_reconnect(lambda: states(records)) or {}
+        if final and all(s in TaskRecord.FINAL_STATES for s in final.values()):
+            break
+        with_reconnect(lambda: maintenance.check_health(alerts_enabled=False))
+        time.sleep(1)
+    errors = with_reconnect(
+        lambda: list(
+            TaskRecord.objects.filter(pk__in=[r.pk for r in records])
+            .exclude(state=TaskRecord.State.SUCCESS)
+            .values_list("state", "error")
+        )
+    )
+    return final, errors
+
+
 def test_postgresql_restarted_while_tasks_run_every_record_reaches_a_final_state(
     transactional_db, redis_db, fault_worker
 ):
@@ -162,22 +184,8 @@ def test_postgresql_restarted_while_tasks_run_every_record_reaches_a_final_state
             server.start()
             connection.close()
 
-            final = {}
-            deadline = time.monotonic() + 90
-            while time.monotonic() < deadline:
-                final = with_reconnect(lambda: states(records)) or {}
-                if final and all(s in TaskRecord.FINAL_STATES for s in final.values()):
-                    break
-                with_reconnect(lambda: maintenance.check_health(alerts_enabled=False))
-                time.sleep(1)
+            final, errors = settle(records)
             recovered = time.monotonic() - restarted_at
-            errors = with_reconnect(
-                lambda: list(
-                    TaskRecord.objects.filter(pk__in=[r.pk for r in records])
-                    .exclude(state=State.SUCCESS)
-                    .values_list("state", "error")
-                )
-            )
     finally:
         server.remove()
 

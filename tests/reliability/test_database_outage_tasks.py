@@ -14,7 +14,7 @@ import time
 import pytest
 from django.db import connection
 
-from tasks_app import maintenance, services
+from tasks_app import services
 from tasks_app.models import TaskRecord
 from tests.reliability.conftest import QUEUE, report, states
 from tests.reliability.test_database_faults import (
@@ -22,6 +22,7 @@ from tests.reliability.test_database_faults import (
     PORT,
     PrivatePostgres,
     database,
+    settle,
     with_reconnect,
 )
 
@@ -58,22 +59,8 @@ def test_tasks_writing_to_the_database_ride_out_a_20_second_outage(
             connection.close()
             restarted_at = time.monotonic()
 
-            final = {}
-            deadline = time.monotonic() + 90
-            while time.monotonic() < deadline:
-                final = with_reconnect(lambda: states(records)) or {}
-                if final and all(s in TaskRecord.FINAL_STATES for s in final.values()):
-                    break
-                with_reconnect(lambda: maintenance.check_health(alerts_enabled=False))
-                time.sleep(1)
+            final, errors = settle(records)
             recovered = time.monotonic() - restarted_at
-            errors = with_reconnect(
-                lambda: list(
-                    TaskRecord.objects.filter(pk__in=[r.pk for r in records])
-                    .exclude(state=TaskRecord.State.SUCCESS)
-                    .values_list("state", "error")
-                )
-            )
     finally:
         server.remove()
 

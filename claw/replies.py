@@ -81,6 +81,18 @@ def generate(message_id: int, *, started_at: float, deadline: float) -> dict:
             message.started_at.isoformat(),
         ),
     )
+    _finish(message_id, completion, provider, prompt, stopped=stopped, clock=clock)
+    return {
+        "message_id": message_id,
+        "status": Message.Status.DONE,
+        "truncated": bool(stopped),
+        "stopped": stopped,
+        "characters": len(completion.text),
+    }
+
+
+def _finish(message_id, completion, provider, prompt, *, stopped: str, clock: float):
+    """Store the reply's text, token usage and latency (the whole run's)."""
     latency_ms = max(1, round((time.monotonic() - clock) * 1000))
     prompt_text = "\n".join(m["content"] for m in prompt)
     # The text is in memory: wait here for a lost database rather than let the
@@ -98,13 +110,6 @@ def generate(message_id: int, *, started_at: float, deadline: float) -> dict:
         tokens_estimated=completion.estimated,
         latency_ms=latency_ms,
     )
-    return {
-        "message_id": message_id,
-        "status": Message.Status.DONE,
-        "truncated": bool(stopped),
-        "stopped": stopped,
-        "characters": len(completion.text),
-    }
 
 
 def _stream(

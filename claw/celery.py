@@ -26,19 +26,22 @@ def registered_tasks() -> dict:
     before looking a task up by name.
     """
     global _modules_imported, _importing
-    # A worker (and beat) imported them at start (Loader.init_worker). Importing
-    # again would run Celery's Django fixup again: django.setup() reapplies
-    # LOGGING while sys.stderr is the worker's logging proxy, and a threads-pool
-    # worker's log went silent after its first task.
+    # A worker (and beat) imported them at start (Loader.init_worker).
     if app.loader.worker_initialized:
         return app.tasks
     if not _modules_imported and not _importing:
-        # Celery's Django fixup runs Django's system checks before it imports
-        # the modules, and a check (tasks_app.W001) asks for the tasks: that
-        # nested call gets the tasks registered so far instead of recursing.
+        # Not app.loader.import_default_modules(): its import_modules signal runs
+        # Celery's Django fixup, whose django.setup() reapplies LOGGING in a
+        # process that is already running. That dropped every handler added
+        # since (a threads worker's log went silent; pytest's caplog lost its
+        # handler). Autodiscovery and CELERY_IMPORTS are imported directly.
+        # A system check (tasks_app.W001) asks for the tasks while they import:
+        # that nested call gets the tasks registered so far.
         _importing = True
         try:
-            app.loader.import_default_modules()
+            app.autodiscover_tasks(force=True)
+            for module in app.loader.default_modules:
+                app.loader.import_task_module(module)
             _modules_imported = True
         finally:
             _importing = False

@@ -14,7 +14,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db import (
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    connection,
+    transaction,
+)
 from django.utils import timezone
 
 from tasks_app import live
@@ -245,6 +251,75 @@ def insert_record(record: TaskRecord, kind: str, data: dict | None) -> None:
     )
     record._state.adding = False
     record._state.db = connection.alias
+
+
+# PostgreSQL takes at most 65,535 parameters in one statement.
+MAX_PARAMETERS = 65_000
+
+
+def insert_records(records: list[TaskRecord], kind: str, data: list[dict]) -> None:
+    """INSERT new records and their first events (data[i] is records[i]'s), in the
+    caller's transaction; sets pk on each record written.
+
+    On PostgreSQL one statement per table row chunk (about 2,500 records: the
+    parameter limit) writes records and events together, and a record whose
+    (owner, idempotency key) is taken already is skipped (ON CONFLICT DO NOTHING)
+    and keeps pk None, for the caller to look the existing one up. Elsewhere each
+    record is insert_record in a savepoint, skipped the same way.
+    """
+    if connection.vendor != "postgresql":
+        for record, event in zip(records, data, strict=True):
+            try:
+                with transaction.atomic():
+                    insert_record(record, kind, event)
+            except IntegrityError:
+                record.pk = None
+        return
+    fields = [f for f in TaskRecord._meta.concrete_fields if not f.primary_key]
+    size = max(1, MAX_PARAMETERS // (len(fields) + 2))
+    for start in range(0, len(records), size):
+        _insert_chunk(
+            records[start : start + size], kind, data[start : start + size], fields
+        )
+
+
+def _insert_chunk(records, kind: str, data: list[dict], fields) -> None:
+    """One statement: the records' INSERT (its VALUES typed by the table's
+    columns) feeds the events' INSERT, joined by celery_id to each event's data."""
+    meta = TaskRecord._meta
+    qn = connection.ops.quote_name
+    row = f"({', '.join(['%s'] * len(fields))})"
+    params = []
+    for record in records:
+        params += [
+            f.get_db_prep_save(f.pre_save(record, add=True), connection) for f in fields
+        ]
+    for record, event in zip(records, data, strict=True):
+        params += [record.celery_id, json.dumps(event or {})]
+    sql = (
+        f"WITH added AS (INSERT INTO {qn(meta.db_table)}"
+        f" ({', '.join(qn(f.column) for f in fields)})"
+        f" VALUES {', '.join([row] * len(records))} ON CONFLICT DO NOTHING"
+        " RETURNING id, attempts, celery_id, worker, owner_id, root_id, parent_id),"
+        " data (celery_id, data) AS (VALUES "
+        + ", ".join(["(%s::text, %s::jsonb)"] * len(records))
+        + f"), event AS (INSERT INTO {qn(TaskEvent._meta.db_table)} (record_id,"
+        " kind, at, attempt, celery_id, worker, data) SELECT added.id, %s, %s,"
+        " added.attempts, added.celery_id, added.worker, data.data FROM added"
+        " JOIN data ON data.celery_id = added.celery_id)"
+        " SELECT id, celery_id, owner_id, root_id, parent_id FROM added"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params + [kind, timezone.now()])
+        written = {row[1]: row for row in cursor.fetchall()}
+    for record in records:
+        found = written.get(record.celery_id)
+        if found is None:
+            continue
+        record.pk = found[0]
+        record._state.adding = False
+        record._state.db = connection.alias
+        _announce(record.celery_id, (found[0], *found[2:]))
 
 
 def reconnecting(write, *args, **kwargs):

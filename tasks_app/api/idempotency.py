@@ -100,14 +100,11 @@ def lock(user, key: str) -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [lock_id])
 
 
-def item_key(key: str, index: int) -> str:
-    """The idempotency key stored on the index-th record of a request that
-    submits many under one key (POST /documents/bulk/): the request's key is
-    hashed, so any key of up to 200 characters leaves room for the index."""
-    return f"{item_prefix(key)}{index}"
-
-
 def item_prefix(key: str) -> str:
+    """The start of the idempotency keys stored on the records of a request that
+    submits many under one key (POST /documents/bulk/: the prefix, a digest of
+    the request, the index): the request's key is hashed, so any key of up to
+    200 characters leaves room for the rest."""
     return "many:" + hashlib.blake2b(key.encode(), digest_size=16).hexdigest() + ":"
 
 

@@ -295,6 +295,9 @@ def submit_many(items: Iterable[Submission]) -> list[TaskRecord]:
             exc.index = index
             raise
     replays = _existing_records(items)
+    queues = {
+        name: route_queue(name) for name in {i.name for i in items if not i.queue}
+    }
     records: list[TaskRecord | None] = []
     new: list[tuple[TaskRecord, Submission]] = []
     firsts: dict[tuple, TaskRecord] = {}
@@ -304,7 +307,7 @@ def submit_many(items: Iterable[Submission]) -> list[TaskRecord]:
             records.append(replays.get(key) or firsts[key])
             continue
         try:
-            record = _new_record(item)
+            record = _new_record(item, queues)
         except DelayTooLong as exc:
             exc.index = index
             raise
@@ -353,9 +356,10 @@ def _existing_records(items: list[Submission]) -> dict[tuple, TaskRecord]:
     }
 
 
-def _new_record(item: Submission) -> TaskRecord:
+def _new_record(item: Submission, queues: dict[str, str] | None = None) -> TaskRecord:
     """The unsaved PENDING record of a checked item; DelayTooLong if it is
-    scheduled further ahead than the broker keeps a message."""
+    scheduled further ahead than the broker keeps a message. queues: the routed
+    queue of each task name, when the caller worked them out already."""
     eta = item.eta
     if eta is not None:
         check_delay("eta", (eta - timezone.now()).total_seconds())
@@ -366,7 +370,7 @@ def _new_record(item: Submission) -> TaskRecord:
     priority = item.priority
     record = TaskRecord(
         name=item.name,
-        queue=item.queue or route_queue(item.name),
+        queue=item.queue or (queues or {}).get(item.name) or route_queue(item.name),
         priority=app.conf.task_default_priority if priority is None else priority,
         args=redact(list(item.args)),
         kwargs=redact(item.kwargs or {}),
@@ -421,14 +425,20 @@ def publish_many(sends: list[tuple[TaskRecord, tuple[list, dict] | None]]) -> bo
             app.producer_or_acquire() as producer,
             producer.batch(max_size=PUBLISH_BATCH),
         ):
+            declared = set()
             for name, message in messages:
+                # the first message to a queue declares it; kombu would check
+                # its cache of declared queues again for every other one
+                queue = message["queue"]
                 app.send_task(
                     name,
                     **message,
+                    declare=None if queue not in declared else [],
                     producer=producer,
                     retry=True,
                     retry_policy=PUBLISH_RETRY_POLICY,
                 )
+                declared.add(queue)
     except Exception as exc:
         logger.warning(
             "Could not publish %d task records (first %s): %r",

@@ -280,7 +280,7 @@ def submit_many(items: Iterable[Submission]) -> list[TaskRecord]:
     The same checks and guarantees as submit, in bulk: every item is checked
     before anything is written (the first bad one raises, with `index` set on the
     exception); the records and their "queued" events are written in the
-    caller's transaction by one statement per about 2,500 records
+    caller's transaction by one statement, whatever their number
     (ledger_writes.insert_records); after commit all messages go to the broker in
     one pipelined round (publish_many), and a message that does not get there
     leaves its record PENDING for check_task_health to re-publish, as in submit.
@@ -330,6 +330,47 @@ def submit_many(items: Iterable[Submission]) -> list[TaskRecord]:
     if sends:
         transaction.on_commit(lambda: publish_many(sends))
     return records
+
+
+def record_members(signatures: list, *, parent_id: str, group_id: str) -> None:
+    """Write the records of a fan-out's chord members (Celery signatures) before
+    Celery publishes the chord, all in one statement (as submit_many), instead
+    of one INSERT per message in record_published. Each signature gets its
+    record's celery_id as task id and the claw_record header, so
+    record_published skips it. A member is never published without its record: the
+    records commit first; if the chord is never published (the parent's process
+    died), they stay PENDING and check_task_health publishes them.
+    """
+    parent = TaskRecord.objects.filter(celery_id=parent_id).first()
+    targets: dict[str, tuple[int, int] | None] = {}
+    records = []
+    for sig in signatures:
+        options = sig.options
+        record = _new_record(
+            Submission(
+                sig.task,
+                args=sig.args,
+                kwargs=sig.kwargs,
+                queue=options.get("queue"),
+                priority=options.get("priority"),
+                parent=parent,
+            )
+        )
+        record.group_id = group_id
+        header = (options.get("headers") or {}).get(TARGET_HEADER)
+        if header is not None:
+            if header not in targets:
+                targets[header] = _target_from_header(header)
+            if targets[header] is not None:
+                record.content_type_id, record.object_id = targets[header]
+        records.append(record)
+    with transaction.atomic():
+        ledger_writes.insert_records(
+            records, Kind.QUEUED, [{"queue": r.queue} for r in records]
+        )
+    for sig, record in zip(signatures, records, strict=True):
+        headers = {**(sig.options.get("headers") or {}), "claw_record": record.pk}
+        sig.set(task_id=record.celery_id, headers=headers)
 
 
 def _check(item: Submission) -> None:

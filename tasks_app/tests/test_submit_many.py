@@ -167,8 +167,9 @@ def test_a_bad_item_is_refused_by_index_before_anything_is_written(bad, error):
 
 
 @pytest.mark.django_db
-def test_records_of_many_chunks_keep_their_order_and_targets(user):
-    """More records than one statement's parameters allow: several chunks."""
+def test_many_records_keep_their_order_and_targets(user):
+    """More values than PostgreSQL's 65,535 parameters of a statement: each
+    column travels as one array."""
     items = [
         services.Submission("tests.add", args=[i, 0], owner=user, target=user)
         for i in range(3000)

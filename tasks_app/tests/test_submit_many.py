@@ -196,3 +196,41 @@ def test_retry_many_publishes_every_new_attempt_after_commit(redis_broker):
         r.celery_id != old.celery_id
         for r, old in zip(retried, records[1:], strict=True)
     )
+
+
+@pytest.mark.django_db
+def test_record_members_writes_a_fan_outs_members_in_one_statement(user):
+    from claw.celery import registered_tasks
+
+    parent = services.submit("tests.add", args=[0, 0], owner=user)
+    add = registered_tasks()["tests.add"]
+    members = [
+        add.si(i, 1).set(queue=PARKED, headers=services.target_header(user))
+        for i in range(3)
+    ]
+
+    with CaptureQueriesContext(connection) as queries:
+        services.record_members(members, parent_id=parent.celery_id, group_id="g-1")
+
+    assert len([q for q in queries if "INSERT" in q["sql"]]) == 1
+    records = list(TaskRecord.objects.filter(parent=parent).order_by("pk"))
+    assert [r.args for r in records] == [[0, 1], [1, 1], [2, 1]]
+    for sig, record in zip(members, records, strict=True):
+        assert sig.options["task_id"] == record.celery_id
+        assert sig.options["headers"]["claw_record"] == record.pk
+        assert (record.group_id, record.queue, record.object_id) == (
+            "g-1",
+            PARKED,
+            user.pk,
+        )
+        assert record.root_id == parent.pk
+        assert list(record.events.values_list("kind", flat=True)) == ["queued"]
+    # Celery's publishing of the chord then writes no second record
+    sig = members[0]
+    services.record_published(
+        {**sig.options["headers"], "id": sig.options["task_id"], "task": sig.task},
+        ((0, 1), {}, {}),
+        PARKED,
+        {},
+    )
+    assert TaskRecord.objects.filter(parent=parent).count() == 3

@@ -42,9 +42,13 @@ def timed(fn):
     fn()
     return time.perf_counter() - started, queued() - before
 
+written = {}
+
 def bulk():
     with transaction.atomic():
+        started = time.perf_counter()
         services.submit_many(services.Submission("tasks_app.ping") for _ in range(n))
+        written["s"] = time.perf_counter() - started  # before commit and publish
 
 def single():
     for _ in range(n):
@@ -55,7 +59,7 @@ services.submit_many([services.Submission("tasks_app.ping")])
 services.submit("tasks_app.ping")
 bulk_s, bulk_q = timed(bulk)
 single_s, single_q = timed(single)
-print(json.dumps({"bulk": bulk_s, "bulk_queued": bulk_q, "single": single_s,
+print(json.dumps({"bulk": bulk_s, "bulk_queued": bulk_q, "written": written["s"], "single": single_s,
                   "single_queued": single_q, "records": TaskRecord.objects.count()}))
 """
 
@@ -68,9 +72,12 @@ def run(quick: bool = False) -> list[dict]:
     r = json.loads(out.strip().splitlines()[-1])
     flush_redis()
     met = "met" if r["bulk"] < 2 else "MISSED"
+    if n != FULL:
+        met = f"target is for {FULL:,}"
     return [
         row(S, f"submit_many {n:,} records", round(r["bulk"], 2), "s", "< 2 s",
-            f"{met}; {n / r['bulk']:,.0f} records/s; {r['bulk_queued']:,} "
+            f"{met}; {n / r['bulk']:,.0f} records/s; records and events written in "
+            f"{r['written']:.2f} s, then commit and publish; {r['bulk_queued']:,} "
             "messages in Redis"),
         row(S, f"{n:,} single submits", round(r["single"], 2), "s", "",
             f"{n / r['single']:,.0f} records/s, each its own transaction; "

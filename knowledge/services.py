@@ -250,6 +250,53 @@ def add_document(
     return document
 
 
+BULK_LIMIT = 500  # documents in one add_documents call (POST /documents/bulk/)
+
+
+def add_documents(
+    kb: KnowledgeBase,
+    items: list[dict],
+    *,
+    owner,
+    idempotency_keys: list[str] | None = None,
+) -> list[tuple[Document, TaskRecord]]:
+    """Store documents ({"title", "content", "source"} each, checked by the
+    caller) and queue a knowledge.vectorize_document for each, owned by owner
+    (idempotency_keys[i] on the i-th task): one INSERT of the documents and one
+    submit_many, in one transaction, so a refused or rolled-back request leaves
+    neither documents nor tasks, and the tasks are published together after
+    commit."""
+    if len(items) > BULK_LIMIT:
+        raise InvalidInput(f"documents: at most {BULK_LIMIT} in one request")
+    keys = idempotency_keys or [None] * len(items)
+    queue = vectorize_queue(kb.pk)
+    with transaction.atomic():
+        documents = Document.objects.bulk_create(
+            [
+                Document(
+                    knowledge_base=kb,
+                    title=item["title"],
+                    content=item["content"],
+                    source=item.get("source", ""),
+                    content_hash=content_hash(item["content"]),
+                )
+                for item in items
+            ]
+        )
+        records = ledger.submit_many(
+            ledger.Submission(
+                VECTORIZE,
+                args=[document.pk],
+                owner=owner,
+                target=document,
+                queue=queue,
+                idempotency_key=key,
+            )
+            for document, key in zip(documents, keys, strict=True)
+        )
+    return list(zip(documents, records, strict=True))
+
+
 def update_document(
     document: Document,
     *,

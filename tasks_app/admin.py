@@ -366,19 +366,27 @@ class TaskRecordAdmin(OperationsViews, admin.ModelAdmin):
 
     def _apply(self, request, queryset, operation, verb: str) -> None:
         changed, skipped, refused = 0, {}, {}
-        for record in queryset.iterator(chunk_size=500):
-            try:
-                operation(record)
-                changed += 1
-            except services.InvalidTransition as exc:
-                if (
-                    operation is services.retry
-                    and record.state in TaskRecord.RETRYABLE_STATES
-                ):
-                    # refused by its domain (a writing job): say why
-                    refused[str(exc)] = refused.get(str(exc), 0) + 1
-                else:
-                    skipped[record.state] = skipped.get(record.state, 0) + 1
+        if operation is services.retry:
+            # all at once: their messages go to the broker in one round
+            retried, failures = services.retry_many(queryset.iterator(chunk_size=500))
+            changed = len(retried)
+        else:
+            failures = []
+            for record in queryset.iterator(chunk_size=500):
+                try:
+                    operation(record)
+                    changed += 1
+                except services.InvalidTransition as exc:
+                    failures.append((record, exc))
+        for record, exc in failures:
+            if (
+                operation is services.retry
+                and record.state in TaskRecord.RETRYABLE_STATES
+            ):
+                # refused by its domain (a writing job): say why
+                refused[str(exc)] = refused.get(str(exc), 0) + 1
+            else:
+                skipped[record.state] = skipped.get(record.state, 0) + 1
         reasons = ", ".join(
             f"{n} {display.state_label(state)}" for state, n in sorted(skipped.items())
         )

@@ -19,10 +19,11 @@ under its own id (knowledge-base updates, document jobs).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from typing import Any
 
-from celery import chord
+from celery import chord, group
 from celery.exceptions import ChordError
 
 from claw.celery import app
@@ -71,8 +72,16 @@ def chord_callback(callback, errback):
 
 def replace_with_chord(task, members: list, callback):
     """Replace the running task by a chord of members whose callback (see
-    chord_callback) runs under the task's own id (Task.replace)."""
-    return task.replace(chord(members, callback))
+    chord_callback) runs under the task's own id (Task.replace).
+
+    The members' records are written first, in one statement
+    (services.record_members), under the chord's group id fixed here.
+    """
+    header = group(members, app=app).set(task_id=str(uuid.uuid4()))
+    services.record_members(header.tasks, parent_id=task.request.id, group_id=header.id)
+    fanned = chord(members, callback)
+    fanned.tasks = header
+    return task.replace(fanned)
 
 
 def errback_task(name: str, on_broken: Callable[[str, dict, str], Any]):

@@ -14,7 +14,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db import (
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    connection,
+    transaction,
+)
+from django.db.models import JSONField
 from django.utils import timezone
 
 from tasks_app import live
@@ -245,6 +252,79 @@ def insert_record(record: TaskRecord, kind: str, data: dict | None) -> None:
     )
     record._state.adding = False
     record._state.db = connection.alias
+
+
+def insert_records(records: list[TaskRecord], kind: str, data: list[dict]) -> None:
+    """INSERT new records and their first events (data[i] is records[i]'s), in the
+    caller's transaction; sets pk on each record written.
+
+    On PostgreSQL one statement writes them all: each column travels as one
+    array parameter (unnest), so the statement's text stays short whatever the
+    number of records, and a record whose (owner, idempotency key) is taken
+    already is skipped (ON CONFLICT DO NOTHING) and keeps pk None, for the
+    caller to look the existing one up. Elsewhere each record is insert_record
+    in a savepoint, skipped the same way.
+    """
+    if not records:
+        return
+    if connection.vendor != "postgresql":
+        for record, event in zip(records, data, strict=True):
+            try:
+                with transaction.atomic():
+                    insert_record(record, kind, event)
+            except IntegrityError:
+                record.pk = None
+        return
+    fields = [f for f in TaskRecord._meta.concrete_fields if not f.primary_key]
+    now = timezone.now()
+    columns = [_column(f, records, now) for f in fields]
+    params = [*columns, [r.celery_id for r in records], [json.dumps(d) for d in data]]
+    with connection.cursor() as cursor:
+        cursor.execute(_insert_many_text(fields), [*params, kind, timezone.now()])
+        written = {row[1]: row for row in cursor.fetchall()}
+    for record in records:
+        found = written.get(record.celery_id)
+        if found is None:
+            continue
+        record.pk = found[0]
+        record._state.adding = False
+        record._state.db = connection.alias
+        _announce(record.celery_id, (found[0], *found[2:]))
+
+
+def _column(field, records: list[TaskRecord], now) -> list:
+    """One column's values as psycopg adapts them for the arrays of
+    insert_records: what get_db_prep_save(pre_save()) would give, computed once
+    per column rather than once per value (that took a third of a bulk
+    submission's CPU)."""
+    if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
+        for record in records:
+            setattr(record, field.attname, now)
+        return [now] * len(records)
+    values = [getattr(record, field.attname) for record in records]
+    if isinstance(field, JSONField):
+        encoder = field.encoder
+        return [None if v is None else json.dumps(v, cls=encoder) for v in values]
+    return values
+
+
+def _insert_many_text(fields) -> str:
+    """The records' INSERT from one array per column feeds the events' INSERT,
+    joined by celery_id to each event's data."""
+    qn = connection.ops.quote_name
+    arrays = ", ".join(f"%s::{f.db_type(connection)}[]" for f in fields)
+    return (
+        f"WITH added AS (INSERT INTO {qn(TaskRecord._meta.db_table)}"
+        f" ({', '.join(qn(f.column) for f in fields)})"
+        f" SELECT * FROM unnest({arrays}) ON CONFLICT DO NOTHING"
+        " RETURNING id, attempts, celery_id, worker, owner_id, root_id, parent_id),"
+        " data AS (SELECT * FROM unnest(%s::text[], %s::jsonb[]) AS d (celery_id,"
+        f" data)), event AS (INSERT INTO {qn(TaskEvent._meta.db_table)} (record_id,"
+        " kind, at, attempt, celery_id, worker, data) SELECT added.id, %s, %s,"
+        " added.attempts, added.celery_id, added.worker, data.data FROM added"
+        " JOIN data ON data.celery_id = added.celery_id)"
+        " SELECT id, celery_id, owner_id, root_id, parent_id FROM added"
+    )
 
 
 def reconnecting(write, *args, **kwargs):

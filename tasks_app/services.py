@@ -15,13 +15,14 @@ import re
 import sys
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
 from django.db import IntegrityError, transaction
-from django.db.models import Model
+from django.db.models import Model, Q
 from django.utils import timezone
 
 from claw.celery import app, broker_priority, platform_priority, registered_tasks
@@ -192,6 +193,35 @@ def _transition(
 # --- submitting ------------------------------------------------------------
 
 
+@dataclass
+class Submission:
+    """One job to submit: submit()'s arguments, for submit_many."""
+
+    name: str
+    args: list | tuple = ()
+    kwargs: dict | None = None
+    owner: Model | None = None
+    queue: str | None = None
+    priority: int | None = None
+    countdown: float | None = None
+    eta: datetime | None = None
+    target: Model | None = None
+    idempotency_key: str | None = None
+    parent: TaskRecord | None = None
+
+    @property
+    def payload(self) -> tuple[list, dict]:
+        """The real (unredacted) arguments: they travel in the message only."""
+        return list(self.args), dict(self.kwargs or {})
+
+    @property
+    def replay_key(self) -> tuple[Any, str] | None:
+        """(owner id, key) when an earlier record may be returned instead."""
+        if self.idempotency_key and self.owner is not None:
+            return self.owner.pk, self.idempotency_key
+        return None
+
+
 def submit(
     name: str,
     *,
@@ -215,37 +245,18 @@ def submit(
        the broker is down the record stays PENDING and check_task_health
        re-publishes it.
     """
-    if name not in registered_tasks():
-        raise UnknownTask(f"No task named {name!r} is registered")
-    priority = app.conf.task_default_priority if priority is None else priority
-    broker_priority(priority)  # validates 0-9
-    if idempotency_key and owner is not None:
+    item = Submission(
+        name, args, kwargs, owner, queue, priority, countdown, eta, target,
+        idempotency_key, parent,
+    )  # fmt: skip
+    _check(item)
+    if item.replay_key:
         existing = TaskRecord.objects.filter(
             owner=owner, idempotency_key=idempotency_key
         ).first()
         if existing:
             return existing
-    if eta is not None:
-        check_delay("eta", (eta - timezone.now()).total_seconds())
-    elif countdown:
-        check_delay("countdown", countdown)  # before timedelta can overflow
-        eta = timezone.now() + timedelta(seconds=countdown)
-    record = TaskRecord(
-        name=name,
-        queue=queue or route_queue(name),
-        priority=priority,
-        args=redact(list(args)),
-        kwargs=redact(kwargs or {}),
-        owner=owner,
-        eta=eta,
-        celery_id=str(uuid.uuid4()),
-        parent=parent,
-        root=(parent.root or parent) if parent else None,
-        idempotency_key=idempotency_key or None,
-    )
-    if target is not None:
-        record.content_type = ContentType.objects.get_for_model(target)
-        record.object_id = target.pk
+    record = _new_record(item)
     event = {"queue": record.queue}
     if idempotency_key:
         try:
@@ -258,9 +269,162 @@ def submit(
             return TaskRecord.objects.get(owner=owner, idempotency_key=idempotency_key)
     else:
         ledger_writes.insert_record(record, Kind.QUEUED, event)
-    # The real (unredacted) arguments travel in the message only.
-    payload = (list(args), dict(kwargs or {}))
+    payload = item.payload
     transaction.on_commit(lambda: publish(record, payload=payload))
+    return record
+
+
+def submit_many(items: Iterable[Submission]) -> list[TaskRecord]:
+    """submit() for many jobs at once: the records, in the order of items.
+
+    The same checks and guarantees as submit, in bulk: every item is checked
+    before anything is written (the first bad one raises, with `index` set on the
+    exception); the records and their "queued" events are written in the
+    caller's transaction by one statement, whatever their number
+    (ledger_writes.insert_records); after commit all messages go to the broker in
+    one pipelined round (publish_many), and a message that does not get there
+    leaves its record PENDING for check_task_health to re-publish, as in submit.
+    An item whose idempotency key its owner used already (earlier, or earlier
+    in items) gets that record, and nothing new is written or sent for it.
+    """
+    items = list(items)
+    for index, item in enumerate(items):
+        try:
+            _check(item)
+        except (UnknownTask, ValueError) as exc:
+            exc.index = index
+            raise
+    replays = _existing_records(items)
+    queues = {
+        name: route_queue(name) for name in {i.name for i in items if not i.queue}
+    }
+    records: list[TaskRecord | None] = []
+    new: list[tuple[TaskRecord, Submission]] = []
+    firsts: dict[tuple, TaskRecord] = {}
+    for index, item in enumerate(items):
+        key = item.replay_key
+        if key in replays or key in firsts:
+            records.append(replays.get(key) or firsts[key])
+            continue
+        try:
+            record = _new_record(item, queues)
+        except DelayTooLong as exc:
+            exc.index = index
+            raise
+        records.append(record)
+        new.append((record, item))
+        if key:
+            firsts[key] = record
+    written = [record for record, _ in new]
+    ledger_writes.insert_records(
+        written, Kind.QUEUED, [{"queue": record.queue} for record in written]
+    )
+    raced = {item.replay_key for record, item in new if record.pk is None}
+    if raced:
+        # Another request with the same key committed between our check and
+        # insert: its record stands for ours.
+        replays = _existing_records([i for _, i in new if i.replay_key in raced])
+        records = [replays[i.replay_key] if r.pk is None else r
+                   for r, i in zip(records, items, strict=True)]  # fmt: skip
+    sends = [(record, item.payload) for record, item in new if record.pk is not None]
+    if sends:
+        transaction.on_commit(lambda: publish_many(sends))
+    return records
+
+
+def record_members(signatures: list, *, parent_id: str, group_id: str) -> None:
+    """Write the records of a fan-out's chord members (Celery signatures) before
+    Celery publishes the chord, all in one statement (as submit_many), instead
+    of one INSERT per message in record_published. Each signature gets its
+    record's celery_id as task id and the claw_record header, so
+    record_published skips it. A member is never published without its record: the
+    records commit first; if the chord is never published (the parent's process
+    died), they stay PENDING and check_task_health publishes them.
+    """
+    parent = TaskRecord.objects.filter(celery_id=parent_id).first()
+    targets: dict[str, tuple[int, int] | None] = {}
+    records = []
+    for sig in signatures:
+        options = sig.options
+        record = _new_record(
+            Submission(
+                sig.task,
+                args=sig.args,
+                kwargs=sig.kwargs,
+                queue=options.get("queue"),
+                priority=options.get("priority"),
+                parent=parent,
+            )
+        )
+        record.group_id = group_id
+        header = (options.get("headers") or {}).get(TARGET_HEADER)
+        if header is not None:
+            if header not in targets:
+                targets[header] = _target_from_header(header)
+            if targets[header] is not None:
+                record.content_type_id, record.object_id = targets[header]
+        records.append(record)
+    with transaction.atomic():
+        ledger_writes.insert_records(
+            records, Kind.QUEUED, [{"queue": r.queue} for r in records]
+        )
+    for sig, record in zip(signatures, records, strict=True):
+        headers = {**(sig.options.get("headers") or {}), "claw_record": record.pk}
+        sig.set(task_id=record.celery_id, headers=headers)
+
+
+def _check(item: Submission) -> None:
+    """What submit refuses before it reads or writes anything."""
+    if item.name not in registered_tasks():
+        raise UnknownTask(f"No task named {item.name!r} is registered")
+    if item.priority is not None:
+        broker_priority(item.priority)  # validates 0-9
+
+
+def _existing_records(items: list[Submission]) -> dict[tuple, TaskRecord]:
+    """Records already holding the items' (owner, idempotency key), in one query."""
+    keys: dict[Any, set[str]] = {}
+    for item in items:
+        if item.replay_key:
+            keys.setdefault(item.replay_key[0], set()).add(item.idempotency_key)
+    if not keys:
+        return {}
+    wanted = Q()
+    for owner_id, owner_keys in keys.items():
+        wanted |= Q(owner_id=owner_id, idempotency_key__in=owner_keys)
+    return {
+        (r.owner_id, r.idempotency_key): r for r in TaskRecord.objects.filter(wanted)
+    }
+
+
+def _new_record(item: Submission, queues: dict[str, str] | None = None) -> TaskRecord:
+    """The unsaved PENDING record of a checked item; DelayTooLong if it is
+    scheduled further ahead than the broker keeps a message. queues: the routed
+    queue of each task name, when the caller worked them out already."""
+    eta = item.eta
+    if eta is not None:
+        check_delay("eta", (eta - timezone.now()).total_seconds())
+    elif item.countdown:
+        check_delay("countdown", item.countdown)  # before timedelta can overflow
+        eta = timezone.now() + timedelta(seconds=item.countdown)
+    parent = item.parent
+    priority = item.priority
+    record = TaskRecord(
+        name=item.name,
+        queue=item.queue or (queues or {}).get(item.name) or route_queue(item.name),
+        priority=app.conf.task_default_priority if priority is None else priority,
+        args=redact(list(item.args)),
+        kwargs=redact(item.kwargs or {}),
+        owner=item.owner,
+        eta=eta,
+        celery_id=str(uuid.uuid4()),
+        parent=parent,
+        root=(parent.root or parent) if parent else None,
+        idempotency_key=item.idempotency_key or None,
+    )
+    if item.target is not None:
+        record.content_type = ContentType.objects.get_for_model(item.target)
+        record.object_id = item.target.pk
     return record
 
 
@@ -270,6 +434,66 @@ def publish(record: TaskRecord, *, payload: tuple[list, dict] | None = None) -> 
     The record keeps its state either way: check_task_health re-publishes PENDING
     records whose message never reached the broker.
     """
+    message = _message(record, payload)
+    if message is None:
+        return False
+    try:
+        app.send_task(
+            record.name, **message, retry=True, retry_policy=PUBLISH_RETRY_POLICY
+        )
+    except Exception as exc:
+        logger.warning("Could not publish task record %s: %r", record.pk, exc)
+        return False
+    return True
+
+
+# Messages per pipeline round trip in publish_many (kombu's Producer.batch).
+PUBLISH_BATCH = 1000
+
+
+def publish_many(sends: list[tuple[TaskRecord, tuple[list, dict] | None]]) -> bool:
+    """publish() for many records through one producer, their messages sent in
+    pipelined rounds of PUBLISH_BATCH (kombu's Producer.batch: one Redis round
+    trip per round; a broker without batches sends them one by one).
+
+    False if the broker is down: the records not sent stay PENDING, and
+    check_task_health re-publishes them, as after a failed publish().
+    """
+    messages = [(r.name, _message(r, p)) for r, p in sends]
+    messages = [(name, m) for name, m in messages if m is not None]
+    try:
+        with (
+            app.producer_or_acquire() as producer,
+            producer.batch(max_size=PUBLISH_BATCH),
+        ):
+            declared = set()
+            for name, message in messages:
+                # the first message to a queue declares it; kombu would check
+                # its cache of declared queues again for every other one
+                queue = message["queue"]
+                app.send_task(
+                    name,
+                    **message,
+                    declare=None if queue not in declared else [],
+                    producer=producer,
+                    retry=True,
+                    retry_policy=PUBLISH_RETRY_POLICY,
+                )
+                declared.add(queue)
+    except Exception as exc:
+        logger.warning(
+            "Could not publish %d task records (first %s): %r",
+            len(messages),
+            messages[0][1]["headers"]["claw_record"] if messages else None,
+            exc,
+        )
+        return False
+    return len(messages) == len(sends)
+
+
+def _message(record: TaskRecord, payload: tuple[list, dict] | None) -> dict | None:
+    """app.send_task's keyword arguments for the record's current attempt; None if it
+    cannot be re-published from its stored arguments."""
     args, kwargs = payload or (record.args, record.kwargs)
     if payload is None and has_redactions([args, kwargs]):
         # Re-publishing from the stored copy would run it with "[redacted]" in
@@ -277,26 +501,18 @@ def publish(record: TaskRecord, *, payload: tuple[list, dict] | None = None) -> 
         logger.warning(
             "Not re-publishing task record %s: redacted arguments", record.pk
         )
-        return False
+        return None
     size = len(json.dumps([args, kwargs]))
-    try:
-        app.send_task(
-            record.name,
-            args=args,
-            kwargs=kwargs,
-            task_id=record.celery_id,
-            queue=record.queue,
-            priority=broker_priority(record.priority),
-            eta=record.eta,
-            headers={"claw_record": record.pk},
-            compression="gzip" if size > settings.CLAW_COMPRESS_ABOVE_BYTES else None,
-            retry=True,
-            retry_policy=PUBLISH_RETRY_POLICY,
-        )
-    except Exception as exc:
-        logger.warning("Could not publish task record %s: %r", record.pk, exc)
-        return False
-    return True
+    return {
+        "args": args,
+        "kwargs": kwargs,
+        "task_id": record.celery_id,
+        "queue": record.queue,
+        "priority": broker_priority(record.priority),
+        "eta": record.eta,
+        "headers": {"claw_record": record.pk},
+        "compression": "gzip" if size > settings.CLAW_COMPRESS_ABOVE_BYTES else None,
+    }
 
 
 def record_published(
@@ -797,6 +1013,40 @@ def retry(
     what the new attempt reruns, or raises InvalidTransition with the reason the
     record cannot be retried.
     """
+    payload = _reopen(record, args, kwargs)
+    transaction.on_commit(lambda: publish(record, payload=payload))
+    return record
+
+
+def retry_many(
+    records: Iterable[TaskRecord],
+) -> tuple[list[TaskRecord], list[tuple[TaskRecord, InvalidTransition]]]:
+    """retry() for many records (an admin selection, a failure group,
+    retry_failed): (the records retried, the refused ones with why).
+
+    Each record is reopened in a savepoint of its own (its domain's
+    lifecycle.before_retry may refuse it alone), and after commit every new
+    attempt goes to the broker in one pipelined round (publish_many).
+    """
+    retried, refused, sends = [], [], []
+    with transaction.atomic():
+        for record in records:
+            try:
+                with transaction.atomic():
+                    payload = _reopen(record, None, None)
+            except InvalidTransition as exc:
+                refused.append((record, exc))
+                continue
+            retried.append(record)
+            sends.append((record, payload))
+        if sends:
+            transaction.on_commit(lambda: publish_many(sends))
+    return retried, refused
+
+
+def _reopen(record: TaskRecord, args: list | None, kwargs: dict | None):
+    """retry's writes: the record PENDING under a new celery_id, its "queued"
+    event; the message's (args, kwargs)."""
     new_args = record.args if args is None else list(args)
     new_kwargs = record.kwargs if kwargs is None else dict(kwargs)
     if has_redactions([new_args, new_kwargs]):
@@ -837,9 +1087,7 @@ def retry(
         ledger_writes.add_event(new_id, Kind.QUEUED, {"retry_of": previous})
     record.refresh_from_db()
     # As in submit(): edited secrets are stored redacted and travel in the message.
-    payload = (list(new_args), dict(new_kwargs))
-    transaction.on_commit(lambda: publish(record, payload=payload))
-    return record
+    return list(new_args), dict(new_kwargs)
 
 
 def is_cancel_requested(celery_id: str) -> bool:

@@ -72,6 +72,7 @@ def quiet():
     # nothing reaches the broker or a worker
     with (
         patch.object(ledger, "publish", return_value=True),
+        patch.object(ledger, "publish_many", return_value=True),
         patch("tasks_app.workers.cluster", return_value=[]),
         patch("tasks_app.workers.queue_lengths", return_value={}),
         patch("tasks_app.workers.pool_restart", return_value={"w@h": {"ok": "x"}}),
@@ -169,6 +170,34 @@ def test_every_user_reaches_the_collection_endpoints(method, path, alice, staff)
     for user in (alice, staff):
         answer = call(user, method, path)
         assert answer.status_code not in DENIED, answer.content
+
+
+# Collection endpoints whose body names an object (not in the path): another
+# user's is a 404 naming the field, and nothing is written.
+BODY_OBJECTS = {
+    ("post", "/api/v1/documents/"): lambda kb: {
+        "knowledge_base": kb, "title": "T", "content": "Text."},
+    ("post", "/api/v1/documents/bulk/"): lambda kb: {
+        "knowledge_base": kb, "documents": [{"title": "T", "content": "Text."}]},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("method,path", sorted(BODY_OBJECTS))
+def test_another_users_object_named_in_a_body_is_a_404(
+    method, path, objects, alice, bob, staff
+):
+    from knowledge.models import Document
+
+    body = BODY_OBJECTS[(method, path)](objects["kb"])
+    documents, tasks = Document.objects.count(), TaskRecord.objects.count()
+
+    refused = getattr(client_for(bob), method)(path, body, format="json")
+    assert refused.status_code == 404
+    assert "knowledge_base" in refused.json()
+    assert (Document.objects.count(), TaskRecord.objects.count()) == (documents, tasks)
+    for user in (alice, staff):
+        answer = getattr(client_for(user), method)(path, body, format="json")
+        assert answer.status_code == 201, answer.content
 
 
 def argument_operations() -> list[tuple[str, str]]:

@@ -37,6 +37,28 @@ print(json.dumps({
 """
 
 
+SUBMIT_MANY_AND_WAIT = """
+import json, time
+from django.db import transaction
+from tasks_app import services
+with transaction.atomic():
+    records = services.submit_many(
+        [services.Submission("tasks_app.ping") for _ in range(5)]
+    )
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    for record in records:
+        record.refresh_from_db()
+    if all(record.is_final for record in records):
+        break
+    time.sleep(0.2)
+print(json.dumps({
+    "states": [record.state for record in records],
+    "events": [list(r.events.values_list("kind", flat=True)) for r in records],
+}))
+"""
+
+
 def embedded_env(var_dir) -> dict[str, str]:
     keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
     return {
@@ -71,6 +93,9 @@ def test_submitted_task_runs_and_stores_its_result_on_sqlite_and_filesystem_brok
     try:
         # The parent's app talks to Redis; ask the worker over its own broker.
         out = manage(env, "shell", "-c", SUBMIT_AND_WAIT)
+        # submit_many on SQLite (a savepoint per record) and the filesystem
+        # broker (no publish batches: one message at a time)
+        many = manage(env, "shell", "-c", SUBMIT_MANY_AND_WAIT)
     finally:
         worker.stop()
     report = json.loads(out.strip().splitlines()[-1])
@@ -78,5 +103,8 @@ def test_submitted_task_runs_and_stores_its_result_on_sqlite_and_filesystem_brok
     assert report["result"] == "pong"
     assert report["events"] == ["queued", "started", "succeeded"]
     assert worker.hostname in report["ping"]  # broadcast works on the filesystem broker
+    bulk = json.loads(many.strip().splitlines()[-1])
+    assert bulk["states"] == ["SUCCESS"] * 5, worker.tail()
+    assert bulk["events"] == [["queued", "started", "succeeded"]] * 5
     assert (tmp_path / "claw.sqlite3").exists()
     assert test_app.conf.broker_url.startswith("redis")  # the parent stayed on Redis

@@ -201,3 +201,38 @@ class SearchHitSerializer(serializers.Serializer):
 
 class SearchResultSerializer(serializers.Serializer):
     results = SearchHitSerializer(many=True)
+
+
+class BulkDocumentSerializer(serializers.Serializer):
+    title = TextField(max_length=300)
+    source = TextField(visible=False, required=False, max_length=500, default="")
+    content = TextField()
+
+
+class BulkDocumentsSerializer(serializers.Serializer):
+    """POST /documents/bulk/: an error of one document is reported under its
+    index, {"documents": {"3": {"title": [...]}}}."""
+
+    knowledge_base = OwnKnowledgeBaseField()
+    documents = serializers.ListField(
+        child=BulkDocumentSerializer(),
+        min_length=1,
+        max_length=services.BULK_LIMIT,
+        help_text=f"1 to {services.BULK_LIMIT} documents; each is vectorized.",
+    )
+
+
+class BulkDocumentCreatedSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    title = serializers.CharField()
+    content_hash = serializers.CharField()
+    status = serializers.CharField()
+    vectorize_task = serializers.IntegerField(
+        help_text="The id of its knowledge.vectorize_document task (GET "
+        "/api/v1/tasks/{id}/)."
+    )
+
+
+class BulkDocumentsCreatedSerializer(serializers.Serializer):
+    knowledge_base = serializers.IntegerField()
+    documents = BulkDocumentCreatedSerializer(many=True)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Count, Sum
 from django.db.models.functions import Coalesce
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -17,6 +19,8 @@ from rest_framework.response import Response
 from knowledge import embeddings, extract, search, services
 from knowledge.api.serializers import (
     INT64_MAX,
+    BulkDocumentsCreatedSerializer,
+    BulkDocumentsSerializer,
     DocumentCreatedSerializer,
     DocumentEditSerializer,
     DocumentListSerializer,
@@ -28,7 +32,7 @@ from knowledge.api.serializers import (
     SearchResultSerializer,
     UpdateRequestSerializer,
 )
-from knowledge.models import Document, KnowledgeBase
+from knowledge.models import Document, KnowledgeBase, content_hash
 from tasks_app.api import idempotency, params
 from tasks_app.api.permissions import OwnedQuerysetMixin
 from tasks_app.api.serializers import TaskRecordSerializer
@@ -93,6 +97,50 @@ def submitted(
 
 def created(document: Document) -> Response:
     return Response(DocumentCreatedSerializer(document).data, status=201)
+
+
+def bulk_keys(user, key: str, kb: KnowledgeBase, items: list[dict]):
+    """The idempotency keys of a bulk request's tasks (one per document: the
+    request's key, a digest of the whole request and the index), or the
+    Response replaying an earlier request with this key; KeyReused (409) if that
+    request was another one (another body, or another endpoint's)."""
+    idempotency.lock(user, key)
+    if TaskRecord.objects.filter(owner=user, idempotency_key=key).exists():
+        raise idempotency.KeyReused()
+    request = [kb.pk] + [
+        [item["title"], item.get("source", ""), content_hash(item["content"])]
+        for item in items
+    ]
+    digest = content_hash(json.dumps(request))[:32]
+    prefix = idempotency.item_prefix(key)
+    previous = list(
+        TaskRecord.objects.filter(
+            owner=user, idempotency_key__startswith=prefix
+        ).values_list("idempotency_key", "object_id", "pk")
+    )
+    if previous:
+        if any(k.split(":")[2] != digest for k, _, _ in previous):
+            raise idempotency.KeyReused()
+        previous.sort(key=lambda row: int(row[0].rsplit(":", 1)[1]))
+        return bulk_created(kb.pk, [(doc, pk) for _, doc, pk in previous])
+    return [f"{prefix}{digest}:{i}" for i in range(len(items))]
+
+
+def bulk_created(kb_id: int, added: list[tuple[int, int]]) -> Response:
+    """201 listing the documents (id, vectorize task id) of a bulk request."""
+    documents = Document.objects.in_bulk([doc for doc, _ in added])
+    rows = [
+        {
+            "id": doc,
+            "title": getattr(documents.get(doc), "title", ""),
+            "content_hash": getattr(documents.get(doc), "content_hash", ""),
+            "status": getattr(documents.get(doc), "status", "deleted"),
+            "vectorize_task": task,
+        }
+        for doc, task in added
+    ]
+    body = BulkDocumentsCreatedSerializer({"knowledge_base": kb_id, "documents": rows})
+    return Response(body.data, status=status.HTTP_201_CREATED)
 
 
 def own_documents(kb: KnowledgeBase, ids: list[int]) -> list[int]:
@@ -320,6 +368,47 @@ class DocumentViewSet(
             vectorize=data["vectorize"],
         )
         return created(document)
+
+    @extend_schema(
+        request=BulkDocumentsSerializer,
+        parameters=[idempotency.PARAMETER],
+        responses={
+            201: BulkDocumentsCreatedSerializer,
+            409: SUBMITTED[409],
+            **TOO_LARGE,
+        },
+    )
+    @action(detail=False, methods=["post"], **idempotency.SUBMIT)
+    def bulk(self, request):
+        """Add up to 500 documents to a knowledge base, each vectorized: all or
+        nothing (an invalid document is a 400 naming its index and field, and
+        nothing is written). The vectorize tasks belong to the caller; a repeated
+        Idempotency-Key with the same body answers with the first request's
+        documents, with another body 409."""
+        check_body_size(request, "documents")
+        body = BulkDocumentsSerializer(data=request.data, context={"request": request})
+        body.is_valid(raise_exception=True)
+        kb = body.validated_data["knowledge_base"]
+        items = body.validated_data["documents"]
+        too_large = {
+            str(i): {"content": "Larger than the limit of "
+                     f"{settings.KNOWLEDGE_MAX_UPLOAD_BYTES} bytes."}
+            for i, item in enumerate(items)
+            if len(item["content"].encode()) > settings.KNOWLEDGE_MAX_UPLOAD_BYTES
+        }  # fmt: skip
+        if too_large:
+            raise PayloadTooLarge({"documents": too_large})
+        key = idempotency.key_from(request)
+        with transaction.atomic():
+            keys = None
+            if key is not None:
+                keys = bulk_keys(request.user, key, kb, items)
+                if isinstance(keys, Response):
+                    return keys
+            added = services.add_documents(
+                kb, items, owner=request.user, idempotency_keys=keys
+            )
+        return bulk_created(kb.pk, [(d.pk, r.pk) for d, r in added])
 
     @extend_schema(
         request=None, parameters=[idempotency.PARAMETER], responses=SUBMITTED

@@ -77,6 +77,20 @@ def claim(user, key: str | None, task_name: str) -> TaskRecord | None:
     """
     if key is None:
         return None
+    lock(user, key)
+    previous = TaskRecord.objects.filter(owner=user, idempotency_key=key).first()
+    if previous is not None and previous.name != task_name:
+        raise KeyReused()
+    return previous
+
+
+def lock(user, key: str) -> None:
+    """Serialise, until commit, the requests of user that carry key (claim()).
+
+    Must run inside transaction.atomic(): on PostgreSQL it takes a
+    transaction-level advisory lock on (user, key). SQLite needs none, since its
+    IMMEDIATE transactions already serialise writers.
+    """
     if not connection.in_atomic_block:
         raise RuntimeError("idempotency.claim() must run inside transaction.atomic()")
     if connection.vendor == "postgresql":
@@ -84,10 +98,14 @@ def claim(user, key: str | None, task_name: str) -> TaskRecord | None:
         lock_id = int.from_bytes(digest, "big", signed=True)
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [lock_id])
-    previous = TaskRecord.objects.filter(owner=user, idempotency_key=key).first()
-    if previous is not None and previous.name != task_name:
-        raise KeyReused()
-    return previous
+
+
+def item_prefix(key: str) -> str:
+    """The start of the idempotency keys stored on the records of a request that
+    submits many under one key (POST /documents/bulk/: the prefix, a digest of
+    the request, the index): the request's key is hashed, so any key of up to
+    200 characters leaves room for the rest."""
+    return "many:" + hashlib.blake2b(key.encode(), digest_size=16).hexdigest() + ":"
 
 
 def submit_once(

@@ -59,20 +59,17 @@ class Command(BaseCommand):
         records = TaskRecord.objects.filter(
             name=task, state__in=states, finished_at__gte=moment
         ).order_by("pk")
-        retried = skipped = 0
-        for record in records.iterator():
-            if dry_run:
+        if dry_run:
+            retried = skipped = 0
+            for retried, record in enumerate(records.iterator(), 1):  # noqa: B007
                 error = text.first_line(record.error, 100)
                 self.stdout.write(f"  would retry #{record.pk}: {error}")
-                retried += 1
-                continue
-            try:
-                services.retry(record)
-            except services.InvalidTransition as exc:
+        else:
+            # all at once: their messages go to the broker in one round
+            done, refused = services.retry_many(records.iterator())
+            for record, exc in refused:
                 self.stdout.write(f"  skipped #{record.pk}: {exc}")
-                skipped += 1
-                continue
-            retried += 1
+            retried, skipped = len(done), len(refused)
         verb = "Would retry" if dry_run else "Retried"
         self.stdout.write(
             f"{verb} {retried} {task} record(s) failed since {moment:%Y-%m-%d %H:%M}"

@@ -1,0 +1,236 @@
+"""tasks_app.services.submit_many with real PostgreSQL and Redis: records and
+events written in bulk, published after commit in one pipelined round, run once
+each by a real worker; a rolled-back caller leaves and sends nothing;
+idempotency keys per item; the same checks as submit."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+
+from tasks_app import broker_inspect, services
+from tasks_app.models import TaskEvent, TaskRecord
+from tests.harness import wait_for
+
+State = TaskRecord.State
+# A queue no test worker consumes: what submit_many sent stays there to be read.
+PARKED = "bulk_parked"
+
+
+@pytest.fixture
+def user(db):
+    return get_user_model().objects.create_user("alice", password="pw-12345678")
+
+
+def adds(n: int, **extra) -> list[services.Submission]:
+    return [services.Submission("tests.add", args=[i, 1], **extra) for i in range(n)]
+
+
+def queued(queue: str) -> set[str]:
+    ids = broker_inspect.queued_task_ids([queue])
+    assert ids is not None, "Redis must be readable"
+    return ids
+
+
+@pytest.mark.worker
+def test_submit_many_writes_every_record_and_event_and_each_runs_once(
+    transactional_db, celery_worker
+):
+    with transaction.atomic():
+        records = services.submit_many(adds(40))
+
+    assert [r.args for r in records] == [[i, 1] for i in range(40)]
+    ids = [r.pk for r in records]
+
+    def finished():
+        return TaskRecord.objects.filter(pk__in=ids, state=State.SUCCESS).count() == 40
+
+    wait_for(finished, 60, interval=0.2, message="40 bulk-submitted tasks to succeed")
+    events = TaskEvent.objects.filter(record_id__in=ids)
+    for kind in ("queued", "started", "succeeded"):
+        assert events.filter(kind=kind).count() == 40, kind
+    assert events.count() == 120  # no task ran twice
+
+
+@pytest.mark.django_db(transaction=True)
+def test_records_and_events_are_one_statement_and_messages_go_after_commit(
+    redis_broker,
+):
+    with (
+        transaction.atomic(),
+        CaptureQueriesContext(connection) as queries,
+    ):
+        records = services.submit_many(adds(300, queue=PARKED))
+        inserts = [q for q in queries if "INSERT" in q["sql"]]
+        assert len(inserts) == 1  # records and their events together
+        # nothing leaves before the commit
+        assert not {r.celery_id for r in records} & queued(PARKED)
+
+    assert {r.celery_id for r in records} <= queued(PARKED)
+    assert (
+        TaskEvent.objects.filter(
+            record_id__in=[r.pk for r in records], kind="queued"
+        ).count()
+        == 300
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rolled_back_caller_leaves_nothing_and_publishes_nothing(redis_broker):
+    class Rollback(Exception):
+        pass
+
+    with pytest.raises(Rollback), transaction.atomic():
+        records = services.submit_many(adds(20, queue=PARKED))
+        raise Rollback
+
+    assert not TaskRecord.objects.exists()
+    assert not TaskEvent.objects.exists()
+    assert not {r.celery_id for r in records} & queued(PARKED)
+
+
+@pytest.mark.django_db
+def test_idempotency_keys_are_honoured_per_item(
+    user, django_capture_on_commit_callbacks
+):
+    first = [
+        services.Submission("tests.add", args=[1, 1], owner=user, idempotency_key="a"),
+        services.Submission("tests.add", args=[2, 2], owner=user),
+        services.Submission("tests.add", args=[3, 3], owner=user, idempotency_key="a"),
+    ]
+    with (
+        mock.patch.object(services, "publish_many") as publish_many,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        records = services.submit_many(first)
+    assert records[0].pk == records[2].pk  # the same key twice: one record
+    assert TaskRecord.objects.count() == 2
+    assert [r.pk for r, _ in publish_many.call_args.args[0]] == [
+        records[0].pk,
+        records[1].pk,
+    ]
+
+    replay = [
+        services.Submission("tests.add", args=[9, 9], owner=user, idempotency_key="a"),
+        services.Submission("tests.add", args=[4, 4], owner=user, idempotency_key="b"),
+    ]
+    with (
+        mock.patch.object(services, "publish_many") as publish_many,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        again = services.submit_many(replay)
+    assert again[0].pk == records[0].pk
+    assert TaskRecord.objects.count() == 3  # only "b" is new
+    assert [r.pk for r, _ in publish_many.call_args.args[0]] == [again[1].pk]
+
+
+@pytest.mark.django_db
+def test_a_key_taken_by_a_concurrent_request_returns_its_record(user):
+    """The race submit handles with a savepoint: a record with the key commits
+    between the lookup and the INSERT (ON CONFLICT DO NOTHING skips ours)."""
+    other = services.submit("tests.add", args=[0, 0], owner=user, idempotency_key="k")
+    with mock.patch.object(services, "_existing_records", side_effect=[{}, {
+        (user.pk, "k"): other}]):  # fmt: skip
+        records = services.submit_many(
+            [
+                services.Submission(
+                    "tests.add", args=[1, 1], owner=user, idempotency_key="k"
+                ),
+                services.Submission("tests.add", args=[2, 2], owner=user),
+            ]
+        )
+    assert records[0].pk == other.pk
+    assert TaskRecord.objects.count() == 2
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        ({"name": "tests.nope"}, services.UnknownTask),
+        ({"priority": 12}, ValueError),
+        ({"countdown": 10**9}, services.DelayTooLong),
+    ],
+)
+def test_a_bad_item_is_refused_by_index_before_anything_is_written(bad, error):
+    items = adds(3)
+    for field, value in bad.items():
+        setattr(items[1], field, value)
+    with pytest.raises(error) as raised:
+        services.submit_many(items)
+    assert raised.value.index == 1
+    assert not TaskRecord.objects.exists()
+
+
+@pytest.mark.django_db
+def test_many_records_keep_their_order_and_targets(user):
+    """More values than PostgreSQL's 65,535 parameters of a statement: each
+    column travels as one array."""
+    items = [
+        services.Submission("tests.add", args=[i, 0], owner=user, target=user)
+        for i in range(3000)
+    ]
+    records = services.submit_many(items)
+    assert [r.args[0] for r in records] == list(range(3000))
+    assert TaskRecord.objects.filter(object_id=user.pk, owner=user).count() == 3000
+    assert TaskEvent.objects.filter(kind="queued").count() == 3000
+
+
+@pytest.mark.django_db(transaction=True)
+def test_retry_many_publishes_every_new_attempt_after_commit(redis_broker):
+    records = services.submit_many(adds(5, queue=PARKED))
+    for record in records:
+        TaskRecord.objects.filter(pk=record.pk).update(state=State.FAILURE)
+    TaskRecord.objects.filter(pk=records[0].pk).update(state=State.SUCCESS)
+
+    retried, refused = services.retry_many(TaskRecord.objects.order_by("pk"))
+
+    assert [r.pk for r in retried] == [r.pk for r in records[1:]]
+    assert [r.pk for r, _ in refused] == [records[0].pk]
+    assert {r.celery_id for r in retried} <= queued(PARKED)
+    assert all(
+        r.celery_id != old.celery_id
+        for r, old in zip(retried, records[1:], strict=True)
+    )
+
+
+@pytest.mark.django_db
+def test_record_members_writes_a_fan_outs_members_in_one_statement(user):
+    from claw.celery import registered_tasks
+
+    parent = services.submit("tests.add", args=[0, 0], owner=user)
+    add = registered_tasks()["tests.add"]
+    members = [
+        add.si(i, 1).set(queue=PARKED, headers=services.target_header(user))
+        for i in range(3)
+    ]
+
+    with CaptureQueriesContext(connection) as queries:
+        services.record_members(members, parent_id=parent.celery_id, group_id="g-1")
+
+    assert len([q for q in queries if "INSERT" in q["sql"]]) == 1
+    records = list(TaskRecord.objects.filter(parent=parent).order_by("pk"))
+    assert [r.args for r in records] == [[0, 1], [1, 1], [2, 1]]
+    for sig, record in zip(members, records, strict=True):
+        assert sig.options["task_id"] == record.celery_id
+        assert sig.options["headers"]["claw_record"] == record.pk
+        assert (record.group_id, record.queue, record.object_id) == (
+            "g-1",
+            PARKED,
+            user.pk,
+        )
+        assert record.root_id == parent.pk
+        assert list(record.events.values_list("kind", flat=True)) == ["queued"]
+    # Celery's publishing of the chord then writes no second record
+    sig = members[0]
+    services.record_published(
+        {**sig.options["headers"], "id": sig.options["task_id"], "task": sig.task},
+        ((0, 1), {}, {}),
+        PARKED,
+        {},
+    )
+    assert TaskRecord.objects.filter(parent=parent).count() == 3

@@ -19,7 +19,7 @@ import sys
 import time
 
 from bench.bench_throughput import CLAW_WORKER, claw_env, measure, rate_rows
-from bench.common import ARTIFACTS, ROOT, flush_redis, psql, row, run_py
+from bench.common import ARTIFACTS, ROOT, flush_redis, page_times, psql, row, run_py
 from bench.gen import fill
 
 DB = "claw_bench_monitoring"
@@ -141,37 +141,6 @@ FROM tasks_app_taskrollup
 # larger ones get records and REBUILD only: no page measured reads events.
 FOLD_MAX = 100_000
 
-CHILD = """
-import json, statistics, sys, time, django
-django.setup()
-from django.contrib.auth import get_user_model
-from django.test import Client
-pages, n, token = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-User = get_user_model()
-user = User.objects.filter(username="bench").first() or User.objects.create_superuser(
-    "bench", "bench@example.com", "bench-password")
-staff, scraper = Client(), Client(HTTP_AUTHORIZATION="Bearer " + token)
-staff.force_login(user)
-out = {}
-for label, url in pages.items():
-    client = scraper if url == "/metrics" else staff
-    status = client.get(url).status_code
-    if status != 200:
-        out[label] = {"status": status}
-        continue
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        client.get(url)
-        times.append((time.perf_counter() - t) * 1000)
-    times.sort()
-    out[label] = {"status": 200, "p50": statistics.median(times),
-                  "p95": times[min(len(times) - 1, int(0.95 * len(times)))],
-                  "max": times[-1]}
-print(json.dumps(out))
-"""
-
-
 FOLD_LOOP = """
 import sys, time, django
 django.setup()
@@ -265,7 +234,7 @@ def _child(env: dict, script: str, *args: str) -> dict:
 
 def page_rows(env: dict, size: int) -> list[dict]:
     rows = []
-    results = _child(env, CHILD, json.dumps(PAGES), "20", TOKEN)
+    results = page_times(env, PAGES, 20, TOKEN)
     for label, r in results.items():
         stat, limit = TARGETS[label]
         metric = f"{label} {stat} @ {size:,}"

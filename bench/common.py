@@ -43,8 +43,10 @@ def pg_url(db: str) -> str:
 def psql(sql: str, db: str = "postgres") -> str:
     db = bench_db(db)
     out = subprocess.run(
-        [*PG, "-At", "-d", db, "-c", sql], capture_output=True, text=True, check=True
+        [*PG, "-At", "-d", db, "-c", sql], capture_output=True, text=True
     )
+    if out.returncode != 0:
+        raise RuntimeError(f"psql on {db} failed: {out.stderr.strip()[-800:]}")
     return out.stdout.strip()
 
 

@@ -59,11 +59,10 @@ def fill(
         psql(insert, db)
     else:
         drop, build = _indexes(db)
-        # one psql -c: one transaction
-        psql(
-            ";\n".join(["SET maintenance_work_mem = '512MB'", *drop, insert, *build]),
-            db,
-        )
+        # Two transactions (one psql -c each): an index cannot be built over
+        # the INSERT's pending (deferred) foreign key checks.
+        psql(";\n".join([*drop, insert]), db)
+        psql(";\n".join(["SET maintenance_work_mem = '512MB'", *build]), db)
     if events:
         psql(EVENTS_SQL.format(after=after), db)
     psql("ANALYZE", db)

@@ -260,7 +260,10 @@ def page_rows(env: dict, size: int) -> list[dict]:
                 row("18 monitoring", metric, "", "ms", "", f"HTTP {r['status']}")
             )
             continue
-        note = f"p50 {r['p50']:.1f}, p95 {r['p95']:.1f}, max {r['max']:.0f} ms"
+        note = (
+            f"p50 {r['p50']:.1f}, p95 {r['p95']:.1f}, max {r['max']:.0f} ms;"
+            f" web process CPU p50 {r['cpu_p50']:.1f} ms"
+        )
         if size >= 10_000_000:
             note = ("met; " if r[stat] < limit else "MISSED; ") + note
         rows.append(

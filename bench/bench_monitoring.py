@@ -223,7 +223,7 @@ def grow(env: dict, size: int, have: int) -> list[dict]:
     fill(DB, size - have, events=False, tag=str(size))
     if size > FOLD_MAX:
         generated = time.perf_counter() - started
-        rebuilt = _child(env, REBUILD, ROLLUPS_SQL)["seconds"]
+        rebuilt = rebuild_rollups(env)
         psql("VACUUM ANALYZE tasks_app_taskrollup", DB)
         return [
             row("18 rollups", f"generate @ {size:,} records", round(generated, 1), "s",
@@ -234,7 +234,7 @@ def grow(env: dict, size: int, have: int) -> list[dict]:
     psql("ANALYZE", DB)
     fold = _child(env, FOLD)
     folded = psql(FINGERPRINT, DB)
-    _child(env, REBUILD, ROLLUPS_SQL)
+    rebuild_rollups(env)
     same = psql(FINGERPRINT, DB) == folded
     rate = fold["events"] / fold["seconds"] if fold["seconds"] else 0
     return [
@@ -242,6 +242,12 @@ def grow(env: dict, size: int, have: int) -> list[dict]:
             f"{fold['events']:,} new events in {fold['seconds']:.1f} s; SQL rebuild "
             + ("gives the same rows" if same else "DIFFERS from the fold"))
     ]  # fmt: skip
+
+
+def rebuild_rollups(env: dict) -> float:
+    """The rollups of every record in env's database, as the fold would make
+    them of TIMELINE_SQL's events (REBUILD); returns the seconds taken."""
+    return _child(env, REBUILD, ROLLUPS_SQL)["seconds"]
 
 
 def _child(env: dict, script: str, *args: str) -> dict:

@@ -1,17 +1,17 @@
 """Scenarios 3 and 4: admin changelist, dashboard and API stats at 10k/100k/1M records.
 
 Rows come from generate_series (bench/gen.py) into one bench database grown in
-steps; each page is requested through Django's test Client as a logged-in
-superuser in a child process (claw.settings, DEBUG off); p50 of N requests after
-one warm-up.
+steps, with the rollups the dashboard and stats read rebuilt from them
+(bench_monitoring.rebuild_rollups: no fold runs here); each page is requested
+through Django's test Client as a logged-in superuser in a child process
+(claw.settings, DEBUG off); p50 of N requests after one warm-up.
 """
 
 from __future__ import annotations
 
-import json
-
+from bench.bench_monitoring import rebuild_rollups
 from bench.bench_throughput import claw_env
-from bench.common import ARTIFACTS, row, run_py
+from bench.common import ARTIFACTS, page_times, row, run_py
 from bench.gen import fill
 
 DB = "claw_bench_admin"
@@ -29,32 +29,6 @@ PAGES = {
     "API stats": "/api/v1/tasks/stats/",
 }
 
-CHILD = """
-import json, statistics, sys, time, django
-django.setup()
-from django.contrib.auth import get_user_model
-from django.test import Client
-pages, n = json.loads(sys.argv[1]), int(sys.argv[2])
-User = get_user_model()
-user = User.objects.filter(username="bench").first() or User.objects.create_superuser(
-    "bench", "bench@example.com", "bench-password")
-client = Client()
-client.force_login(user)
-out = {}
-for label, url in pages.items():
-    status = client.get(url).status_code
-    if status != 200:
-        out[label] = {"status": status}
-        continue
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        client.get(url)
-        times.append((time.perf_counter() - t) * 1000)
-    out[label] = {"status": 200, "p50": statistics.median(times), "max": max(times)}
-print(json.dumps(out))
-"""
-
 
 def run(quick: bool = False) -> list[dict]:
     sizes = SIZES_QUICK if quick else SIZES_FULL
@@ -65,15 +39,14 @@ def run(quick: bool = False) -> list[dict]:
     results, have = {}, 0
     for size in sizes:
         fill(DB, size - have, tag=str(size))
+        rebuild_rollups(env)
         have = size
         # the pages take tens of ms: 15 runs steady their median; the cold
         # ones take up to 2 s each at 1M
-        out = run_py(["-c", CHILD, json.dumps(PAGES), "15"], env, timeout=300)
-        results[size] = json.loads(out.strip().splitlines()[-1])
+        results[size] = page_times(env, PAGES, 15, timeout=300)
         n = 5 if size >= 1_000_000 else 10
         cold = {**env, "CLAW_STATS_CACHE_SECONDS": "0"}
-        out = run_py(["-c", CHILD, json.dumps(UNCACHED), str(n)], cold, timeout=300)
-        results[size].update(json.loads(out.strip().splitlines()[-1]))
+        results[size].update(page_times(cold, UNCACHED, n, timeout=300))
     rows = []
     base = results[sizes[0]]
     for label in [*PAGES, *UNCACHED]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -42,8 +43,10 @@ def pg_url(db: str) -> str:
 def psql(sql: str, db: str = "postgres") -> str:
     db = bench_db(db)
     out = subprocess.run(
-        [*PG, "-At", "-d", db, "-c", sql], capture_output=True, text=True, check=True
+        [*PG, "-At", "-d", db, "-c", sql], capture_output=True, text=True
     )
+    if out.returncode != 0:
+        raise RuntimeError(f"psql on {db} failed: {out.stderr.strip()[-800:]}")
     return out.stdout.strip()
 
 
@@ -161,3 +164,49 @@ def row(scenario, metric, value, unit="", target="", note="") -> dict:
         "target": target,
         "note": note,
     }
+
+
+# Run as a child (page_times): each page through Django's test Client as a
+# logged-in superuser, or with a bearer token for /metrics when one is given;
+# p50, p95 and max in ms of n requests after one warm-up, and the p50 of the
+# CPU time this process spent on one (on a busy machine, the part of the wall
+# time that is the page's own work rather than waiting for a core).
+PAGE_TIMES = """
+import json, statistics, sys, time, django
+django.setup()
+from django.contrib.auth import get_user_model
+from django.test import Client
+pages, n, token = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+User = get_user_model()
+user = User.objects.filter(username="bench").first() or User.objects.create_superuser(
+    "bench", "bench@example.com", "bench-password")
+staff, scraper = Client(), Client(HTTP_AUTHORIZATION="Bearer " + token)
+staff.force_login(user)
+out = {}
+for label, url in pages.items():
+    client = scraper if token and url == "/metrics" else staff
+    status = client.get(url).status_code
+    if status != 200:
+        out[label] = {"status": status}
+        continue
+    times, cpu = [], []
+    for _ in range(n):
+        t, c = time.perf_counter(), time.process_time()
+        client.get(url)
+        times.append((time.perf_counter() - t) * 1000)
+        cpu.append((time.process_time() - c) * 1000)
+    times.sort()
+    out[label] = {"status": 200, "p50": statistics.median(times),
+                  "p95": times[min(len(times) - 1, int(0.95 * len(times)))],
+                  "max": times[-1], "cpu_p50": statistics.median(cpu)}
+print(json.dumps(out))
+"""
+
+
+def page_times(
+    env: dict, pages: dict[str, str], n: int, token: str = "", timeout: float = 600
+) -> dict[str, dict]:
+    """Label -> {"status", and for a 200 "p50", "p95", "max", "cpu_p50" in ms}
+    (PAGE_TIMES)."""
+    out = run_py(["-c", PAGE_TIMES, json.dumps(pages), str(n), token], env, timeout)
+    return json.loads(out.strip().splitlines()[-1])

@@ -8,7 +8,7 @@ values on hover (an SVG <title>, which browsers show as a tooltip).
 from __future__ import annotations
 
 from django.utils import timezone
-from django.utils.html import format_html, format_html_join
+from django.utils.html import escape, format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 FINISHED_COLOUR = "#417690"  # the admin's own blue
@@ -106,28 +106,19 @@ def _bar(x: float, step: float, row: dict, peak: int, plot_h: float, label: str)
     h_all = plot_h * row["finished"] / peak
     h_failed = plot_h * row["failed"] / peak
     bottom = TOP + plot_h
+    inner, inner_w = x + step * 0.1, step * 0.8
+    # Built as one string, not with format_html: a dashboard draws about 250
+    # bars, and escaping each of their 17 numbers was a third of its time. The
+    # numbers are formatted here (floats and int()); only the label is text.
     # One transparent full-height rect carries the tooltip, so a slot with
     # nothing in it still says so on hover.
-    return format_html(
-        '<g class="claw-slot"><title>{}: {} finished, {} failed</title>'
-        '<rect x="{}" y="{}" width="{}" height="{}" fill="transparent"/>'
-        '<rect x="{}" y="{}" width="{}" height="{}" fill="{}"/>'
-        '<rect x="{}" y="{}" width="{}" height="{}" fill="{}"/></g>',
-        label,
-        row["finished"],
-        row["failed"],
-        f"{x:.1f}",
-        TOP,
-        f"{step:.1f}",
-        f"{plot_h:.1f}",
-        f"{x + step * 0.1:.1f}",
-        f"{bottom - h_all:.1f}",
-        f"{step * 0.8:.1f}",
-        f"{h_all:.1f}",
-        FINISHED_COLOUR,
-        f"{x + step * 0.1:.1f}",
-        f"{bottom - h_failed:.1f}",
-        f"{step * 0.8:.1f}",
-        f"{h_failed:.1f}",
-        FAILED_COLOUR,
+    return (
+        f'<g class="claw-slot"><title>{escape(label)}: {int(row["finished"])}'
+        f" finished, {int(row['failed'])} failed</title>"
+        f'<rect x="{x:.1f}" y="{TOP}" width="{step:.1f}" height="{plot_h:.1f}"'
+        ' fill="transparent"/>'
+        f'<rect x="{inner:.1f}" y="{bottom - h_all:.1f}" width="{inner_w:.1f}"'
+        f' height="{h_all:.1f}" fill="{FINISHED_COLOUR}"/>'
+        f'<rect x="{inner:.1f}" y="{bottom - h_failed:.1f}" width="{inner_w:.1f}"'
+        f' height="{h_failed:.1f}" fill="{FAILED_COLOUR}"/></g>'
     )

@@ -75,6 +75,17 @@ def test_a_chart_has_axes_time_labels_a_legend_and_values_on_hover():
     assert bar_chart([], label_format="%H", every=1) == ""
 
 
+def test_a_bar_escapes_its_label_and_prints_whole_numbers():
+    """Bars are built as plain strings (a dashboard draws ~250): the label is
+    still escaped, and a count cannot carry markup."""
+    rows = [{"start": datetime(2026, 5, 1, 3, 0, tzinfo=UTC), "finished": 2.0,
+             "failed": 1}]  # fmt: skip
+    with timezone.override("UTC"):
+        svg = bar_chart(rows, label_format="<b>%H&", every=1)
+    assert "<title>&lt;b&gt;03&amp;: 2 finished, 1 failed</title>" in svg
+    assert "<b>" not in svg
+
+
 @pytest.mark.django_db
 def test_task_page_has_a_progress_bar_one_zone_and_readable_duration(admin_client):
     from tasks_app import services

@@ -476,7 +476,7 @@ def count(load: Load, webhook: Webhook) -> dict:
     }
     return {
         "states": {k: dict(v) for k, v in states.items()},
-        "duplicated": duplicated,
+        "duplicated_by_kind": duplicated,
         "sent_not_delivered": len(sent - set(webhook.deliveries)),
         "failed_detail": failed_detail(),
     }
@@ -605,7 +605,13 @@ def summary(seed, seconds, load, injector, left, settled_in, counted, load_secon
         ),
     }
     lost = sum(v for k, v in left.items() if k != "records")
-    duplicated = sum(counted.get("duplicated", {}).values())
+    duplicated = sum(counted.get("duplicated_by_kind", {}).values())
+    failed = sum(
+        n
+        for kind in counted.get("states", {}).values()
+        for state, n in kind.items()
+        if state in ("failed", "FAILURE", "REVOKED")
+    )
     return {
         "seed": seed,
         "seconds": seconds,
@@ -618,6 +624,7 @@ def summary(seed, seconds, load, injector, left, settled_in, counted, load_secon
         "lost": lost,
         "duplicated": duplicated,
         "not_terminal": left.get("records", -1),
+        "ended_failed": failed,
         "answers_5xx": sum(n for s, n in load.answers.items() if s >= 500 and s != 503),
         "answers_503": load.answers.get(503, 0),
         "no_answer": load.answers.get(0, 0),
@@ -638,6 +645,7 @@ def table(result: dict) -> str:
         ("lost (accepted, never terminal)", result["lost"], "0"),
         ("duplicated effects", result["duplicated"], "0"),
         ("records not terminal after settle", result["not_terminal"], "0"),
+        ("ended failed (objects and records)", result["ended_failed"], "0"),
         ("5xx answers (500s; 503s retried)", f"{result['answers_5xx']} "
          f"(503: {result['answers_503']}, no answer: {result['no_answer']})", "0"),
     ]  # fmt: skip
@@ -659,7 +667,7 @@ def write_results(result: dict) -> None:
         + "\n\nFaults: "
         + "; ".join(result["faults"])
         + f".\nFinal states: {json.dumps(result.get('states', {}))}.\n"
-        f"Duplicated effects by kind: {json.dumps(result.get('duplicated', {}))}; "
+        f"Duplicated effects by kind: {json.dumps(result.get('duplicated_by_kind'))}; "
         f"settled in {result['settled_in']} s.\n"
     )
     path.write_text(text)
@@ -685,11 +693,12 @@ def main(argv=None) -> int:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     result = run(args.seconds, args.seed, args.faults, args.kinds.split(","))
     print(table(result))
-    print(json.dumps(result, indent=1) if args.json else "")
+    if args.json:  # one line, last: tests/reliability/test_chaos.py reads it
+        print(json.dumps(result))
     if args.write:
         write_results(result)
-    ok = not (result["lost"] or result["duplicated"] or result["not_terminal"])
-    return 0 if ok and not result["answers_5xx"] else 1
+    bad = ("lost", "duplicated", "not_terminal", "ended_failed", "answers_5xx")
+    return 1 if any(result[k] for k in bad) else 0
 
 
 if __name__ == "__main__":

@@ -171,6 +171,11 @@ class Injector(threading.Thread):
         self.started = started
         self.done: list[tuple[float, str, str]] = []
         self.errors: list[str] = []
+        self.planned = threading.Event()  # every fault injected
+        # A worker restarted here gets SIGTERM when this thread ends
+        # (PR_SET_PDEATHSIG follows the thread that forked it): it lives
+        # until the stack stops.
+        self.release = threading.Event()
 
     def run(self) -> None:
         rng = random.Random(len(self.plan))
@@ -184,6 +189,8 @@ class Injector(threading.Thread):
                 continue
             self.done.append((began, kind, note))
             print(f"[chaos] {began:6.1f}s {kind} {note}", flush=True)
+        self.planned.set()
+        self.release.wait()
 
     def inject(self, kind: str, rng: random.Random) -> str:
         if kind == "kill_child":
@@ -541,7 +548,7 @@ def run(seconds: float, seed: int, faults: int, kinds: list[str]) -> dict:
     pg = private.Postgres(stack.free_port()).init(DB)
     redis = private.Redis(stack.free_port(), pg.folder).start()
     children: list = []
-    stack_ = None
+    stack_ = injector = None
     try:
         model, model_url = stack.fake_model(delay=1.0, pieces=PIECES)
         children.append(model)
@@ -572,7 +579,7 @@ def run(seconds: float, seed: int, faults: int, kinds: list[str]) -> dict:
         injector.start()
         load = Load(base, setup["token"], setup, started + seconds)
         loop.run_until_complete(load.run(lambda until: notifier(setup["user"], until)))
-        injector.join()
+        injector.planned.wait()
         load_seconds = time.monotonic() - started
         # keep serving the webhook while the ledger settles
         left, settled_in = settle_serving(loop, load)
@@ -580,6 +587,8 @@ def run(seconds: float, seed: int, faults: int, kinds: list[str]) -> dict:
         counted = with_reconnect(lambda: count(load, webhook), {})
         hook_server.close()
     finally:
+        if injector:
+            injector.release.set()
         if stack_:
             stack_.stop()
         for child in children:

@@ -147,7 +147,9 @@ def test_a_user_over_their_fair_share_is_deferred_while_another_user_starts(
 ):
     name, now = key(), 1000.5  # window 100 of 10 s
     # user 1 alone: the whole window is theirs
-    heavy = [ratelimit.take_fair(name, 1, limit=4, period=10, now=now) for _ in range(2)]
+    heavy = [
+        ratelimit.take_fair(name, 1, limit=4, period=10, now=now) for _ in range(2)
+    ]
     # user 2 arrives: the share is now 2 each, and user 1 has taken theirs
     light = ratelimit.take_fair(name, 2, limit=4, period=10, now=now)
     with pytest.raises(ratelimit.RateLimited):

@@ -9,7 +9,7 @@ VAR_DIR := $(or $(CLAW_VAR_DIR),var)
 # The embedded stack serves plain HTTP on loopback; production sets HTTPS_ONLY=true.
 RUN_ENV = SECRET_KEY="$${SECRET_KEY:-$$(cat $(VAR_DIR)/secret_key)}" HTTPS_ONLY="$${HTTPS_ONLY:-false}"
 
-.PHONY: run test lint format bench install install-dev
+.PHONY: run test lint format bench chaos install install-dev
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,3 +51,8 @@ test: $(VENV)/.installed-dev lint
 
 bench: $(VENV)/.installed-dev
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# Faults under load against a private PostgreSQL and Redis (bench/chaos.py):
+# CHAOS_SECONDS (300), CHAOS_SEED (20), CHAOS_FAULTS (10), CHAOS_KINDS.
+chaos: $(VENV)/.installed-dev
+	$(PY) -m bench.chaos --write

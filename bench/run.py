@@ -111,6 +111,11 @@ def write_results(path: Path, info: dict, rows: list[dict], args, notes: str) ->
     body = ["", "## Results", "", table(rows), ""]
     if notes:
         body += ["", notes.strip(), ""]
+    # `make chaos` writes its own section (bench/chaos.py): keep it
+    old = path.read_text() if path.exists() else ""
+    chaos = old.partition("\n## CHAOS\n")[2]
+    if chaos:
+        body += ["## CHAOS", chaos.rstrip(), ""]
     path.write_text("\n".join(head + body))
 
 

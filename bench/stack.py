@@ -151,7 +151,12 @@ def _prepare_child(count: int) -> dict:
 
 
 async def request(
-    base: str, method: str, path: str, token: str = "", body: dict | None = None
+    base: str,
+    method: str,
+    path: str,
+    token: str = "",
+    body: dict | None = None,
+    headers: dict | None = None,
 ) -> tuple[int, dict | None]:
     """One request on its own connection; (0, None) when it could not be made."""
     host, port = base.removeprefix("http://").split(":")
@@ -167,6 +172,7 @@ async def request(
         head.append(f"Authorization: Token {token}")
     if body is not None:
         head.append("Content-Type: application/json")
+    head += [f"{name}: {value}" for name, value in (headers or {}).items()]
     try:
         async with asyncio.timeout(REQUEST_TIMEOUT):
             reader, writer = await asyncio.open_connection(host, int(port))

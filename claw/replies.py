@@ -23,10 +23,17 @@ from tasks_app.progress import TaskCancelled, report_progress
 RATE_LIMIT_KEY = "claw.generate_ai_response"
 
 
-def take_start_slot() -> ratelimit.Slot | None:
-    """One start under AI_RATE_LIMIT (None when no limit is set); raises
-    ratelimit.RateLimited when the cluster has used its starts of this window."""
-    return ratelimit.take_slot(RATE_LIMIT_KEY, settings.AI_RATE_LIMIT)
+def take_start_slot(message_id: int) -> ratelimit.Slot | None:
+    """One start under AI_RATE_LIMIT (None when no limit is set) for the reply's
+    owner, within their fair share of it (ratelimit.take_fair); raises
+    ratelimit.RateLimited when the cluster has used its starts of this window
+    or the owner their share."""
+    owner = (
+        Message.objects.filter(pk=message_id)
+        .values_list("conversation__owner_id", flat=True)
+        .first()
+    )
+    return ratelimit.take_slot(RATE_LIMIT_KEY, settings.AI_RATE_LIMIT, user=owner or 0)
 
 
 def generate(message_id: int, *, started_at: float, deadline: float) -> dict:

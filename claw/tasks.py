@@ -50,7 +50,8 @@ def generate_ai_response(self, message_id: int, failures: int = 0) -> dict:
     """Write the reply in assistant message message_id (see claw.replies.generate).
 
     1. A reply already done (a redelivery) or deleted is skipped.
-    2. Over the cluster-wide rate limit the run is deferred to a later window: a
+    2. Over the cluster-wide rate limit, or over its owner's fair share of it
+       while other users ask too, the run is deferred to a later window: a
        Celery retry that does not count as a failure (deferrals = retries -
        failures), up to AI_MAX_DEFERRALS.
     3. Transient provider errors, and transient errors embedding the question for
@@ -66,7 +67,7 @@ def generate_ai_response(self, message_id: int, failures: int = 0) -> dict:
     deadline = time.monotonic() + settings.AI_REPLY_DEADLINE
     deferrals = self.request.retries - failures
     try:
-        slot = replies.take_start_slot()
+        slot = replies.take_start_slot(message_id)
     except RateLimited as exc:
         if deferrals >= settings.AI_MAX_DEFERRALS:
             raise

@@ -122,3 +122,83 @@ def test_deferrals_do_not_use_up_the_transient_error_retries(
         assert len(server.requests) == 4
         assert retries.filter(data__error__icontains="503").count() == 3
         assert deferrals([record.pk]) >= 1
+
+
+def test_a_flooding_user_does_not_make_another_users_replies_fail(
+    transactional_db, start_worker, alice, bob, settings
+):
+    # Alice posts replies as fast as three threads can against a limit of 2 starts a second,
+    # each allowed two deferrals; Bob asks twice meanwhile. A first-come limit
+    # puts Bob behind Alice's line in every window until his deferrals run out
+    # (his replies fail); the fair share (tasks_app.ratelimit.take_fair) gives
+    # him one of the two starts of a window while both ask.
+    import threading
+    import time
+
+    worker = start_worker(
+        "-Q",
+        QUEUE,
+        "-c",
+        "4",
+        "--prefetch-multiplier",
+        "1",
+        env={
+            "LLM_PROVIDER": "extractive",
+            "AI_RATE_LIMIT": "2/1",
+            "AI_MAX_DEFERRALS": "2",
+        },
+    )
+    del worker
+    # Alice keeps 40 replies in flight (the per-user cap, as in production but
+    # higher): her deferrals keep every window contended without a queue so deep
+    # that Bob's retries wait behind it for reasons other than the limit.
+    settings.AI_MAX_REPLIES_IN_FLIGHT = 40
+    flood = conversations.create_conversation(alice)
+    stop = threading.Event()
+    flooded = []
+
+    def flood_until_stopped():
+        from django.db import connection
+
+        try:
+            while not stop.wait(0.01):
+                try:
+                    posted = conversations.post_message(flood, "more", queue=QUEUE)
+                except conversations.TooManyReplies:
+                    continue  # 40 in flight: post again when one has ended
+                flooded.append(posted.assistant_message.pk)
+        finally:
+            connection.close()
+
+    flooders = [threading.Thread(target=flood_until_stopped) for _ in range(3)]
+    for flooder in flooders:
+        flooder.start()
+    try:
+        time.sleep(3)  # Alice holds the limit
+        light = ask_many(bob, 2)
+        rows = wait_all_done(light, timeout=60)
+    finally:
+        stop.set()
+        for flooder in flooders:
+            flooder.join(10)
+
+    print(
+        f"\n[fair share] Bob: {[(m.status, m.content[:30]) for m in rows]};"
+        f" Alice posted {len(flooded)}, done"
+        f" {Message.objects.filter(pk__in=flooded, status='done').count()}"
+    )
+    assert len(flooded) > 15  # Alice flooded before and while Bob asked
+    assert [m.status for m in rows] == ["done", "done"]
+    # the record ends just after the message it wrote
+    wait_for(
+        lambda: (
+            set(
+                TaskRecord.objects.filter(pk__in=[m.task_id for m in rows]).values_list(
+                    "state", flat=True
+                )
+            )
+            == {"SUCCESS"}
+        ),
+        10,
+        message="Bob's records to end SUCCESS",
+    )

@@ -3,6 +3,7 @@ SQLite, with concurrent callers."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 
@@ -139,3 +140,50 @@ def test_a_bad_rate_is_refused_naming_the_setting(value):
 
     with pytest.raises(ImproperlyConfigured, match="^X"):
         parse_rate("X", value)
+
+
+@pytest.mark.django_db
+def test_a_user_over_their_fair_share_is_deferred_while_another_user_starts(
+    backend,
+):
+    name, now = key(), 1000.5  # window 100 of 10 s
+    # user 1 alone: the whole window is theirs
+    heavy = [
+        ratelimit.take_fair(name, 1, limit=4, period=10, now=now) for _ in range(2)
+    ]
+    # user 2 arrives: the share is now 2 each, and user 1 has taken theirs
+    light = ratelimit.take_fair(name, 2, limit=4, period=10, now=now)
+    with pytest.raises(ratelimit.RateLimited):
+        ratelimit.take_fair(name, 1, limit=4, period=10, now=now)
+    also_light = ratelimit.take_fair(name, 2, limit=4, period=10, now=now)
+
+    assert [s.count for s in heavy] == [1, 2]
+    assert (light.count, also_light.count) == (3, 4)
+
+
+@pytest.mark.django_db
+def test_a_flooding_user_does_not_push_another_users_start_back(backend):
+    name, now = key(), 1000.5
+    for _ in range(4):  # user 1 takes the whole window...
+        ratelimit.take_fair(name, 1, limit=4, period=10, now=now)
+    heavy_waits = []
+    for _ in range(20):  # ...and queues 20 more
+        with pytest.raises(ratelimit.RateLimited) as caught:
+            ratelimit.take_fair(name, 1, limit=4, period=10, now=now)
+        heavy_waits.append(caught.value.retry_in)
+    with pytest.raises(ratelimit.RateLimited) as caught:
+        ratelimit.take_fair(name, 2, limit=4, period=10, now=now)
+    light_wait = caught.value.retry_in
+
+    # user 2 comes back in the next window, not behind user 1's 20
+    assert 9.5 <= light_wait <= 11.5, light_wait
+    assert max(heavy_waits) > 30, heavy_waits
+    # next window: both users active, 2 starts each; user 2 gets in whatever
+    # user 1 sends first
+    later = 1010.5
+    taken = []
+    for _ in range(5):
+        with contextlib.suppress(ratelimit.RateLimited):
+            taken.append(ratelimit.take_fair(name, 1, limit=4, period=10, now=later))
+    assert len(taken) == 2
+    assert ratelimit.take_fair(name, 2, limit=4, period=10, now=later).count == 3

@@ -37,7 +37,7 @@ def as_postgres(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 class Postgres:
     def __init__(self, port: int):
         self.port = port
-        self.folder = tempfile.mkdtemp(prefix="claw-chaos-pg-")
+        self.folder = tempfile.mkdtemp(prefix="claw-pg-")
         self.data = os.path.join(self.folder, "data")
         if os.geteuid() == 0:
             shutil.chown(self.folder, "postgres", "postgres")
@@ -78,11 +78,16 @@ class Postgres:
 
 
 class Redis:
-    """redis-server with AOF (fsync every second), restarted over the same files."""
+    """redis-server with AOF (fsync every second), restarted over the same files.
 
-    def __init__(self, port: int, folder: str):
+    ``appendonly=False`` keeps nothing: a restart then loses every message, as a
+    crash of an unpersisted Redis would (tests/reliability/test_redis_faults.py).
+    """
+
+    def __init__(self, port: int, folder: str, appendonly: bool = True):
         self.port = port
         self.folder = folder
+        self.appendonly = "yes" if appendonly else "no"
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -92,8 +97,8 @@ class Redis:
     def start(self) -> Redis:
         self.proc = subprocess.Popen(
             [shutil.which("redis-server") or "redis-server", "--port", str(self.port)]
-            + ["--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"]
-            + ["--dir", self.folder],
+            + ["--bind", "127.0.0.1", "--save", "", "--appendonly", self.appendonly]
+            + ["--dir", str(self.folder)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -125,3 +130,9 @@ class Redis:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+    def kill(self) -> None:
+        """A crash: SIGKILL, nothing flushed."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()  # our own pid only
+            self.proc.wait(10)

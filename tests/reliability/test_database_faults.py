@@ -8,16 +8,15 @@ the test database's schema into it, and restarts that one.
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
-import shutil
 import subprocess
-import tempfile
 import time
 
 import pytest
 from django.db import connection
 
+from bench import private
+from bench.private import pg_bin
 from tasks_app import maintenance, services
 from tasks_app.models import TaskRecord
 from tests.reliability.conftest import QUEUE, effects, report, states
@@ -28,61 +27,18 @@ PORT = 5440
 NAME = "claw_reliability"
 
 
-def pg_bin(name: str) -> str:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    if not found:
-        pytest.fail(f"PostgreSQL binary {name} not found under /usr/lib/postgresql")
-    return found[-1]
+class PrivatePostgres(private.Postgres):
+    """bench.private's cluster on PORT, holding a copy of the test database's schema."""
 
-
-def as_postgres(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    command = " ".join(f"'{a}'" for a in args)
-    if os.geteuid() == 0:
-        args = ("su", "postgres", "-c", command)
-    return subprocess.run(args, capture_output=True, text=True, check=check, timeout=60)
-
-
-class PrivatePostgres:
     def __init__(self):
-        self.folder = tempfile.mkdtemp(prefix="claw-pg-")
-        self.data = os.path.join(self.folder, "data")
-        if os.geteuid() == 0:
-            shutil.chown(self.folder, "postgres", "postgres")
+        super().__init__(PORT)
 
     def init(self) -> PrivatePostgres:
-        as_postgres(pg_bin("initdb"), "-D", self.data, "-A", "trust", "-U", "postgres")
-        return self.start()
-
-    def start(self) -> PrivatePostgres:
-        options = (
-            f"-p {PORT} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-        )
-        as_postgres(
-            pg_bin("pg_ctl"),
-            "-D",
-            self.data,
-            "-o",
-            options,
-            "-w",
-            "start",
-            "-l",
-            os.path.join(self.folder, "log"),
-        )
+        super().init(NAME)
         return self
-
-    def stop(self) -> None:
-        as_postgres(
-            pg_bin("pg_ctl"), "-D", self.data, "-m", "fast", "-w", "stop", check=False
-        )
 
     def load_schema_of(self, settings_dict: dict) -> None:
         psql = [pg_bin("psql"), "-h", "127.0.0.1", "-p", str(PORT), "-U", "postgres"]
-        subprocess.run(
-            [*psql, "-c", f"CREATE DATABASE {NAME}"],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
         dump = subprocess.run(
             [
                 pg_bin("pg_dump"),
@@ -110,10 +66,6 @@ class PrivatePostgres:
             capture_output=True,
             timeout=60,
         )
-
-    def remove(self) -> None:
-        self.stop()
-        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -12,15 +12,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from django.conf import settings
 from django.db import transaction
 from kombu import pools
 
+from bench import private
 from claw.celery import app
 from conftest import require_service
 from tasks_app import maintenance, services
@@ -34,51 +33,11 @@ PORT = 6390
 URL = f"redis://127.0.0.1:{PORT}/0"
 
 
-class PrivateRedis:
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> PrivateRedis:
-        self.proc = subprocess.Popen(
-            [
-                shutil.which("redis-server") or "redis-server",
-                "--port",
-                str(PORT),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.folder),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(self.answers, 10, message="private redis-server to answer")
-        return self
-
-    def answers(self) -> bool:
-        import redis
-
-        try:
-            return redis.Redis.from_url(URL, socket_timeout=0.5).ping()
-        except redis.RedisError:
-            return False
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()  # our own pid only
-            self.proc.wait(10)
-
-
 @pytest.fixture
 def private_redis(tmp_path):
     if not shutil.which("redis-server"):
         require_service("redis-server binary", "127.0.0.1", 1)
-    server = PrivateRedis(tmp_path).start()
+    server = private.Redis(PORT, tmp_path, appendonly=False).start()
     yield server
     server.kill()
 

@@ -103,6 +103,20 @@ def add_delivery_event(
         cursor.execute(sql, [kind, at, celery_id, worker, payload, record_id])
 
 
+def start_check(celery_id: str) -> tuple | None:
+    """(state, cancel_requested, deliveries) of the record whose current attempt
+    is celery_id, or None: the one read before a run (services.may_start_later),
+    without building a query (see _update)."""
+    qn = connection.ops.quote_name
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT state, cancel_requested, deliveries FROM"
+            f" {qn(TaskRecord._meta.db_table)} WHERE celery_id = %s",
+            [celery_id],
+        )
+        return cursor.fetchone()
+
+
 def db_value(field: str, value: Any) -> Any:
     """value as the database stores TaskRecord.<field>, for a Sql parameter."""
     return TaskRecord._meta.get_field(field).get_db_prep_value(value, connection)

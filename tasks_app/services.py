@@ -502,13 +502,7 @@ def may_start_later(celery_id: str, *, name: str) -> bool:
     mark_started as before. A cancel flag set after this read is found by the
     final write, as a cancel of a running task would be.
     """
-    row = ledger_writes.reconnecting(
-        lambda: (
-            TaskRecord.objects.filter(celery_id=celery_id)
-            .values_list("state", "cancel_requested", "deliveries")
-            .first()
-        )
-    )
+    row = ledger_writes.reconnecting(ledger_writes.start_check, celery_id)
     return (
         row is not None
         and row[0] in (State.PENDING, State.RETRY)
@@ -721,7 +715,7 @@ def mark_succeeded(
         )
     except Exception:
         if start is not None:  # the backend stores again (a lost database)
-            starts.begin(celery_id, start)
+            starts.restore(celery_id, start)
         raise
     if succeeded:
         return True

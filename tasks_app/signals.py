@@ -51,7 +51,7 @@ def on_task_prerun(task_id, task, **_):
         # STARTED is written by the final SUCCESS, or once the run is long.
         now = timezone.now()
         start = starts.Start(task.name, hostname, runner, now, time.monotonic())
-        starts.begin(task_id, start)
+        starts.begin(task_id, start, write_late_start)
         return
     request.claw_refusal = services.mark_started(
         task_id,
@@ -64,6 +64,12 @@ def on_task_prerun(task_id, task, **_):
         leases.hold(task_id, runner)
     else:
         request.claw_runner = None
+
+
+def write_late_start(celery_id: str, start: starts.Start) -> None:
+    # A run's start written late (tasks_app.starts), with the lease it then holds.
+    if services.mark_started_late(celery_id, start):
+        leases.hold(celery_id, start.runner)
 
 
 @signals.task_success.connect

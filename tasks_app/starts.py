@@ -26,6 +26,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -49,6 +50,7 @@ class Start:
 _unwritten: dict[str, Start] = {}  # celery_id -> start of a run not yet written
 _lock = threading.RLock()  # held while a start is written: finish waits for it
 _thread: threading.Thread | None = None
+_write: Callable[[str, Start], object] | None = None  # set by begin
 _thread_pid: int | None = None
 
 
@@ -74,8 +76,13 @@ def deferrable(received: float | None, now: float | None = None) -> bool:
     return age >= -1 and age + threshold() <= timeout / 2
 
 
-def begin(celery_id: str, start: Start) -> None:
+def begin(celery_id: str, start: Start, write: Callable[[str, Start], object]) -> None:
+    """Keep celery_id's start unwritten; write(celery_id, start) writes it when
+    due (services.mark_started_late and the lease, given by the caller: this
+    module sits below services)."""
+    global _write
     with _lock:
+        _write = write
         _unwritten[celery_id] = start
         _ensure_writer()
 
@@ -85,6 +92,12 @@ def take(celery_id: str) -> Start | None:
     was written already (waits while this module's thread writes it)."""
     with _lock:
         return _unwritten.pop(celery_id, None)
+
+
+def restore(celery_id: str, start: Start) -> None:
+    """Put back a start taken by a final write that failed."""
+    with _lock:
+        _unwritten[celery_id] = start
 
 
 def pending(celery_id: str) -> Start | None:
@@ -98,15 +111,13 @@ def flush(celery_id: str) -> None:
         return
     with _lock:
         start = _unwritten.pop(celery_id, None)
-        if start is not None:
+        if start is None:
+            return
+        try:
             _write(celery_id, start)
-
-
-def _write(celery_id: str, start: Start) -> None:
-    from tasks_app import leases, services
-
-    if services.mark_started_late(celery_id, start):
-        leases.hold(celery_id, start.runner)
+        except Exception:  # a lost database: the final write still carries it
+            _unwritten[celery_id] = start
+            raise
 
 
 def _ensure_writer() -> None:

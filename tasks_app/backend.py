@@ -48,7 +48,8 @@ class LedgerBackend(DatabaseBackend):
         """INSERT ... ON CONFLICT of the row DatabaseBackend._store_result writes.
 
         date_started is the ledger's started_at of the attempt, read in the same
-        statement (this backend stores no STARTED row to take it from).
+        statement (this backend stores no STARTED row to take it from), or the
+        run's start when the ledger's STARTED is not written yet (starts).
         """
         content_type, content_encoding, result = self.encode_content(result)
         meta = {

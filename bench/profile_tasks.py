@@ -13,6 +13,9 @@ depend on how busy the machine is:
 - CPU seconds per task of the submitter, the worker (main process and pool
   children) and the PostgreSQL backends serving the bench database.
 
+The environment reaches the worker: CLAW_STARTED_AFTER_SECONDS=0 profiles the
+path that writes STARTED before every run (bench/NOTES.md, issue 21).
+
 With --py-spy DIR, every pool child is sampled with `py-spy record` (collapsed
 stacks, DIR/child-<pid>.txt) and the submitter too (DIR/submit.txt); the top
 functions by own and total time are printed. Not a scenario of bench.run (its

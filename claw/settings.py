@@ -619,6 +619,12 @@ CLAW_MAX_REDELIVERIES = env_int("CLAW_MAX_REDELIVERIES", 3)
 # of the attempt is refused; once it lapsed (the worker died) a redelivery takes
 # the attempt over. Keep it well below the visibility timeout (system check W002).
 CLAW_LEASE_SECONDS = env_float("CLAW_LEASE_SECONDS", 60)
+# Seconds a task runs before its STARTED (with the lease) is written; a shorter
+# run's STARTED is written by its final SUCCESS statement (tasks_app.starts), so
+# a tiny task costs its worker one commit. 0 writes STARTED before every run.
+# Keep it far below the lease and the visibility timeout (system check W003): a
+# run starts late only if its delivery plus this is within half the timeout.
+CLAW_STARTED_AFTER_SECONDS = env_float("CLAW_STARTED_AFTER_SECONDS", 0.5)
 # Seconds a running task waits for a lost database (a restart, an outage) before
 # its database error fails it: it backs off, reconnects and runs again
 # (tasks_app.retries.ride_out_database_outage; a streaming reply keeps its text).

@@ -29,6 +29,7 @@ class TasksAppConfig(AppConfig):
                 ),
                 ("CELERY_AI_CONCURRENCY", lambda v: v >= 1, "at least 1"),
                 ("CLAW_LEASE_SECONDS", lambda v: v > 0, "above 0"),
+                ("CLAW_STARTED_AFTER_SECONDS", lambda v: v >= 0, "0 or more"),
             ],
         )
 
@@ -86,6 +87,28 @@ def lease_check(app_configs, **kwargs) -> list:
             "the visibility timeout; while the dead worker's lease still looks live "
             "that delivery is refused as a duplicate. Lower CLAW_LEASE_SECONDS.",
             id="tasks_app.W002",
+        )
+    ]
+
+
+@register()
+def started_after_check(app_configs, **kwargs) -> list:
+    timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout")
+    after = settings.CLAW_STARTED_AFTER_SECONDS
+    limit = min(settings.CLAW_LEASE_SECONDS / 3, (timeout or float("inf")) / 4)
+    if after <= limit:
+        return []
+    return [
+        Warning(
+            f"CLAW_STARTED_AFTER_SECONDS ({after:g}s) is not far below the lease "
+            f"({settings.CLAW_LEASE_SECONDS:g}s) and the broker visibility timeout "
+            f"({timeout}s)",
+            hint="A run writes STARTED and takes its lease only after this long. "
+            "Runs whose delivery plus this exceeds half the visibility timeout "
+            "write STARTED at once (tasks_app.starts), so the guarantee holds, but "
+            "at most a third of the lease and a quarter of the visibility timeout "
+            "keeps most runs on the fast path. Lower CLAW_STARTED_AFTER_SECONDS.",
+            id="tasks_app.W003",
         )
     ]
 

@@ -9,7 +9,7 @@ from django.db import InterfaceError, OperationalError, connection, connections
 from django.utils import timezone
 from django_celery_results.backends.database import DatabaseBackend
 
-from tasks_app import services
+from tasks_app import services, starts
 from tasks_app.models import TaskRecord
 
 # Kept from the first store of a task id; every other column takes the new value.
@@ -48,7 +48,8 @@ class LedgerBackend(DatabaseBackend):
         """INSERT ... ON CONFLICT of the row DatabaseBackend._store_result writes.
 
         date_started is the ledger's started_at of the attempt, read in the same
-        statement (this backend stores no STARTED row to take it from).
+        statement (this backend stores no STARTED row to take it from), or the
+        run's start when the ledger's STARTED is not written yet (starts).
         """
         content_type, content_encoding, result = self.encode_content(result)
         meta = {
@@ -71,9 +72,13 @@ class LedgerBackend(DatabaseBackend):
         qn = connection.ops.quote_name
         fields = [model.get_field(name) for name in values]
         columns = [qn(f.column) for f in fields]
+        start = starts.pending(task_id)
         started = (
             f"(SELECT started_at FROM {qn(TaskRecord._meta.db_table)}"
             " WHERE celery_id = %s)"
+            if start is None
+            # a run whose STARTED is written by this very statement (starts)
+            else "%s"
         )
         updates = ", ".join(
             f"{column} = EXCLUDED.{column}"
@@ -87,7 +92,12 @@ class LedgerBackend(DatabaseBackend):
             " date_started = EXCLUDED.date_started"
         )
         params = [f.get_db_prep_save(values[f.name], connection) for f in fields]
-        return sql, [*params, task_id]
+        if start is None:
+            return sql, [*params, task_id]
+        at = TaskRecord._meta.get_field("started_at").get_db_prep_value(
+            start.at, connection
+        )
+        return sql, [*params, at]
 
     def _get_task_meta_for(self, task_id):
         meta = super()._get_task_meta_for(task_id)

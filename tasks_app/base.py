@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from billiard.exceptions import WorkerLostError
 from celery import Task
@@ -20,6 +21,15 @@ class PoisonedTask(Exception):
 
 class LedgerRequest(Request):
     """A delivery as the worker's main process sees it."""
+
+    def __init__(self, message, *args, **kwargs):
+        super().__init__(message, *args, **kwargs)
+        # When the broker handed the message to this worker: its visibility
+        # timeout runs from here (tasks_app.starts.deferrable). Travels to the
+        # pool process in the request dict, as the message's headers do.
+        from tasks_app import starts
+
+        self._request_dict[starts.RECEIVED_HEADER] = time.time()
 
     def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
         exc = getattr(exc_info.exception, "exc", exc_info.exception)
@@ -45,9 +55,10 @@ class LedgerRequest(Request):
         from tasks_app import leases, services
 
         try:
-            services.release_lease(
-                self.id, holder=leases.process_name(self.hostname, self.worker_pid)
-            )
+            holder = leases.process_name(self.hostname, self.worker_pid)
+            if not services.release_lease(self.id, holder=holder):
+                # It died before its STARTED was written (tasks_app.starts).
+                services.count_lost_run(self.id)
         except Exception as error:  # the lease then lapses on its own
             logger.warning("Could not release the lease of %s: %r", self.id, error)
 
@@ -68,8 +79,9 @@ class LedgerTask(Task):
         # refused as a duplicate of this run. Released before the canvas is sent.
         runner = getattr(self.request, "claw_runner", None)
         if runner:
-            from tasks_app import leases, services
+            from tasks_app import leases, services, starts
 
+            starts.flush(self.request.id)
             leases.drop(self.request.id)
             services.release_lease(self.request.id, holder=runner)
         return super().replace(sig)

@@ -33,21 +33,35 @@ RECONNECT_DELAYS = (0.05, 0.2, 0.5, 1, 2, 4, 8)
 Statement = tuple[str, list]
 
 
-def _event_insert(source: str) -> str:
-    """INSERT of one event per row of source (id, attempts, celery_id, worker)."""
+def _event_insert(source: str, events: int = 1) -> str:
+    """INSERT of events (kind, at, data) per row of source (id, attempts,
+    celery_id, worker), in their order."""
     qn = connection.ops.quote_name
-    return (
+    head = (
         f"INSERT INTO {qn(TaskEvent._meta.db_table)} (record_id, kind, at, attempt,"
-        f" celery_id, worker, data) SELECT id, %s, %s, attempts, celery_id, worker,"
-        f" %s FROM {source}"
+        " celery_id, worker, data)"
+    )
+    if events == 1:
+        return (
+            f"{head} SELECT id, %s, %s, attempts, celery_id, worker, %s FROM {source}"
+        )
+    rows = ", ".join(["(%s, %s::timestamptz, %s::jsonb)"] * events)
+    return (
+        f"{head} SELECT id, e.kind, e.at, attempts, celery_id, worker, e.data"
+        f" FROM {source} CROSS JOIN (VALUES {rows}) AS e(kind, at, data)"
     )
 
 
-def _event_params(kind: str, data: dict | None) -> list:
-    return [kind, timezone.now(), json.dumps(data or {})]
+def _event_params(kind: str, data: dict | None, at=None) -> list:
+    return [kind, at or timezone.now(), json.dumps(data or {})]
 
 
-def add_event(celery_id: str, kind: str, data: dict | None = None) -> None:
+# An event written before a transition's own (the "started" of a start written
+# late, services.mark_succeeded): kind, data, at.
+Event = tuple[str, dict | None, Any]
+
+
+def add_event(celery_id: str, kind: str, data: dict | None = None, at=None) -> None:
     """Append an event to the record whose current attempt is celery_id.
 
     One INSERT ... SELECT, so the hot path never reads the record into Python.
@@ -55,7 +69,7 @@ def add_event(celery_id: str, kind: str, data: dict | None = None) -> None:
     record_table = connection.ops.quote_name(TaskRecord._meta.db_table)
     sql = _event_insert(record_table) + " WHERE celery_id = %s"
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*_event_params(kind, data), celery_id])
+        cursor.execute(sql, [*_event_params(kind, data, at), celery_id])
     _announce(celery_id)
 
 
@@ -94,6 +108,20 @@ def add_delivery_event(
     kind, at, payload = _event_params(kind, data)
     with connection.cursor() as cursor:
         cursor.execute(sql, [kind, at, celery_id, worker, payload, record_id])
+
+
+def start_check(celery_id: str) -> tuple | None:
+    """(state, cancel_requested, deliveries) of the record whose current attempt
+    is celery_id, or None: the one read before a run (services.may_start_later),
+    without building a query (see _update)."""
+    qn = connection.ops.quote_name
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT state, cancel_requested, deliveries FROM"
+            f" {qn(TaskRecord._meta.db_table)} WHERE celery_id = %s",
+            [celery_id],
+        )
+        return cursor.fetchone()
 
 
 def db_value(field: str, value: Any) -> Any:
@@ -185,13 +213,18 @@ def transition(
     kind: str,
     data: dict | None,
     also: Statement | None = None,
+    at=None,
+    before: tuple[Event, ...] = (),
 ) -> bool:
     """The conditional UPDATE (at most one row: celery_id is unique) and its event.
 
     `also` is one more statement that commits with the transition whether or not
-    the transition applies (the result backend's TaskResult upsert).
+    the transition applies (the result backend's TaskResult upsert). at is the
+    event's time (default now); before are events written ahead of it.
     """
     update, params = _update(celery_id, from_states, conditions, updates)
+    events = [*before, (kind, data, at)]
+    event_params = [p for k, d, a in events for p in _event_params(k, d, a)]
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             sql = (
@@ -204,9 +237,9 @@ def transition(
             # The event INSERT runs as a CTE whether or not the SELECT reads it;
             # the SELECT returns what the live doorbell needs.
             cursor.execute(
-                f"{sql}, event AS ({_event_insert('moved')})"
+                f"{sql}, event AS ({_event_insert('moved', len(events))})"
                 " SELECT id, owner_id, root_id, parent_id FROM moved",
-                params + _event_params(kind, data),
+                params + event_params,
             )
             row = cursor.fetchone()
             if row is not None:
@@ -216,7 +249,8 @@ def transition(
             cursor.execute(update, params)
             applied = cursor.rowcount == 1
             if applied:
-                add_event(celery_id, kind, data)
+                for event_kind, event_data, event_at in events:
+                    add_event(celery_id, event_kind, event_data, event_at)
             if also:
                 cursor.execute(*also)
     return applied

@@ -22,11 +22,11 @@ from typing import Any
 from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
 from django.db import IntegrityError, transaction
-from django.db.models import Model, Q
+from django.db.models import F, Model, Q
 from django.utils import timezone
 
 from claw.celery import app, broker_priority, platform_priority, registered_tasks
-from tasks_app import ledger_writes, lifecycle
+from tasks_app import ledger_writes, lifecycle, starts
 from tasks_app.ledger_writes import Sql
 from tasks_app.models import TaskEvent, TaskRecord, TaskState
 
@@ -161,6 +161,8 @@ def _transition(
     also: ledger_writes.Statement | None = None,
     ends: tuple[str, ...] = (),
     context: dict | None = None,
+    at: datetime | None = None,
+    before: tuple[ledger_writes.Event, ...] = (),
     **updates: Any,
 ) -> bool:
     """Apply one conditional UPDATE and its event; return whether it applied.
@@ -172,7 +174,11 @@ def _transition(
     ends: the final states this transition can reach. Once it applied, the
     domains' lifecycle handlers for them run after commit (tasks_app.lifecycle),
     with context (what the caller knows of the run: its exception, a refusal).
+    at: the event's time (now by default); before: events written ahead of it.
     """
+    # A run of this attempt here whose STARTED is not written yet: write it first,
+    # so every transition but the final SUCCESS (which carries it) sees STARTED.
+    starts.flush(celery_id)
     applied = ledger_writes.reconnecting(
         ledger_writes.transition,
         celery_id,
@@ -182,6 +188,8 @@ def _transition(
         kind=kind,
         data=data,
         also=also,
+        at=at,
+        before=before,
     )
     if applied and ends and lifecycle.wants(ends):
         lifecycle.dispatch(
@@ -701,6 +709,63 @@ def mark_started(
     return _refuse_duplicate(celery_id, worker, runner="")
 
 
+def may_start_later(celery_id: str, *, name: str) -> bool:
+    """May this delivery run without writing STARTED first (tasks_app.starts)?
+
+    One read, no commit: yes if the record's current attempt is celery_id, it is
+    PENDING or RETRY, not cancelled and not past its deliveries. Anything else
+    (a refusal, a takeover of a STARTED attempt whose lease lapsed) goes through
+    mark_started as before. A cancel flag set after this read is found by the
+    final write, as a cancel of a running task would be.
+    """
+    row = ledger_writes.reconnecting(ledger_writes.start_check, celery_id)
+    return (
+        row is not None
+        and row[0] in (State.PENDING, State.RETRY)
+        and not row[1]
+        and row[2] < _worker_max_deliveries(name)
+    )
+
+
+def _started_updates(start: starts.Start) -> dict[str, Any]:
+    """What mark_started sets, for a start written late (at start.at)."""
+    return {
+        "started_at": start.at,
+        "worker": start.worker,
+        "runner": start.runner,
+        "attempts": Sql("attempts + 1"),
+        "deliveries": Sql("deliveries + 1"),
+    }
+
+
+def mark_started_late(celery_id: str, start: starts.Start) -> bool:
+    """PENDING/RETRY -> STARTED for a run that began at start.at and is still
+    running (tasks_app.starts), with a fresh lease; False if the record moved
+    meanwhile (a cancel: the run's final write then makes it REVOKED)."""
+    lease = timezone.now() + timedelta(seconds=settings.CLAW_LEASE_SECONDS)
+    return _transition(
+        celery_id,
+        [State.PENDING, State.RETRY],
+        Kind.STARTED,
+        at=start.at,
+        extra_filter={"cancel_requested": False},
+        state=State.STARTED,
+        lease_until=lease,
+        **_started_updates(start),
+    )
+
+
+def count_lost_run(celery_id: str) -> bool:
+    """A pool process died running celery_id before its STARTED was written: count
+    the delivery, so a task that kills its process is still stopped after
+    _worker_max_deliveries (its next delivery's may_start_later says no)."""
+    return bool(
+        TaskRecord.objects.filter(
+            celery_id=celery_id, state__in=[State.PENDING, State.RETRY]
+        ).update(deliveries=F("deliveries") + 1)
+    )
+
+
 def _refusal(
     celery_id: str,
     name: str,
@@ -837,19 +902,38 @@ def mark_succeeded(
     `also` is the result backend's TaskResult upsert (LedgerBackend): the result
     and the SUCCESS commit together, in one statement on PostgreSQL, and the
     result is stored even when the transition does not apply.
+
+    A run whose STARTED was not written (tasks_app.starts) moves from PENDING or
+    RETRY instead, and this statement writes what STARTED would have (started_at,
+    worker, attempts, deliveries, the "started" event at the run's start).
     """
     now = timezone.now()
-    if _transition(
-        celery_id,
-        [State.STARTED],
-        Kind.SUCCEEDED,
-        extra_filter={"cancel_requested": False},
-        also=also,
-        ends=(State.SUCCESS,),
-        state=State.SUCCESS,
-        finished_at=now,
-        progress_current=Sql("progress_total"),
-    ):
+    start = starts.take(celery_id)
+    late: dict[str, Any] = {}
+    if start is not None:
+        late = {
+            "before": ((Kind.STARTED, None, start.at),),
+            "lease_until": None,
+            **_started_updates(start),
+        }
+    try:
+        succeeded = _transition(
+            celery_id,
+            [State.PENDING, State.RETRY] if start else [State.STARTED],
+            Kind.SUCCEEDED,
+            extra_filter={"cancel_requested": False},
+            also=also,
+            ends=(State.SUCCESS,),
+            state=State.SUCCESS,
+            finished_at=now,
+            progress_current=Sql("progress_total"),
+            **late,
+        )
+    except Exception:
+        if start is not None:  # the backend stores again (a lost database)
+            starts.restore(celery_id, start)
+        raise
+    if succeeded:
         return True
     # A late success must not overwrite a cancel: the caller was told it stopped.
     return _revoke_if_cancelled(celery_id, reason="finished after cancel was requested")

@@ -8,9 +8,12 @@ receiver shows up as a stale record (which check_task_health catches).
 
 from __future__ import annotations
 
-from celery import signals, states
+import time
 
-from tasks_app import connections, leases, services, workers
+from celery import signals, states
+from django.utils import timezone
+
+from tasks_app import connections, leases, services, starts, workers
 
 # Trace states after which the record has left STARTED (or will, for RETRY), so
 # the run's lease needs no release.
@@ -39,6 +42,17 @@ def on_task_prerun(task_id, task, **_):
     request = task.request
     hostname = request.hostname or ""
     runner = leases.new_runner(hostname)
+    request.claw_refusal = None
+    request.claw_runner = runner
+    received = getattr(request, starts.RECEIVED_HEADER, None)
+    if starts.deferrable(received) and services.may_start_later(
+        task_id, name=task.name
+    ):
+        # STARTED is written by the final SUCCESS, or once the run is long.
+        now = timezone.now()
+        start = starts.Start(task.name, hostname, runner, now, time.monotonic())
+        starts.begin(task_id, start, write_late_start)
+        return
     request.claw_refusal = services.mark_started(
         task_id,
         name=task.name,
@@ -47,8 +61,15 @@ def on_task_prerun(task_id, task, **_):
         record_id=getattr(request, "claw_record", None),
     )
     if request.claw_refusal is None:
-        request.claw_runner = runner
         leases.hold(task_id, runner)
+    else:
+        request.claw_runner = None
+
+
+def write_late_start(celery_id: str, start: starts.Start) -> None:
+    # A run's start written late (tasks_app.starts), with the lease it then holds.
+    if services.mark_started_late(celery_id, start):
+        leases.hold(celery_id, start.runner)
 
 
 @signals.task_success.connect
@@ -65,6 +86,9 @@ def on_task_postrun(task_id=None, task=None, state=None, **_):
     # pool: both may share this process).
     runner = getattr(task.request, "claw_runner", None) if task else None
     if runner:
+        if state not in RUN_ENDED_RECORD:
+            starts.flush(task_id)  # left STARTED, as a start written at once
+        starts.take(task_id)  # a SUCCESS that did not apply (cancelled) leaves it
         leases.drop(task_id)
         if state not in RUN_ENDED_RECORD:
             # Ignored or rejected (requeued) with the record maybe still

@@ -70,6 +70,37 @@ def test_a_lease_not_shorter_than_the_visibility_timeout_is_warned_about(setting
     assert lease_check(None) == []
 
 
+def test_a_started_threshold_near_the_lease_or_visibility_is_warned_about(settings):
+    from tasks_app.apps import started_after_check
+
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 60}
+    settings.CLAW_LEASE_SECONDS = 30
+    settings.CLAW_STARTED_AFTER_SECONDS = 0.5
+    assert started_after_check(None) == []
+    settings.CLAW_STARTED_AFTER_SECONDS = 11  # over a third of the lease
+    assert [w.id for w in started_after_check(None)] == ["tasks_app.W003"]
+    settings.CLAW_LEASE_SECONDS = 60
+    settings.CLAW_STARTED_AFTER_SECONDS = 16  # over a quarter of the timeout
+    assert [w.id for w in started_after_check(None)] == ["tasks_app.W003"]
+
+
+def test_a_run_starts_late_only_well_inside_the_visibility_timeout(settings):
+    from tasks_app import starts
+
+    settings.IS_FILESYSTEM_BROKER = False
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 60}
+    settings.CLAW_STARTED_AFTER_SECONDS = 0.5
+    assert starts.deferrable(1000.0, now=1000.0)
+    assert starts.deferrable(1000.0, now=1029.5)  # 29.5 + 0.5 = half the timeout
+    assert not starts.deferrable(1000.0, now=1029.6)  # e.g. an ETA held that long
+    assert not starts.deferrable(None, now=1000.0)  # no delivery time: eager
+    settings.CLAW_STARTED_AFTER_SECONDS = 0
+    assert not starts.deferrable(1000.0, now=1000.0)
+    settings.CLAW_STARTED_AFTER_SECONDS = 0.5
+    settings.IS_FILESYSTEM_BROKER = True  # no redelivery timeout to rely on
+    assert not starts.deferrable(1000.0, now=1000.0)
+
+
 def test_only_json_is_accepted(settings):
     assert settings.CELERY_ACCEPT_CONTENT == ["json"]
     assert settings.CELERY_TASK_SERIALIZER == "json"

@@ -174,7 +174,7 @@ def _read(ledger: Ledger, mark: RollupWatermark, batch: int, with_gaps: bool):
 
 
 def _move(
-    mark: RollupWatermark, events: list[dict], still_open: set[int] = frozenset()
+    mark: RollupWatermark, events: list[dict], still_open: Iterable[int] = ()
 ) -> None:
     """Advance the watermark past the rows read; remember the ids skipped, and
     the rows not final yet (stamped now: they do not expire while open).

@@ -8,11 +8,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+from datetime import timedelta
 
 import pytest
 from django.db import connection, transaction
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from claw.metrics import WATERMARK
@@ -204,3 +206,22 @@ def test_a_reply_that_commits_after_a_later_one_was_folded_is_counted_once(
 
     assert prompt_tokens(scrape()) == 111
     assert RollupWatermark.objects.get(pk=WATERMARK).gaps == {}
+
+
+def test_a_reply_pending_past_the_gap_grace_is_still_counted(alice, settings):
+    """The grace gives up ids that never appear, not replies that take long."""
+    settings.METRICS_TOKEN = "t0ken"
+    settings.CLAW_ROLLUP_GAP_SECONDS = 5
+    conversation = Conversation.objects.create(owner=alice)
+    pending = reply(conversation, prompt=40, status=Message.Status.GENERATING)
+    reply(conversation, prompt=2)
+    rollups.fold()
+    mark = RollupWatermark.objects.get(pk=WATERMARK)
+    mark.gaps = {str(pending.pk): (timezone.now() - timedelta(minutes=5)).timestamp()}
+    mark.save()
+    rollups.fold()  # still generating: kept, though first seen long ago
+
+    Message.objects.filter(pk=pending.pk).update(status=Message.Status.DONE)
+    rollups.fold()
+
+    assert prompt_tokens(scrape()) == 42

@@ -10,6 +10,10 @@ take minutes. Each page is then requested through Django's test Client with the
 stats cache off: p50 and p95 of 20 requests after one warm-up. Last, scenario 1
 with and without a process folding every second.
 
+AI replies too (the LLM metrics on /metrics): one finished assistant message per
+record, up to MESSAGES_MAX, folded by the same fold up to FOLD_MAX (its
+LlmRollup checked equal to LLM_ROLLUPS_SQL's) and rebuilt in SQL above it.
+
 Sizes: BENCH_MONITORING_SIZES (comma-separated record counts), default
 10k,1M,10M for a full run and 10k for --quick. 10M needs about 8 GB of disk.
 """
@@ -130,7 +134,58 @@ with transaction.atomic(), connection.cursor() as cursor:
         "SELECT 1, coalesce(max(id), 0), '{}'::jsonb, now() FROM tasks_app_taskevent "
         "ON CONFLICT (id) DO UPDATE SET last_id = excluded.last_id, gaps = '{}', "
         "folded_at = excluded.folded_at")
+    cursor.execute(sys.argv[2].format(
+        bounds=bounds,
+        buckets=", ".join(
+            f"count(*) FILTER (WHERE latency_ms IS NOT NULL AND bucket = {i})"
+            for i in range(len(rollups.BOUNDS) + 1))))
 print(json.dumps({"seconds": time.perf_counter() - t}))
+"""
+
+# Finished AI replies of three models, some never timed (latency NULL), with
+# reply times spread over the histogram's slots.
+MESSAGES_SQL = """
+INSERT INTO claw_message (conversation_id, role, content, status, truncated,
+    passages, provider, model, prompt_tokens, completion_tokens, tokens_estimated,
+    latency_ms, error, created_at, started_at, finished_at)
+SELECT {conversation}, 'assistant', '', 'done', false, '[]'::jsonb, 'fake',
+       (ARRAY['small', 'big', 'tiny'])[1 + i % 3], 100 + i % 900, 10 + i % 300,
+       false, CASE WHEN i % 50 = 0 THEN NULL ELSE 1 + (i * 37) % 90000 END, '',
+       now(), now(), now()
+FROM generate_series(1, {n}) AS i
+"""
+MESSAGES_MAX = 1_000_000
+CONVERSATION = """
+import django
+django.setup()
+from django.contrib.auth import get_user_model
+from claw.models import Conversation
+user, _ = get_user_model().objects.get_or_create(username="bench-llm")
+print(Conversation.objects.get_or_create(owner=user, title="bench")[0].pk)
+"""
+# What claw.metrics.fold_replies makes of the finished replies, in one pass,
+# in place of the table's rows, and the messages' watermark past them.
+LLM_ROLLUPS_SQL = """
+DELETE FROM claw_llmrollup;
+INSERT INTO claw_llmrollup
+    (model, prompt_tokens, completion_tokens, timed, latency_ms, buckets)
+SELECT model, sum(prompt_tokens), sum(completion_tokens), count(latency_ms),
+       coalesce(sum(latency_ms), 0), jsonb_build_array({buckets})
+FROM (SELECT m.*, (SELECT count(*) FROM unnest({bounds}) x
+                   WHERE x < m.latency_ms / 1000.0::float8) AS bucket
+      FROM claw_message m
+      WHERE role = 'assistant' AND status NOT IN ('pending', 'generating')
+        AND model <> '') r
+GROUP BY model;
+INSERT INTO tasks_app_rollupwatermark (id, last_id, gaps, folded_at)
+SELECT 2, coalesce(max(id), 0), '{{}}'::jsonb, now() FROM claw_message
+ON CONFLICT (id) DO UPDATE SET last_id = excluded.last_id, gaps = '{{}}',
+    folded_at = excluded.folded_at
+"""
+LLM_FINGERPRINT = """
+SELECT count(*) || ' ' || md5(string_agg(concat_ws('|', model, prompt_tokens,
+    completion_tokens, timed, latency_ms, buckets::text), ',' ORDER BY model))
+FROM claw_llmrollup
 """
 
 # One line standing for the whole rollup table, to compare the fold's rows with
@@ -221,6 +276,7 @@ def grow(env: dict, size: int, have: int) -> list[dict]:
     after = int(psql("SELECT coalesce(max(id), 0) FROM tasks_app_taskrecord", DB))
     started = time.perf_counter()
     fill(DB, size - have, events=False, tag=str(size))
+    add_replies(env, min(size, MESSAGES_MAX) - min(have, MESSAGES_MAX))
     if size > FOLD_MAX:
         generated = time.perf_counter() - started
         rebuilt = rebuild_rollups(env)
@@ -233,21 +289,28 @@ def grow(env: dict, size: int, have: int) -> list[dict]:
     psql(TIMELINE_SQL.format(after=after), DB)
     psql("ANALYZE", DB)
     fold = _child(env, FOLD)
-    folded = psql(FINGERPRINT, DB)
+    folded = psql(FINGERPRINT, DB), psql(LLM_FINGERPRINT, DB)
     rebuild_rollups(env)
-    same = psql(FINGERPRINT, DB) == folded
+    same = (psql(FINGERPRINT, DB), psql(LLM_FINGERPRINT, DB)) == folded
     rate = fold["events"] / fold["seconds"] if fold["seconds"] else 0
     return [
         row("18 rollups", f"fold @ {size:,} records", round(rate), "events/s", "",
-            f"{fold['events']:,} new events in {fold['seconds']:.1f} s; SQL rebuild "
+            f"{fold['events']:,} events and replies in {fold['seconds']:.1f} s; SQL rebuild "
             + ("gives the same rows" if same else "DIFFERS from the fold"))
     ]  # fmt: skip
+
+
+def add_replies(env: dict, n: int) -> None:
+    if n <= 0:
+        return
+    conversation = int(run_py(["-c", CONVERSATION], env).strip().splitlines()[-1])
+    psql(MESSAGES_SQL.format(conversation=conversation, n=n), DB)
 
 
 def rebuild_rollups(env: dict) -> float:
     """The rollups of every record in env's database, as the fold would make
     them of TIMELINE_SQL's events (REBUILD); returns the seconds taken."""
-    return _child(env, REBUILD, ROLLUPS_SQL)["seconds"]
+    return _child(env, REBUILD, ROLLUPS_SQL, LLM_ROLLUPS_SQL)["seconds"]
 
 
 def _child(env: dict, script: str, *args: str) -> dict:

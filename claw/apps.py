@@ -31,8 +31,10 @@ class ClawConfig(AppConfig):
         )
         # the platform's staff alerts reach staff as notifications and e-mail
         alerts.register_notifier(services.send_staff_alert)
-        # LLM tokens and reply times on /metrics
-        from claw.metrics import LlmCollector
-        from tasks_app import metrics
+        # LLM tokens and reply times on /metrics, from rollups of the replies
+        # that tasks_app's rollup fold adds up off the hot path
+        from claw.metrics import LEDGER, LlmCollector
+        from tasks_app import metrics, rollups
 
         metrics.register_collector(LlmCollector())
+        rollups.register_ledger(LEDGER)

@@ -172,3 +172,22 @@ class Message(models.Model):
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+class LlmRollup(models.Model):
+    """All-time usage of the finished AI replies of one model, added up by the
+    rollup fold (claw.metrics.fold_replies) so /metrics never reads the messages.
+
+    buckets: reply times per histogram slot of tasks_app.rollups.BOUNDS (not
+    cumulative; the last slot is +Inf); timed: the replies with a latency.
+    """
+
+    model = models.CharField(max_length=200, unique=True)
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    timed = models.BigIntegerField(default=0)
+    latency_ms = models.BigIntegerField(default=0)
+    buckets = models.JSONField(default=list, blank=True)
+
+    def __str__(self) -> str:
+        return f"usage of {self.model}"

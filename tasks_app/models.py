@@ -351,8 +351,9 @@ class TaskRollup(models.Model):
 
 
 class RollupWatermark(models.Model):
-    """How far the fold has read TaskEvent (one row, pk=1), moved in the same
-    transaction as the rollups it produced, so each event is counted once.
+    """How far the fold has read a ledger (TaskEvent: pk=1; a domain's ledger
+    registered with tasks_app.rollups.register_ledger: its own pk), moved in the
+    same transaction as the rollups it produced, so each row is counted once.
 
     gaps: ids above an earlier watermark that were missing when it was read
     (an event whose transaction had not committed yet, or rolled back), with the

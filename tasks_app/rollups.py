@@ -13,6 +13,13 @@ one transaction, under a lock on the watermark row. A fold whose process dies
 before COMMIT leaves nothing behind, and the next fold reads the same events
 again. A second fold running at the same time skips its turn instead of waiting.
 
+Other domains fold their own ledgers the same way (register_ledger): an
+append-only table read by id, with its own watermark row, its own rollup
+writer, and the same transaction, gap and kill guarantees. A ledger whose rows
+are written before they are final (an AI reply inserted pending, finished
+later) returns the ids of the rows not final yet; they are kept with the gaps
+and read again on every fold until they are.
+
 No gap: ids come from a sequence when a row is inserted, but commit in any
 order, so an event with a lower id can become visible after a higher one was
 folded (submit() writes its "queued" event in the caller's transaction). The
@@ -25,10 +32,12 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import models, transaction
 from django.utils import timezone
 
 from tasks_app.models import RollupWatermark, TaskEvent, TaskRecord, TaskRollup
@@ -83,67 +92,106 @@ def empty_buckets() -> list[int]:
 # --- folding ---------------------------------------------------------------
 
 
-def fold(batch: int = BATCH, max_batches: int = 20) -> int:
-    """Fold the events written since the last fold; return how many were read.
+@dataclass(frozen=True)
+class Ledger:
+    """An append-only table folded by id watermark.
 
-    Batches of `batch` events, each its own transaction, so a long backlog
-    commits progress as it goes; 0 when another fold holds the watermark.
+    watermark: the pk of its RollupWatermark row (1 is TaskEvent's).
+    add(rows): adds the rows (dicts of `fields`) to the domain's rollups, in the
+    fold's transaction, and returns the ids of rows not final yet (read again
+    by the next folds until they are).
     """
+
+    watermark: int
+    model: type[models.Model]
+    fields: tuple[str, ...]
+    add: Callable[[list[dict]], Iterable[int]]
+
+
+_ledgers: dict[int, Ledger] = {}
+
+
+def register_ledger(ledger: Ledger) -> None:
+    """Fold a domain's ledger in fold_rollups (from its AppConfig.ready)."""
+    known = _ledgers.get(ledger.watermark)
+    if known is not None and known.model is not ledger.model:
+        raise ValueError(f"rollup watermark {ledger.watermark} is already taken")
+    _ledgers[ledger.watermark] = ledger
+
+
+def fold(batch: int = BATCH, max_batches: int = 20) -> int:
+    """Fold the rows written since the last fold, TaskEvent's and every
+    registered ledger's; return how many were read."""
+    return sum(
+        fold_ledger(ledger, batch, max_batches)
+        for ledger in (EVENTS, *_ledgers.values())
+    )
+
+
+def fold_ledger(ledger: Ledger, batch: int = BATCH, max_batches: int = 20) -> int:
+    """Batches of `batch` rows, each its own transaction, so a long backlog
+    commits progress as it goes; 0 when another fold holds the watermark."""
     done = 0
     for n in range(max_batches):
         # The skipped ids are looked for once per fold, not once per batch.
-        read = fold_batch(batch, with_gaps=n == 0)
+        read = fold_batch(batch, with_gaps=n == 0, ledger=ledger)
         done += max(read, 0)
         if read < batch:
             break
     return done
 
 
-def fold_batch(batch: int = BATCH, *, with_gaps: bool = True) -> int:
+def fold_batch(
+    batch: int = BATCH, *, with_gaps: bool = True, ledger: Ledger | None = None
+) -> int:
     """One transaction: read, add to rollups, move the watermark. -1 if another
     fold holds the watermark."""
-    RollupWatermark.objects.get_or_create(pk=1)
+    ledger = ledger or EVENTS
+    RollupWatermark.objects.get_or_create(pk=ledger.watermark)
     with transaction.atomic():
         mark = (
             RollupWatermark.objects.select_for_update(skip_locked=True)
-            .filter(pk=1)
+            .filter(pk=ledger.watermark)
             .first()
         )
         if mark is None:
-            return -1  # another fold has it; it will read these events
-        events = _read(mark, batch, with_gaps)
-        _add(_observations(events))
-        _move(mark, events)
-    return len(events)
+            return -1  # another fold has it; it will read these rows
+        rows = _read(ledger, mark, batch, with_gaps)
+        still_open = set(ledger.add(rows))
+        _move(mark, rows, still_open)
+    return len(rows)
 
 
-def _read(mark: RollupWatermark, batch: int, with_gaps: bool) -> list[dict]:
-    fields = ("id", "record_id", "kind", "at", "data")
+def _read(ledger: Ledger, mark: RollupWatermark, batch: int, with_gaps: bool):
+    table = ledger.model.objects
     rows = list(
-        TaskEvent.objects.filter(id__gt=mark.last_id)
-        .order_by("id")
-        .values(*fields)[:batch]
+        table.filter(id__gt=mark.last_id).order_by("id").values(*ledger.fields)[:batch]
     )
     gap_ids = [int(i) for i in mark.gaps] if with_gaps else []
     for chunk in _chunks(gap_ids, 500):
-        rows += list(TaskEvent.objects.filter(id__in=chunk).values(*fields))
+        rows += list(table.filter(id__in=chunk).values(*ledger.fields))
     return rows
 
 
-def _move(mark: RollupWatermark, events: list[dict]) -> None:
-    """Advance the watermark past the events read; remember the ids skipped.
+def _move(
+    mark: RollupWatermark, events: list[dict], still_open: Iterable[int] = ()
+) -> None:
+    """Advance the watermark past the rows read; remember the ids skipped, and
+    the rows not final yet (stamped now: they do not expire while open).
 
     Called last in fold_batch's transaction: a fold that dies before it leaves
     no rollup behind either.
     """
     now = timezone.now()
+    stamp = now.timestamp()
     gaps = dict(mark.gaps)
     for event in events:
         gaps.pop(str(event["id"]), None)
+    for open_id in still_open:
+        gaps[str(open_id)] = stamp
     new_ids = sorted(e["id"] for e in events if e["id"] > mark.last_id)
     if new_ids:
         seen = set(new_ids)
-        stamp = now.timestamp()
         # The first fold starts after cleanup deleted the oldest events: what
         # is missing below its first id was never a gap.
         low = max(mark.last_id + 1, new_ids[-1] - MAX_GAPS) if mark.last_id else 0
@@ -151,7 +199,7 @@ def _move(mark: RollupWatermark, events: list[dict]) -> None:
             if missing not in seen:
                 gaps.setdefault(str(missing), stamp)
         mark.last_id = new_ids[-1]
-    expiry = now.timestamp() - settings.CLAW_ROLLUP_GAP_SECONDS
+    expiry = stamp - settings.CLAW_ROLLUP_GAP_SECONDS
     gaps = {k: v for k, v in gaps.items() if v >= expiry}
     if len(gaps) > MAX_GAPS:
         gaps = dict(sorted(gaps.items(), key=lambda kv: kv[1])[-MAX_GAPS:])
@@ -283,6 +331,19 @@ def _add(observations: list[tuple]) -> None:
     TaskRollup.objects.bulk_update(
         changed, ["count", "observed", "seconds", "buckets"], batch_size=500
     )
+
+
+def _fold_events(events: list[dict]) -> tuple[int, ...]:
+    _add(_observations(events))
+    return ()  # an event is final once written
+
+
+EVENTS = Ledger(
+    watermark=1,
+    model=TaskEvent,
+    fields=("id", "record_id", "kind", "at", "data"),
+    add=_fold_events,
+)
 
 
 def _padded(buckets: list[int]) -> list[int]:

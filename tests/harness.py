@@ -29,6 +29,18 @@ def wait_for(predicate, timeout: float, interval: float = 0.1, message: str = ""
         time.sleep(interval)
 
 
+def wait_final(record, timeout: float = 30, interval: float = 0.1):
+    """Wait until a TaskRecord reaches a final state (read again from the
+    database); the record, refreshed."""
+
+    def final():
+        record.refresh_from_db()
+        return record.is_final
+
+    wait_for(final, timeout, interval, message=f"{record} to finish")
+    return record
+
+
 class CeleryProcess:
     """A `celery worker` or `celery beat` subprocess in its own process group."""
 

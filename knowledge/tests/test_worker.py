@@ -18,6 +18,7 @@ from knowledge import search, services, tasks, vectorizing
 from knowledge.models import Chunk, Document
 from tasks_app import services as ledger
 from tasks_app.models import TaskRecord
+from tests import harness
 from tests.harness import wait_for
 
 pytestmark = [pytest.mark.worker]
@@ -55,13 +56,9 @@ def chinese(i: int, topic: str) -> str:
     )
 
 
-def wait_final(record: TaskRecord, timeout: float = 60) -> TaskRecord:
-    def final():
-        record.refresh_from_db()
-        return record.is_final
-
-    wait_for(final, timeout, interval=0.2, message=f"{record} to finish")
-    return record
+def wait_final(record: TaskRecord) -> TaskRecord:
+    # A knowledge task embeds and writes chunks: more time than the default.
+    return harness.wait_final(record, timeout=60, interval=0.2)
 
 
 def run_update(kb, mode: str) -> tuple[TaskRecord, dict | None]:

@@ -15,20 +15,11 @@ from django_celery_results.models import TaskResult
 from claw.celery import app
 from tasks_app import services
 from tasks_app.models import TaskRecord
-from tests.harness import wait_for
+from tests.harness import wait_final, wait_for
 from tests.tasks import EFFECTS_KEY, redis_client
 
 pytestmark = [pytest.mark.worker]
 State = TaskRecord.State
-
-
-def wait_final(record: TaskRecord, timeout: float = 30) -> TaskRecord:
-    def final():
-        record.refresh_from_db()
-        return record.is_final
-
-    wait_for(final, timeout, message=f"{record} to finish")
-    return record
 
 
 def kinds(record: TaskRecord) -> list[str]:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 
 import pytest
 import redis
 from django.conf import settings
 
+from bench.private import Redis
 from claw import conversations
 from claw.tests.conftest import ScriptedServer, sse
-from tests.harness import CeleryProcess, wait_for
+from tests.harness import CeleryProcess
 from tests.streams.conftest import (
     AsgiServer,
     SSEClient,
@@ -59,6 +59,7 @@ def test_a_stream_survives_losing_redis_mid_reply(alice, llm, asgi_server):
 EMBEDDED_SETUP = """
 import json
 from django.contrib.auth import get_user_model
+from bench.private import Redis
 from claw import conversations
 from tasks_app import tokens
 user = get_user_model().objects.create_user("eve", password="x-pass-123")
@@ -115,44 +116,13 @@ def test_streams_on_the_embedded_stack_read_the_database(tmp_path, artifacts_dir
     assert time.monotonic() - started < 30
 
 
-class PrivateRedis:
-    """A redis-server of this test's own, to restart without disturbing the
-    broker everyone else uses (no persistence: a restart loses everything)."""
-
-    def __init__(self, log):
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.log = log
-        self.process = None
-
-    def start(self) -> PrivateRedis:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--save", "", "--appendonly",
-             "no", "--bind", "127.0.0.1"],
-            stdout=open(self.log, "ab"),  # noqa: SIM115 - lives with the process
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        wait_for(self.answers, 10, interval=0.05, message="redis-server to start")
-        return self
-
-    def answers(self) -> bool:
-        try:
-            return redis.Redis.from_url(self.url, socket_timeout=0.5).ping()
-        except redis.RedisError:
-            return False
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
 def test_a_stream_completes_when_redis_restarts_mid_reply(
     alice, llm, worker_env, artifacts_dir
 ):
     # The live path (worker -> Redis -> streams server) through a Redis that is
     # killed and started again while the reply streams; the broker stays up.
-    private = PrivateRedis(artifacts_dir / "redis-private.log").start()
+    # No persistence: the restart loses everything the live path had in Redis.
+    private = Redis(free_port(), artifacts_dir, appendonly=False).start()
     env = {**worker_env, "CLAW_LIVE_REDIS_URL": private.url, "CLAW_LIVE_HEARTBEAT": "1"}
     server = AsgiServer(env, artifacts_dir / "uvicorn-restart.log")
     from claw.celery import app
@@ -178,7 +148,7 @@ def test_a_stream_completes_when_redis_restarts_mid_reply(
         try:
             client = SSEClient(response)
             before = read_until(client, lambda evs: evs[-1].event == "delta")
-            private.stop()
+            private.kill()
             time.sleep(0.5)
             private.start()
             rest = list(client)
@@ -187,7 +157,7 @@ def test_a_stream_completes_when_redis_restarts_mid_reply(
     finally:
         worker.stop()
         server.stop()
-        private.stop()
+        private.kill()
     reply.refresh_from_db()
     assert rest[-1].event == "done"
     text = "".join(e.data["text"] for e in before + rest if e.event == "delta")

@@ -16,6 +16,11 @@ State = TaskRecord.State
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def late_starts(settings):
+    settings.CLAW_STARTED_AFTER_SECONDS = 0.5  # opt-in; the default 0 is off
+
+
 def begin(record: TaskRecord, ago: float = 0.2) -> starts.Start:
     start = starts.Start(
         record.name,

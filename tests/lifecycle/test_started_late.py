@@ -1,8 +1,10 @@
 """STARTED written late (tasks_app.starts) with a real worker on PostgreSQL + Redis.
 
 A short run's STARTED is written by its SUCCESS statement; a long run's by the
-pool process once it is older than CLAW_STARTED_AFTER_SECONDS (0.5 s here). The
-ledger's refusals still hold before a run starts.
+pool process once it is older than CLAW_STARTED_AFTER_SECONDS. The ledger's
+refusals still hold before a run starts. Late starts are opt-in (the default 0
+writes STARTED first), so this module runs its own worker with 0.5 s on a queue
+of its own.
 """
 
 from __future__ import annotations
@@ -15,11 +17,26 @@ from django_celery_results.models import TaskResult
 from claw.celery import app
 from tasks_app import broker_inspect, services
 from tasks_app.models import TaskEvent, TaskRecord
-from tests.harness import wait_final, wait_for
+from tests.harness import CeleryProcess, wait_final, wait_for
 from tests.tasks import EFFECTS_KEY, redis_client
 
 pytestmark = [pytest.mark.worker]
 State = TaskRecord.State
+QUEUE = "started_late"
+
+
+@pytest.fixture(scope="module")
+def late_worker(worker_env, artifacts_dir):
+    env = {**worker_env, "CLAW_STARTED_AFTER_SECONDS": "0.5"}
+    worker = CeleryProcess(
+        "worker", env, ["-Q", QUEUE, "-c", "2"], artifacts_dir / "worker-late.log"
+    )
+    with worker.running(app):
+        yield worker
+
+
+def submit(name: str, args: list) -> TaskRecord:
+    return services.submit(name, args=args, queue=QUEUE)
 
 
 def timeline(record: TaskRecord) -> list[TaskEvent]:
@@ -30,8 +47,8 @@ def effect_count(key: str) -> int:
     return int(redis_client().hget(EFFECTS_KEY, key) or 0)
 
 
-def test_a_short_task_commits_started_with_its_success(transactional_db, celery_worker):
-    record = wait_final(services.submit("tests.effect", args=["short-run"]))
+def test_a_short_task_commits_started_with_its_success(transactional_db, late_worker):
+    record = wait_final(submit("tests.effect", ["short-run"]))
 
     events = timeline(record)
     assert [e.kind for e in events] == ["queued", "started", "succeeded"]
@@ -53,9 +70,9 @@ def test_a_short_task_commits_started_with_its_success(transactional_db, celery_
 
 
 def test_a_long_task_shows_started_with_its_lease_while_it_runs(
-    transactional_db, celery_worker
+    transactional_db, late_worker
 ):
-    record = services.submit("tests.sleep", args=[4])
+    record = submit("tests.sleep", [4])
 
     def running():
         record.refresh_from_db()
@@ -77,12 +94,12 @@ def test_a_long_task_shows_started_with_its_lease_while_it_runs(
     assert (record.finished_at - record.started_at).total_seconds() >= 3.9
 
 
-def test_a_cancelled_record_never_starts(transactional_db, celery_worker):
+def test_a_cancelled_record_never_starts(transactional_db, late_worker):
     key = "cancelled-before-delivery"
     with transaction.atomic():
         # Published after commit, by when the record is REVOKED: the worker gets
         # the message and must refuse it from its one read.
-        record = services.submit("tests.effect", args=[key])
+        record = submit("tests.effect", [key])
         services.cancel(record)
 
     wait_for(
@@ -99,13 +116,13 @@ def test_a_cancelled_record_never_starts(transactional_db, celery_worker):
     assert effect_count(key) == 0
 
 
-def test_a_redelivery_of_a_finished_attempt_is_refused(transactional_db, celery_worker):
+def test_a_redelivery_of_a_finished_attempt_is_refused(transactional_db, late_worker):
     key = "finished-redelivered"
-    record = wait_final(services.submit("tests.effect", args=[key]))
+    record = wait_final(submit("tests.effect", [key]))
     before = [(e.kind, e.at) for e in timeline(record)]
 
     # The same attempt's message again, as Redis hands back an unacknowledged one.
-    app.send_task("tests.effect", args=[key], task_id=record.celery_id)
+    app.send_task("tests.effect", args=[key], task_id=record.celery_id, queue=QUEUE)
     wait_for(
         lambda: _acknowledged(record.celery_id),
         20,
@@ -122,7 +139,7 @@ def test_a_redelivery_of_a_finished_attempt_is_refused(transactional_db, celery_
 
 
 def _acknowledged(celery_id: str) -> bool:
-    held = broker_inspect.queued_task_ids(["default"])  # queued or reserved
+    held = broker_inspect.queued_task_ids([QUEUE])  # queued or reserved
     return held is not None and celery_id not in held
 
 

@@ -671,7 +671,9 @@ def write_results(result: dict) -> None:
     text += (
         f"\n`make chaos` (CHAOS_SECONDS={result['seconds']:g}, CHAOS_SEED="
         f"{result['seed']}), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-        f"{os.cpu_count()} cores shared with other runs (loaded).\n\n"
+        f"{os.cpu_count()} cores, load average as it was written "
+        f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())} (the run's own load "
+        "included; anything else running then adds to it).\n\n"
         + table(result)
         + "\n\nFaults: "
         + "; ".join(result["faults"])

@@ -23,12 +23,12 @@ import uuid
 from django.conf import settings
 from django.db import connections
 
+from tasks_app import background
+
 logger = logging.getLogger(__name__)
 
 _held: dict[str, str] = {}  # celery_id -> runner, of the attempts running here
 _lock = threading.Lock()
-_thread: threading.Thread | None = None
-_thread_pid: int | None = None
 
 
 def process_name(hostname: str, pid: int | None = None) -> str:
@@ -49,7 +49,7 @@ def hold(celery_id: str, runner: str) -> None:
     """Renew celery_id's lease for as long as this process runs it."""
     with _lock:
         _held[celery_id] = runner
-        _ensure_renewer()
+        background.ensure_thread("claw-lease", _renew_forever)
 
 
 def drop(celery_id: str) -> None:
@@ -60,16 +60,6 @@ def drop(celery_id: str) -> None:
 def held() -> dict[str, str]:
     with _lock:
         return dict(_held)
-
-
-def _ensure_renewer() -> None:
-    # Threads do not survive a fork: a pool process starts its own.
-    global _thread, _thread_pid
-    if _thread is not None and _thread.is_alive() and _thread_pid == os.getpid():
-        return
-    _thread = threading.Thread(target=_renew_forever, name="claw-lease", daemon=True)
-    _thread_pid = os.getpid()
-    _thread.start()
 
 
 def _renew_forever() -> None:

@@ -23,7 +23,6 @@ so its STARTED and lease are committed long before any second copy can exist.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +31,8 @@ from datetime import datetime
 
 from django.conf import settings
 from django.db import connections
+
+from tasks_app import background
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +50,7 @@ class Start:
 
 _unwritten: dict[str, Start] = {}  # celery_id -> start of a run not yet written
 _lock = threading.RLock()  # held while a start is written: finish waits for it
-_thread: threading.Thread | None = None
 _write: Callable[[str, Start], object] | None = None  # set by begin
-_thread_pid: int | None = None
 
 
 def threshold() -> float:
@@ -84,7 +83,7 @@ def begin(celery_id: str, start: Start, write: Callable[[str, Start], object]) -
     with _lock:
         _write = write
         _unwritten[celery_id] = start
-        _ensure_writer()
+        background.ensure_thread("claw-starts", _write_forever)
 
 
 def take(celery_id: str) -> Start | None:
@@ -118,16 +117,6 @@ def flush(celery_id: str) -> None:
         except Exception:  # a lost database: the final write still carries it
             _unwritten[celery_id] = start
             raise
-
-
-def _ensure_writer() -> None:
-    # Threads do not survive a fork: a pool process starts its own.
-    global _thread, _thread_pid
-    if _thread is not None and _thread.is_alive() and _thread_pid == os.getpid():
-        return
-    _thread = threading.Thread(target=_write_forever, name="claw-starts", daemon=True)
-    _thread_pid = os.getpid()
-    _thread.start()
 
 
 def _write_forever() -> None:

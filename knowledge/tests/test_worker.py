@@ -56,9 +56,9 @@ def chinese(i: int, topic: str) -> str:
     )
 
 
-def wait_final(record: TaskRecord) -> TaskRecord:
+def wait_final(record: TaskRecord, timeout: float = 60) -> TaskRecord:
     # A knowledge task embeds and writes chunks: more time than the default.
-    return harness.wait_final(record, timeout=60, interval=0.2)
+    return harness.wait_final(record, timeout, interval=0.2)
 
 
 def run_update(kb, mode: str) -> tuple[TaskRecord, dict | None]:

@@ -516,6 +516,11 @@ else:
         # interval * throttle seconds (100 s by default).
         "unacked_restore_interval": env_int("CELERY_UNACKED_RESTORE_INTERVAL", 10),
         "unacked_restore_throttle": env_int("CELERY_UNACKED_RESTORE_THROTTLE", 10),
+        # Each sweep holds a Redis lock; a worker killed while holding it leaves
+        # it for its expiry (kombu: 300 s), and no worker restores anything
+        # until then. A sweep takes milliseconds, and restore_by_tag is a WATCHed
+        # transaction, so two overlapping sweeps cannot restore a message twice.
+        "unacked_mutex_expire": env_int("CELERY_UNACKED_MUTEX_EXPIRE", 30),
     }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_TIMEOUT = env_int("CELERY_BROKER_CONNECTION_TIMEOUT", 4)

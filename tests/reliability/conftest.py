@@ -23,6 +23,9 @@ FAULT_ENV = {
     # Sweep the unacked hash every second instead of every 100 s.
     "CELERY_UNACKED_RESTORE_INTERVAL": "1",
     "CELERY_UNACKED_RESTORE_THROTTLE": "1",
+    # A worker these tests kill while it sweeps must not block the next sweep
+    # for longer than a visibility timeout.
+    "CELERY_UNACKED_MUTEX_EXPIRE": "3",
     # A running attempt's lease (renewed every third of it) lapses well before
     # the visibility timeout hands a killed worker's message out again.
     "CLAW_LEASE_SECONDS": "2",
@@ -67,17 +70,49 @@ def states(records) -> dict[int, str]:
     )
 
 
-def wait_final(records, timeout: float) -> float:
-    """Wait until every record is final; return the seconds it took."""
+def wait_final(records, timeout: float, heal_every: float | None = None) -> float:
+    """Wait until every record is final; return the seconds it took.
+
+    heal_every: also run the health check that often, as beat does in
+    production: it re-publishes a PENDING record whose message the broker lost
+    (kombu's Redis transport drops one popped by BRPOP but not yet in its
+    unacked hash when the worker is killed between the two).
+    """
     started = time.monotonic()
+    healed = [started]
 
     def all_final():
+        if heal_every and time.monotonic() - healed[0] >= heal_every:
+            from tasks_app.maintenance import check_health
+
+            check_health(alerts_enabled=False)
+            healed[0] = time.monotonic()
         return all(
             state in TaskRecord.FINAL_STATES for state in states(records).values()
         )
 
-    wait_for(all_final, timeout, interval=0.25, message="every record to finish")
+    try:
+        wait_for(all_final, timeout, interval=0.25, message="every record to finish")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; {unfinished(records)}") from None
     return time.monotonic() - started
+
+
+def unfinished(records) -> str:
+    """What a timed-out wait leaves behind, so a failure says where it stuck."""
+    from tasks_app.broker_inspect import queued_task_ids
+
+    held = queued_task_ids([QUEUE]) or set()
+    rows = TaskRecord.objects.filter(pk__in=[r.pk for r in records]).exclude(
+        state__in=TaskRecord.FINAL_STATES
+    )
+    described = [
+        f"#{r.pk} {r.state} deliveries={r.deliveries} attempts={r.attempts} "
+        f"in_broker={r.celery_id in held}"
+        for r in rows
+    ]
+    mutex_ttl = redis_client().ttl("unacked_mutex")
+    return f"unfinished: {described}; unacked_mutex ttl={mutex_ttl}"
 
 
 def wait_state(record, state: str, timeout: float) -> None:

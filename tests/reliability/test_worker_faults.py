@@ -109,8 +109,11 @@ def test_a_task_cancelled_while_every_worker_is_down_never_runs_after_they_retur
 
 
 def test_killing_the_worker_main_process_with_20_tasks_in_flight_loses_and_doubles_none(
-    transactional_db, redis_db, fault_worker
+    transactional_db, redis_db, fault_worker, settings
 ):
+    # Beat's health check re-publishes what the broker itself lost; here it runs
+    # every 5 s and re-publishes after 10 s instead of 300.
+    settings.CLAW_REPUBLISH_PENDING_AFTER = 10
     worker = fault_worker("-c", "4")
     records = [submit_effect(f"inflight-{i}", seconds=1.5) for i in range(20)]
     wait_for(
@@ -124,7 +127,7 @@ def test_killing_the_worker_main_process_with_20_tasks_in_flight_loses_and_doubl
     in_flight = list(states(records).values()).count(State.STARTED)
 
     fault_worker("-c", "4")  # the restart
-    wait_final(records, 120)
+    wait_final(records, 120, heal_every=5)
 
     counts = effects()
     final = states(records)
@@ -190,3 +193,23 @@ def test_sigterm_lets_the_running_task_finish_and_returns_reserved_ones_at_once(
         "sigterm-running": 1,
         **{f"sigterm-reserved-{i}": 1 for i in range(3)},
     }
+
+
+def test_a_sweep_lock_left_by_a_killed_worker_lapses_in_seconds_not_five_minutes(
+    redis_db,
+):
+    # kombu's unacked sweep takes a Redis lock that a worker killed mid-sweep
+    # never releases; with kombu's default 300 s expiry no worker restores a
+    # dead worker's messages for five minutes.
+    from kombu.transport.redis import Mutex
+
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        key = channel.unacked_mutex_key
+        with Mutex(redis_db, key, channel.unacked_mutex_expire):
+            ttl = redis_db.ttl(key)
+    assert (
+        channel.unacked_mutex_expire
+        == settings.CELERY_BROKER_TRANSPORT_OPTIONS["unacked_mutex_expire"]
+    )
+    assert 0 < ttl <= 30

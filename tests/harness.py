@@ -142,3 +142,38 @@ def least_deferrals(records, *, limit: int, period: float) -> int:
         at = first.at.timestamp()
         windows |= {int(at // period), int((at + 0.1) // period)}
     return len(records) - limit * len(windows)
+
+
+# Run in a child process: the fold of one watermark kills its own process with
+# SIGKILL once it has written its rollups, before it commits.
+_FOLD_KILLED_MIDWAY = """
+import os, signal, sys
+import django
+django.setup()
+from unittest import mock
+from django.apps import apps
+from tasks_app import rollups
+rollup, watermark = apps.get_model(sys.argv[1]), int(sys.argv[2])
+move = rollups._move
+def die(mark, *args, **kwargs):
+    if mark.pk != watermark:  # the other folds go on as usual
+        return move(mark, *args, **kwargs)
+    assert rollup.objects.exists()  # written, not yet committed
+    os.kill(os.getpid(), signal.SIGKILL)
+with mock.patch("tasks_app.rollups._move", die):
+    rollups.fold()
+"""
+
+
+def kill_fold_midway(env: dict, rollup: str, watermark: int) -> None:
+    """Run rollups.fold() in a process killed -9 in the middle of the fold of
+    watermark (after writing its rollup model, e.g. "claw.LlmRollup", before
+    committing)."""
+    died = subprocess.run(
+        [sys.executable, "-c", _FOLD_KILLED_MIDWAY, rollup, str(watermark)],
+        env=env,
+        timeout=60,
+        capture_output=True,
+        cwd=BASE_DIR,
+    )
+    assert died.returncode == -9, died.stderr.decode()[-2000:]

@@ -5,8 +5,6 @@ through."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 from datetime import timedelta
 
@@ -21,6 +19,7 @@ from claw.metrics import WATERMARK
 from claw.models import Conversation, LlmRollup, Message
 from tasks_app import rollups
 from tasks_app.models import RollupWatermark
+from tests.harness import kill_fold_midway
 
 pytestmark = pytest.mark.django_db
 TOKENS = "claw_llm_tokens_total"
@@ -143,24 +142,7 @@ def test_a_fold_killed_before_commit_leaves_nothing_and_the_next_counts_once(
     conversation = Conversation.objects.create(owner=alice)
     reply(conversation, prompt=10)
     reply(conversation, prompt=20)
-    script = (
-        "import django, os, signal; django.setup()\n"
-        "from unittest import mock\n"
-        "from claw.models import LlmRollup\n"
-        "from tasks_app import rollups\n"
-        "move = rollups._move\n"
-        "def die(mark, *a, **k):\n"
-        "    if mark.pk != 2:  # the task events' fold goes on as usual\n"
-        "        return move(mark, *a, **k)\n"
-        "    assert LlmRollup.objects.exists()  # written, not yet committed\n"
-        "    os.kill(os.getpid(), signal.SIGKILL)\n"
-        "with mock.patch('tasks_app.rollups._move', die):\n"
-        "    rollups.fold()\n"
-    )
-    died = subprocess.run(
-        [sys.executable, "-c", script], env=worker_env, timeout=60, capture_output=True
-    )
-    assert died.returncode == -9, died.stderr.decode()[-2000:]
+    kill_fold_midway(worker_env, "claw.LlmRollup", WATERMARK)
     assert not LlmRollup.objects.exists()
     assert RollupWatermark.objects.get(pk=WATERMARK).last_id == 0
 

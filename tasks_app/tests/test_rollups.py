@@ -3,8 +3,6 @@ fold that dies or to an event that commits late."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 from datetime import timedelta
 
@@ -15,6 +13,7 @@ from django.utils import timezone
 from tasks_app import rollups, services
 from tasks_app.models import RollupWatermark, TaskEvent, TaskRecord, TaskRollup
 from tasks_app.tests.ledger_runs import run
+from tests.harness import kill_fold_midway
 
 Outcome = TaskRollup.Outcome
 
@@ -95,21 +94,7 @@ def test_a_fold_killed_before_commit_leaves_nothing_and_the_next_counts_all(
     watermark; the next fold counts every event once (no double count, no gap)."""
     for outcome in ("succeeded", "failed", "succeeded"):
         run(outcome)
-    script = (
-        "import django, os, signal; django.setup()\n"
-        "from unittest import mock\n"
-        "from tasks_app import rollups\n"
-        "from tasks_app.models import TaskRollup\n"
-        "def die(*a, **k):\n"
-        "    assert TaskRollup.objects.exists()  # written, not yet committed\n"
-        "    os.kill(os.getpid(), signal.SIGKILL)\n"
-        "with mock.patch('tasks_app.rollups._move', die):\n"
-        "    rollups.fold()\n"
-    )
-    died = subprocess.run(
-        [sys.executable, "-c", script], env=worker_env, timeout=60, capture_output=True
-    )
-    assert died.returncode == -9, died.stderr.decode()[-2000:]
+    kill_fold_midway(worker_env, "tasks_app.TaskRollup", 1)
     assert not TaskRollup.objects.exists()
     assert RollupWatermark.objects.get(pk=1).last_id == 0
 

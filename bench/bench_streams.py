@@ -64,15 +64,8 @@ def asgi_web(env: dict, workers: int) -> tuple[stack.Child, str]:
         "pool-streams-web",
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if child.proc.poll() is not None:
-            raise RuntimeError(f"web exited: {child.log_path.read_text()[-800:]}")
-        status, _ = asyncio.run(stack.request(base, "GET", "/health"))
-        if status:
-            return child, base
-        time.sleep(0.3)
-    raise TimeoutError("the ASGI web server did not answer")
+    stack.wait_healthy(child, base, "the ASGI web server")
+    return child, base
 
 
 AT = re.compile(r'"at":(\d+\.\d+)')

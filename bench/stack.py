@@ -89,15 +89,21 @@ def gunicorn(env: dict, workers: int = 4) -> tuple[Child, str]:
         "pool-gunicorn",
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    wait_healthy(child, base, "gunicorn")
+    return child, base
+
+
+def wait_healthy(child, base: str, name: str, timeout: float = 60) -> None:
+    """Wait until the server child answers /health; raise if it exits first."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if child.proc.poll() is not None:
-            raise RuntimeError(f"gunicorn exited: {child.log_path.read_text()[-800:]}")
+            raise RuntimeError(f"{name} exited: {child.log_path.read_text()[-800:]}")
         status, _ = asyncio.run(request(base, "GET", "/health"))
         if status:
-            return child, base
+            return
         time.sleep(0.3)
-    raise TimeoutError("gunicorn did not answer")
+    raise TimeoutError(f"{name} did not answer")
 
 
 def stack_env(db: str, model_url: str, **extra: str) -> dict:

@@ -234,3 +234,48 @@ def test_record_members_writes_a_fan_outs_members_in_one_statement(user):
         {},
     )
     assert TaskRecord.objects.filter(parent=parent).count() == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_single_submits_of_one_transaction_go_out_together_after_commit(redis_broker):
+    class Rollback(Exception):
+        pass
+
+    def one_transaction():
+        with transaction.atomic():
+            records = [
+                services.submit("tests.add", args=[i, 1], queue=PARKED)
+                for i in range(30)
+            ]
+            with pytest.raises(Rollback), transaction.atomic():
+                dropped = services.submit("tests.add", args=[0, 0], queue=PARKED)
+                raise Rollback
+            assert not {r.celery_id for r in records} & queued(PARKED)
+        return records, dropped
+
+    many = mock.patch.object(services, "publish_many", wraps=services.publish_many)
+    single = mock.patch.object(services, "publish", wraps=services.publish)
+    with many as many, single as single:
+        records, dropped = one_transaction()
+
+    assert many.call_count == 1 and not single.called  # one pipelined round
+    assert [r.pk for r, _ in many.call_args.args[0]] == [r.pk for r in records]
+    held = queued(PARKED)
+    assert {r.celery_id for r in records} <= held
+    assert dropped.celery_id not in held  # its savepoint rolled back
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rolled_back_submit_is_not_sent_by_the_next_commit(redis_broker):
+    class Rollback(Exception):
+        pass
+
+    with pytest.raises(Rollback), transaction.atomic():
+        gone = [services.submit("tests.add", args=[i, 0], queue=PARKED) for i in (1, 2)]
+        raise Rollback
+    kept = services.submit("tests.add", args=[3, 0], queue=PARKED)  # autocommit
+
+    held = queued(PARKED)
+    assert kept.celery_id in held
+    assert not {r.celery_id for r in gone} & held
+    assert not TaskRecord.objects.filter(pk__in=[r.pk for r in gone]).exists()

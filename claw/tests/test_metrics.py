@@ -60,14 +60,7 @@ def test_llm_tokens_and_reply_seconds_per_model(alice, settings):
         ("small", 50, 10, 4000),
         ("big", 7, 3, None),
     ):
-        Message.objects.create(
-            conversation=conversation,
-            role=Message.Role.ASSISTANT,
-            model=model,
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            latency_ms=ms,
-        )
+        reply(conversation, model, prompt, completion, ms)
     Message.objects.create(conversation=conversation, role=Message.Role.USER)
     rollups.fold()
 
@@ -76,12 +69,12 @@ def test_llm_tokens_and_reply_seconds_per_model(alice, settings):
     assert samples[(tokens, (("kind", "prompt"), ("model", "small")))] == 150
     assert samples[(tokens, (("kind", "completion"), ("model", "small")))] == 30
     assert samples[(tokens, (("kind", "prompt"), ("model", "big")))] == 7
-    reply = "claw_llm_reply_seconds"
-    assert samples[(reply + "_count", (("model", "small"),))] == 2
-    assert samples[(reply + "_sum", (("model", "small"),))] == pytest.approx(4.3)
-    assert samples[(reply + "_bucket", (("le", "0.5"), ("model", "small")))] == 1
-    assert samples[(reply + "_bucket", (("le", "5.0"), ("model", "small")))] == 2
-    assert (reply + "_count", (("model", "big"),)) not in samples  # never timed
+    seconds = "claw_llm_reply_seconds"
+    assert samples[(seconds + "_count", (("model", "small"),))] == 2
+    assert samples[(seconds + "_sum", (("model", "small"),))] == pytest.approx(4.3)
+    assert samples[(seconds + "_bucket", (("le", "0.5"), ("model", "small")))] == 1
+    assert samples[(seconds + "_bucket", (("le", "5.0"), ("model", "small")))] == 2
+    assert (seconds + "_count", (("model", "big"),)) not in samples  # never timed
 
 
 def test_a_scrape_reads_the_rollups_not_the_messages(alice, settings):

@@ -502,13 +502,14 @@ def _committed(sends: list) -> list:
     try:
         committed = set(
             TaskRecord.objects.filter(pk__in=[r.pk for r, _ in sends]).values_list(
-                "pk", flat=True
+                "pk", "celery_id"
             )
         )
     except DatabaseError as exc:
         logger.warning("Could not publish %d task records: %r", len(sends), exc)
         return []
-    return [send for send in sends if send[0].pk in committed]
+    # celery_id too: a pk alone could be taken again after a sequence reset
+    return [send for send in sends if (send[0].pk, send[0].celery_id) in committed]
 
 
 # Messages per pipeline round trip in publish_many (kombu's Producer.batch).

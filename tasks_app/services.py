@@ -487,9 +487,7 @@ def _flush_publishes() -> None:
     if not sends:
         return  # an earlier callback of the same commit sent them
     if len(sends) > 1:
-        # One message per record, its latest attempt: a record retried again in
-        # the same transaction is one object, its celery_id the newest.
-        sends = _committed(list({r.pk: (r, p) for r, p in sends}.values()))
+        sends = _committed(sends)
     # else: this callback's own record, committed or the callback would not run
     if len(sends) == 1:
         publish(sends[0][0], payload=sends[0][1])

@@ -5,7 +5,6 @@ idempotency keys per item; the same checks as submit."""
 
 from __future__ import annotations
 
-import json
 from unittest import mock
 
 import pytest
@@ -280,23 +279,3 @@ def test_a_rolled_back_submit_is_not_sent_by_the_next_commit(redis_broker):
     assert kept.celery_id in held
     assert not {r.celery_id for r in gone} & held
     assert not TaskRecord.objects.filter(pk__in=[r.pk for r in gone]).exists()
-
-
-@pytest.mark.django_db(transaction=True)
-def test_a_record_retried_twice_in_one_transaction_sends_its_last_attempt_once(
-    redis_broker,
-):
-    record = services.cancel(services.submit("tests.add", args=[1], queue=PARKED))
-    with transaction.atomic():
-        services.retry(record)
-        first = record.celery_id
-        services.retry(services.cancel(record))
-
-    held = queued(PARKED)
-    assert record.celery_id in held and first not in held
-    messages = [
-        json.loads(raw)["headers"]["id"]
-        for key in broker_inspect.redis_queue_keys([PARKED])
-        for raw in redis_broker.lrange(key, 0, -1)
-    ]
-    assert messages.count(record.celery_id) == 1

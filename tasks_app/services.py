@@ -502,14 +502,13 @@ def _committed(sends: list) -> list:
     try:
         committed = set(
             TaskRecord.objects.filter(pk__in=[r.pk for r, _ in sends]).values_list(
-                "pk", "celery_id"
+                "pk", flat=True
             )
         )
     except DatabaseError as exc:
         logger.warning("Could not publish %d task records: %r", len(sends), exc)
         return []
-    # celery_id too: a pk alone could be taken again after a sequence reset
-    return [send for send in sends if (send[0].pk, send[0].celery_id) in committed]
+    return [send for send in sends if send[0].pk in committed]
 
 
 # Messages per pipeline round trip in publish_many (kombu's Producer.batch).

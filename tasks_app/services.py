@@ -21,7 +21,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F, Model, Q
 from django.utils import timezone
 
@@ -277,7 +277,8 @@ def submit(
             return TaskRecord.objects.get(owner=owner, idempotency_key=idempotency_key)
     else:
         ledger_writes.insert_record(record, Kind.QUEUED, event)
-    publish_on_commit(record, item.payload)
+    payload = item.payload
+    transaction.on_commit(lambda: publish(record, payload=payload))
     return record
 
 
@@ -452,63 +453,6 @@ def publish(record: TaskRecord, *, payload: tuple[list, dict] | None = None) -> 
         logger.warning("Could not publish task record %s: %r", record.pk, exc)
         return False
     return True
-
-
-def publish_on_commit(record: TaskRecord, payload: tuple[list, dict] | None) -> None:
-    """Publish the record once the caller's transaction commits, together with
-    every other record submitted in that transaction: the first of their
-    on_commit callbacks sends them all in one pipelined round (publish_many),
-    the others find nothing left. A request that submits 500 tasks one by one
-    publishes them as submit_many would (about 40 % of the cost of 500
-    publish() calls); a lone submit is one publish(), as before.
-
-    A record whose savepoint (or whole transaction) rolled back loses its
-    callback but not its place in the per-connection list, so a batch of more
-    than one is checked against the database first: only committed records
-    are sent.
-    """
-    _pending_publishes().append((record, payload))
-    transaction.on_commit(_flush_publishes)
-
-
-def _pending_publishes() -> list[tuple[TaskRecord, tuple[list, dict] | None]]:
-    # Each thread has its own connection object (not the shared `connection`
-    # proxy), so this list is per thread too.
-    wrapper = transaction.get_connection()
-    if not hasattr(wrapper, "claw_pending_publishes"):
-        wrapper.claw_pending_publishes = []
-    return wrapper.claw_pending_publishes
-
-
-def _flush_publishes() -> None:
-    pending = _pending_publishes()
-    sends = pending[:]
-    pending.clear()
-    if not sends:
-        return  # an earlier callback of the same commit sent them
-    if len(sends) > 1:
-        sends = _committed(sends)
-    # else: this callback's own record, committed or the callback would not run
-    if len(sends) == 1:
-        publish(sends[0][0], payload=sends[0][1])
-    elif sends:
-        publish_many(sends)
-
-
-def _committed(sends: list) -> list:
-    """The sends whose records exist; none if the database cannot say (the
-    transaction committed: its records stay PENDING and check_task_health
-    re-publishes them)."""
-    try:
-        committed = set(
-            TaskRecord.objects.filter(pk__in=[r.pk for r, _ in sends]).values_list(
-                "pk", flat=True
-            )
-        )
-    except DatabaseError as exc:
-        logger.warning("Could not publish %d task records: %r", len(sends), exc)
-        return []
-    return [send for send in sends if send[0].pk in committed]
 
 
 # Messages per pipeline round trip in publish_many (kombu's Producer.batch).
@@ -1154,7 +1098,7 @@ def retry(
     record cannot be retried.
     """
     payload = _reopen(record, args, kwargs)
-    publish_on_commit(record, payload)
+    transaction.on_commit(lambda: publish(record, payload=payload))
     return record
 
 

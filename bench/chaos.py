@@ -324,21 +324,32 @@ class Load:
 
 
 class Webhook:
-    """The push channel's endpoint: counts deliveries per notification id."""
+    """The push channel's endpoint: counts deliveries per notification id, and
+    applies each Idempotency-Key once, as a receiver of at-least-once webhooks
+    should (a worker killed between the POST and marking the notification sent
+    sends it again, with the same key)."""
 
     def __init__(self):
         self.deliveries = Counter()
+        self.keys: dict[object, set] = {}
+
+    def applied_twice(self) -> int:
+        """Deliveries a deduplicating receiver would still apply twice: one
+        notification under two keys, or repeated without a key."""
+        return sum(
+            self.deliveries[id_] - 1 if None in keys else len(keys) - 1
+            for id_, keys in self.keys.items()
+        )
 
     async def serve(self, reader, writer) -> None:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.decode("latin-1").split("\r\n"):
-                name, _, value = line.partition(":")
-                if name.lower() == "content-length":
-                    length = int(value)
+            length = int(header(head, "content-length") or 0)
             body = json.loads(await reader.readexactly(length)) if length else {}
             self.deliveries[body.get("id")] += 1
+            self.keys.setdefault(body.get("id"), set()).add(
+                header(head, "idempotency-key")
+            )
             writer.write(
                 b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
             )
@@ -347,6 +358,14 @@ class Webhook:
             pass
         finally:
             writer.close()
+
+
+def header(head: bytes, wanted: str) -> str | None:
+    for line in head.decode("latin-1").split("\r\n"):
+        name, _, value = line.partition(":")
+        if name.strip().lower() == wanted:
+            return value.strip()
+    return None
 
 
 def notify_with_retry(user_id: int, i: int) -> None:
@@ -479,11 +498,13 @@ def count(load: Load, webhook: Webhook) -> dict:
         "reply text": doubled_replies.count(),
         "document chunks": doubled_chunks.count(),
         "job documents": sum(n - 1 for n in job_documents.values() if n > 1),
-        "webhook deliveries": sum(n - 1 for n in webhook.deliveries.values() if n > 1),
+        "webhook deliveries": webhook.applied_twice(),
     }
     return {
         "states": {k: dict(v) for k, v in states.items()},
         "duplicated_by_kind": duplicated,
+        # the same key again: at-least-once delivery, dropped by the receiver
+        "webhook_repeats": sum(n - 1 for n in webhook.deliveries.values() if n > 1),
         "sent_not_delivered": len(sent - set(webhook.deliveries)),
         "failed_detail": failed_detail(),
     }
@@ -653,6 +674,8 @@ def table(result: dict) -> str:
         ("faults injected", len(result["faults"]), ">= 10 in 5 min"),
         ("lost (accepted, never terminal)", result["lost"], "0"),
         ("duplicated effects", result["duplicated"], "0"),
+        ("webhook repeats (same Idempotency-Key, dropped)",
+         result.get("webhook_repeats", 0), ""),
         ("records not terminal after settle", result["not_terminal"], "0"),
         ("ended failed (objects and records)", result["ended_failed"], "0"),
         ("5xx answers (500s; 503s retried)", f"{result['answers_5xx']} "

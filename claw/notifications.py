@@ -85,8 +85,14 @@ def _post_webhook(notification: Notification) -> None:
         "subject": notification.subject,
         "body": notification.body,
     }
+    # Delivery is at least once: a worker killed after the POST but before the
+    # notification is marked sent, or a timeout the receiver did not see, sends
+    # it again. The key is the same on every try, so a receiver can drop repeats.
+    headers = {"Idempotency-Key": f"notification-{notification.pk}"}
     try:
-        resp = httpx.post(url, json=payload, timeout=settings.NOTIFY_WEBHOOK_TIMEOUT)
+        resp = httpx.post(
+            url, json=payload, headers=headers, timeout=settings.NOTIFY_WEBHOOK_TIMEOUT
+        )
     except httpx.TransportError as exc:
         raise httpclient.transport_error(
             exc, f"{notification.channel} webhook", transient=TransientDeliveryError

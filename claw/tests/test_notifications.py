@@ -63,6 +63,9 @@ def test_a_webhook_5xx_is_transient_and_stays_pending_until_the_final_attempt(
         services.send(n.pk, final_attempt=True)
     n.refresh_from_db()
     assert (n.status, n.attempts) == ("failed", 2)
+    # every try carries the same key, so the receiver can drop repeats
+    keys = [r["headers"]["Idempotency-Key"] for r in http_server.requests]
+    assert keys == [f"notification-{n.pk}"] * 2
 
 
 def test_a_webhook_4xx_fails_permanently_with_its_answer(user, http_server, settings):

@@ -18,7 +18,7 @@ from knowledge.models import Chunk, Document
 from knowledge.tests.test_worker import run_update, wait_final
 from tasks_app import workers
 from tasks_app.models import TaskEvent, TaskRecord
-from tests.harness import CeleryProcess
+from tests.harness import CeleryProcess, least_deferrals
 
 pytestmark = [pytest.mark.worker]
 THREADS = 8
@@ -170,6 +170,10 @@ def test_an_update_paced_by_the_rate_limit_with_a_transient_error_still_finishes
     assert not Document.objects.exclude(status=Document.Status.READY).exists()
     children = TaskRecord.objects.filter(parent=record, name=services.VECTORIZE)
     retries = TaskEvent.objects.filter(record__in=children, kind="retry")
-    assert retries.filter(data__error__icontains="rate limit").count() >= 10 - RATE
+    # at least what the windows of the first deliveries imply (10 - RATE when
+    # all ten arrive within one second; fewer on a slow machine that spreads them)
+    assert retries.filter(data__error__icontains="rate limit").count() >= max(
+        1, least_deferrals(list(children), limit=RATE, period=1)
+    )
     assert retries.filter(data__error__icontains="503").count() == 1
     assert len(server.requests) == 11

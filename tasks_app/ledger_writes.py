@@ -9,6 +9,7 @@ UPDATE in a WITH clause, so there the two statements share a transaction.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -292,9 +293,9 @@ def insert_records(records: list[TaskRecord], kind: str, data: list[dict]) -> No
     """INSERT new records and their first events (data[i] is records[i]'s), in the
     caller's transaction; sets pk on each record written.
 
-    On PostgreSQL one statement writes them all: each column travels as one
-    array parameter (unnest), so the statement's text stays short whatever the
-    number of records, and a record whose (owner, idempotency key) is taken
+    On PostgreSQL one statement writes them all (_insert_many_text: each column
+    one array parameter, or one value when every record shares it), so the
+    statement's text stays short whatever the number of records, and a record whose (owner, idempotency key) is taken
     already is skipped (ON CONFLICT DO NOTHING) and keeps pk None, for the
     caller to look the existing one up. Elsewhere each record is insert_record
     in a savepoint, skipped the same way.
@@ -309,12 +310,19 @@ def insert_records(records: list[TaskRecord], kind: str, data: list[dict]) -> No
             except IntegrityError:
                 record.pk = None
         return
-    fields = [f for f in TaskRecord._meta.concrete_fields if not f.primary_key]
+    fields = _record_fields()
     now = timezone.now()
     columns = [_column(f, records, now) for f in fields]
-    params = [*columns, [r.celery_id for r in records], [json.dumps(d) for d in data]]
+    shared = tuple(_same(values) and f.name != "celery_id"
+                   for f, values in zip(fields, columns, strict=True))  # fmt: skip
+    params = [
+        *(values[0] for values, once in zip(columns, shared, strict=True) if once),
+        *(values for values, once in zip(columns, shared, strict=True) if not once),
+        [r.celery_id for r in records],
+        [json.dumps(d) for d in data],
+    ]
     with connection.cursor() as cursor:
-        cursor.execute(_insert_many_text(fields), [*params, kind, timezone.now()])
+        cursor.execute(_insert_many_text(shared), [*params, kind, timezone.now()])
         written = {row[1]: row for row in cursor.fetchall()}
     for record in records:
         found = written.get(record.celery_id)
@@ -342,15 +350,38 @@ def _column(field, records: list[TaskRecord], now) -> list:
     return values
 
 
-def _insert_many_text(fields) -> str:
-    """The records' INSERT from one array per column feeds the events' INSERT,
-    joined by celery_id to each event's data."""
+def _record_fields() -> list:
+    return [f for f in TaskRecord._meta.concrete_fields if not f.primary_key]
+
+
+def _same(values: list) -> bool:
+    first = values[0]
+    return all(v == first for v in values)
+
+
+@functools.cache
+def _insert_many_text(shared: tuple[bool, ...]) -> str:
+    """The records' INSERT feeds the events' INSERT, joined by celery_id to each
+    event's data. A column whose value every record shares (shared[i]: in a bulk
+    submission most are: state, attempts, timestamps, queue...) is one parameter;
+    each other column is one array, the arrays unnested side by side into rows,
+    so the statement's text stays short whatever the number of records and the
+    client adapts a few arrays instead of thirty."""
     qn = connection.ops.quote_name
-    arrays = ", ".join(f"%s::{f.db_type(connection)}[]" for f in fields)
+    fields = _record_fields()
+    names = [f"c{i}" for i in range(len(fields))]
+    row = [
+        f"%s::{f.db_type(connection)}" if once else f"v.{name}"
+        for f, name, once in zip(fields, names, shared, strict=True)
+    ]
+    varying = [(f, name) for f, name, once in zip(fields, names, shared, strict=True)
+               if not once]  # fmt: skip
+    arrays = ", ".join(f"%s::{f.db_type(connection)}[]" for f, _ in varying)
     return (
         f"WITH added AS (INSERT INTO {qn(TaskRecord._meta.db_table)}"
         f" ({', '.join(qn(f.column) for f in fields)})"
-        f" SELECT * FROM unnest({arrays}) ON CONFLICT DO NOTHING"
+        f" SELECT {', '.join(row)} FROM unnest({arrays})"
+        f" AS v ({', '.join(name for _, name in varying)}) ON CONFLICT DO NOTHING"
         " RETURNING id, attempts, celery_id, worker, owner_id, root_id, parent_id),"
         " data AS (SELECT * FROM unnest(%s::text[], %s::jsonb[]) AS d (celery_id,"
         f" data)), event AS (INSERT INTO {qn(TaskEvent._meta.db_table)} (record_id,"

@@ -5,6 +5,7 @@ idempotency keys per item; the same checks as submit."""
 
 from __future__ import annotations
 
+import base64
 from unittest import mock
 
 import pytest
@@ -234,3 +235,142 @@ def test_record_members_writes_a_fan_outs_members_in_one_statement(user):
         {},
     )
     assert TaskRecord.objects.filter(parent=parent).count() == 3
+
+
+def _mixed_items(user) -> list[services.Submission]:
+    """Items of several shapes (queue, priority, ETA, compression) and records whose
+    columns vary in different ways (owner, target, key, arguments)."""
+    big = "x" * 5000  # over CLAW_COMPRESS_ABOVE_BYTES: a gzip-compressed shape
+    return [
+        services.Submission("tests.add", args=[1, 2], queue=PARKED),
+        services.Submission("tests.add", args=[3, 4], queue=PARKED, owner=user),
+        services.Submission("tests.add", kwargs={"x": 5, "y": 6}, queue=PARKED),
+        services.Submission("tests.add", args=[7, 8], queue=PARKED, priority=9),
+        services.Submission("tests.add", args=[9, 0], queue=PARKED, priority=9),
+        services.Submission("tests.add", args=[1, 1], queue=PARKED, countdown=600),
+        services.Submission("tests.add", args=[2, 2], queue=PARKED, countdown=900),
+        services.Submission("tests.add", args=[big, ""], queue=PARKED),
+        services.Submission("tests.add", args=[big, "y"], queue=PARKED),
+        services.Submission("tests.add", args=[5, 5], queue=PARKED, target=user),
+        services.Submission(
+            "tests.add", args=[6, 6], queue=PARKED, owner=user, idempotency_key="k"
+        ),
+        services.Submission("tests.add", args=[{"token": "s3cret"}, 1], queue=PARKED),
+    ]
+
+
+def _parked_messages(client) -> dict[str, dict]:
+    """The messages waiting in PARKED (every priority list), by task id, decoded
+    as a worker would: headers, properties and body."""
+    from kombu.compression import decompress
+    from kombu.serialization import loads
+    from kombu.utils.encoding import bytes_to_str
+    from kombu.utils.json import loads as json_loads
+
+    found = {}
+    for key in broker_inspect.redis_queue_keys([PARKED]):
+        for raw in client.lrange(key, 0, -1):
+            message = json_loads(bytes_to_str(raw))
+            properties = message["properties"]
+            body = base64.b64decode(message["body"])
+            if message["headers"].get("compression"):
+                body = decompress(body, message["headers"]["compression"])
+            message["body"] = loads(body, message["content-type"], "utf-8")
+            message["queue_key"] = key
+            found[message["headers"]["id"]] = message
+            assert properties["correlation_id"] == message["headers"]["id"]
+    return found
+
+
+# What differs between two messages of one record published twice: its delivery
+# tag (kombu's, per publish) and when the ETA's countdown was turned into a time.
+PER_PUBLISH = {"delivery_tag"}
+
+
+def _comparable(message: dict, record: TaskRecord) -> dict:
+    """A message with the record's own identity taken out, so that the message of
+    one record and of its copy compare equal when Celery built them the same way."""
+    headers = dict(message["headers"])
+    assert headers.pop("id") == record.celery_id
+    assert headers.pop("claw_record") == record.pk
+    if headers["root_id"] == record.celery_id:
+        headers["root_id"] = "<own id>"
+    properties = {
+        k: v for k, v in message["properties"].items() if k not in PER_PUBLISH
+    }
+    assert properties.pop("correlation_id") == record.celery_id
+    rest = {k: v for k, v in message.items() if k not in ("headers", "properties")}
+    return {"headers": headers, "properties": properties, **rest}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_bulk_messages_are_the_messages_send_task_builds_one_by_one(user, redis_broker):
+    """publish_many lets send_task build only the first message of each shape and
+    builds the others from it (tasks_app.publishing): every one must be the
+    message send_task itself builds for that record, field for field."""
+    client = redis_broker
+    for key in broker_inspect.redis_queue_keys([PARKED]):
+        client.delete(key)
+    with transaction.atomic():
+        records = services.submit_many(_mixed_items(user) * 2)
+    bulk = _parked_messages(client)
+    assert set(bulk) == {r.celery_id for r in records}
+
+    for key in broker_inspect.redis_queue_keys([PARKED]):
+        client.delete(key)
+    one_by_one = {}
+    for record in records:
+        # the same record sent again, by send_task alone (services.publish)
+        record.refresh_from_db()
+        payload = (list(record.args), dict(record.kwargs))
+        if services.has_redactions(payload):
+            payload = ([{"token": "s3cret"}, 1], {})
+        assert services.publish(record, payload=payload)
+        one_by_one[record.celery_id] = _parked_messages(client)[record.celery_id]
+        for key in broker_inspect.redis_queue_keys([PARKED]):
+            client.delete(key)
+
+    for record in records:
+        built = _comparable(bulk[record.celery_id], record)
+        sent = _comparable(one_by_one[record.celery_id], record)
+        differ = {
+            (part, k): (built[part].get(k), sent[part].get(k))
+            for part in ("headers", "properties")
+            for k in built[part].keys() | sent[part].keys()
+            if built[part].get(k) != sent[part].get(k)
+        }
+        assert not differ, (record.args, differ)
+        assert built == sent
+
+
+@pytest.mark.django_db
+def test_bulk_rows_are_the_rows_submit_writes_one_by_one(user):
+    """insert_records sends a column once when every record shares its value and
+    as an array otherwise: each row must be what submit() writes for its item."""
+    items = _mixed_items(user)
+    for item in items:
+        item.idempotency_key = item.idempotency_key and item.idempotency_key + "-1"
+    bulk = services.submit_many(items)
+    for item in items:
+        item.idempotency_key = item.idempotency_key and item.idempotency_key[:-2]
+    single = [services.submit(**vars(item)) for item in items]
+
+    ignored = {"id", "celery_id", "created_at", "updated_at", "eta", "idempotency_key"}
+
+    def row(record):
+        values = TaskRecord.objects.filter(pk=record.pk).values().get()
+        return {k: v for k, v in values.items() if k not in ignored}
+
+    for one, other in zip(bulk, single, strict=True):
+        assert row(one) == row(other)
+    eta_gaps = [
+        abs((a.eta - b.eta).total_seconds())
+        for a, b in zip(bulk, single, strict=True)
+        if a.eta
+    ]
+    assert len(eta_gaps) == 2 and max(eta_gaps) < 30
+    # all shared but celery_id: a batch of identical items is one array
+    same = services.submit_many(adds(3))
+    assert len({r.celery_id for r in same}) == 3
+    assert [row(r) for r in same] == [row(services.submit("tests.add", args=[i, 1]))
+                                      for i in range(3)]  # fmt: skip

@@ -18,7 +18,9 @@ path that writes STARTED before every run (bench/NOTES.md, issue 21).
 
 With --py-spy DIR, every pool child is sampled with `py-spy record` (collapsed
 stacks, DIR/child-<pid>.txt) and the submitter too (DIR/submit.txt); the top
-functions by own and total time are printed. Not a scenario of bench.run (its
+functions by own and total time are printed; PY_SPY_IDLE=1 samples waiting
+threads too (py-spy --idle), to see where a process waits rather than works.
+Not a scenario of bench.run (its
 name does not start with bench_).
 """
 
@@ -105,7 +107,8 @@ def xact_commit(db: str) -> int:
 def py_spy(pid: int, out: Path, seconds: int) -> subprocess.Popen:
     return subprocess.Popen(
         [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid), "-o", str(out), "-f", "raw",
-         "-r", "200", "-d", str(seconds), "--nonblocking"],
+         "-r", "200", "-d", str(seconds), "--nonblocking",
+         *(["--idle"] if os.environ.get("PY_SPY_IDLE") else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
 

@@ -561,7 +561,13 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = env_int(
 CLAW_SLOW_QUEUES = ("ai_high_priority", "knowledge_default", "knowledge_remote")
 CLAW_SHORT_QUEUE_PREFETCH = env_int("CLAW_SHORT_QUEUE_PREFETCH", 4)
 CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 2)
-CELERY_WORKER_MAX_TASKS_PER_CHILD = env_int("CELERY_WORKER_MAX_TASKS_PER_CHILD", 1000)
+# Recycling a pool process bounds a slow leak, but each recycle stalls: measured
+# on tiny tasks at -c 2, a job already scheduled for the exiting process waited
+# up to 2.7 s for another, and two processes recycled together left the worker
+# with none for 0.4 s; at 1,000 tasks per process that cost scenario 1 a quarter
+# of its throughput (bench/NOTES.md). 10,000 recycles a busy process every few
+# minutes instead of every few seconds.
+CELERY_WORKER_MAX_TASKS_PER_CHILD = env_int("CELERY_WORKER_MAX_TASKS_PER_CHILD", 10_000)
 # With acks_late, a broker connection loss would otherwise leave running tasks to be
 # redelivered while they still run: cancel them so the redelivery is the only run.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True

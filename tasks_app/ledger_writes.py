@@ -295,9 +295,9 @@ def insert_records(records: list[TaskRecord], kind: str, data: list[dict]) -> No
 
     On PostgreSQL one statement writes them all (_insert_many_text: each column
     one array parameter, or one value when every record shares it), so the
-    statement's text stays short whatever the number of records, and a record whose (owner, idempotency key) is taken
-    already is skipped (ON CONFLICT DO NOTHING) and keeps pk None, for the
-    caller to look the existing one up. Elsewhere each record is insert_record
+    statement's text stays short whatever the number of records, and a record
+    whose (owner, idempotency key) is taken already is skipped (ON CONFLICT DO
+    NOTHING) and keeps pk None, for the caller to look the existing one up. Elsewhere each record is insert_record
     in a savepoint, skipped the same way.
     """
     if not records:

@@ -1131,7 +1131,15 @@ def retry(
     record cannot be retried.
     """
     payload = _reopen(record, args, kwargs)
-    transaction.on_commit(lambda: publish(record, payload=payload))
+    attempt = record.celery_id
+
+    def publish_unless_superseded():
+        # A later retry of this record in the same transaction made a newer
+        # attempt (and published it): this one's message would carry that id too.
+        if record.celery_id == attempt:
+            publish(record, payload=payload)
+
+    transaction.on_commit(publish_unless_superseded)
     return record
 
 

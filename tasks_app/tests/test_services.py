@@ -595,3 +595,24 @@ def test_the_filesystem_broker_has_no_visibility_timeout_to_outlive(settings):
     settings.IS_FILESYSTEM_BROKER = True
     assert services.longest_delay() is None
     services.check_delay("countdown", 10**9)  # no error
+
+
+def test_two_retries_of_a_record_in_one_transaction_send_only_the_last_attempt(
+    send_task, django_capture_on_commit_callbacks, revoke
+):
+    """Each retry registers its publish for the commit; the first attempt is
+    gone by then (cancelled, replaced by the second), so only the second may be
+    sent, once."""
+    record = started(send_task, django_capture_on_commit_callbacks)
+    services.mark_failed(record.celery_id, error="boom")
+    send_task.reset_mock()
+
+    with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
+        services.retry(record)
+        first = record.celery_id
+        services.cancel(record)
+        services.retry(record)
+
+    assert record.celery_id != first
+    sent = [c.kwargs["task_id"] for c in send_task.call_args_list]
+    assert sent == [record.celery_id]

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from claw.celery import app
 from tasks_app import services
 from tasks_app.models import TaskRecord
 from tests.harness import wait_for
@@ -78,15 +79,15 @@ def wait_final(records, timeout: float, heal_every: float | None = None) -> floa
     (kombu's Redis transport drops one popped by BRPOP but not yet in its
     unacked hash when the worker is killed between the two).
     """
-    started = time.monotonic()
-    healed = [started]
+    started = healed = time.monotonic()
 
     def all_final():
-        if heal_every and time.monotonic() - healed[0] >= heal_every:
+        nonlocal healed
+        if heal_every and time.monotonic() - healed >= heal_every:
             from tasks_app.maintenance import check_health
 
             check_health(alerts_enabled=False)
-            healed[0] = time.monotonic()
+            healed = time.monotonic()
         return all(
             state in TaskRecord.FINAL_STATES for state in states(records).values()
         )
@@ -111,8 +112,9 @@ def unfinished(records) -> str:
         f"in_broker={r.celery_id in held}"
         for r in rows
     ]
-    mutex_ttl = redis_client().ttl("unacked_mutex")
-    return f"unfinished: {described}; unacked_mutex ttl={mutex_ttl}"
+    with app.connection_for_write() as conn:
+        key = conn.default_channel.unacked_mutex_key  # kombu's unacked-sweep lock
+    return f"unfinished: {described}; {key} ttl={redis_client().ttl(key)}"
 
 
 def wait_state(record, state: str, timeout: float) -> None:

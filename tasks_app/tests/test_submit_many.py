@@ -374,3 +374,28 @@ def test_bulk_rows_are_the_rows_submit_writes_one_by_one(user):
     assert len({r.celery_id for r in same}) == 3
     assert [row(r) for r in same] == [row(services.submit("tests.add", args=[i, 1]))
                                       for i in range(3)]  # fmt: skip
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("sent_events, send_task_calls", [(False, 2), (True, 5)])
+def test_send_task_builds_one_message_per_shape_unless_sent_events_are_on(
+    redis_broker, sent_events, send_task_calls
+):
+    """Two shapes (two priorities) among five messages: send_task builds the
+    first of each; with task-sent events on, each message needs its own event,
+    so every one goes through send_task."""
+    from claw.celery import app
+
+    items = adds(3, queue=PARKED) + adds(2, queue=PARKED, priority=9)
+    before = app.conf.task_send_sent_event
+    app.conf.task_send_sent_event = sent_events
+    try:
+        with (
+            mock.patch.object(app, "send_task", wraps=app.send_task) as send_task,
+            transaction.atomic(),
+        ):
+            records = services.submit_many(items)
+    finally:
+        app.conf.task_send_sent_event = before
+    assert send_task.call_count == send_task_calls
+    assert {r.celery_id for r in records} <= queued(PARKED)

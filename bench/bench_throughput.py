@@ -5,7 +5,8 @@ then each stack at its best worker concurrency (2, 4 or 8, fewer tasks per run).
 (b) stock Celery + django-celery-results (track_started, result_extended, persistent
     connections; bench/dcr_settings.py on a fresh database);
 (c) CLAW: services.submit -> worker -> record SUCCESS, result, ledger and events
-    (claw.settings on a fresh, migrated database).
+    (claw.settings on a fresh, migrated database); then CLAW again with STARTED
+    written late (CLAW_STARTED_AFTER_SECONDS=0.5, opt-in), not in --quick.
 
 The clock runs from the first submit to the last completion seen by polling the
 stack's own record of completion (a Redis counter, TaskResult rows, TaskRecord rows).
@@ -139,8 +140,9 @@ def rate_rows(scenario: str, label: str, r: dict, target: str = "", note="") -> 
     ]  # fmt: skip
 
 
-def measure_stack(stack: str, n: int, concurrency: int = 2) -> dict:
-    """One scenario-1 run of a stack on a fresh database and an empty Redis."""
+def measure_stack(stack: str, n: int, concurrency: int = 2, **claw: str) -> dict:
+    """One scenario-1 run of a stack on a fresh database and an empty Redis;
+    claw: settings for CLAW's worker and submitter (environment variables)."""
     flush_redis()
     if stack == "bare":
         env = base_env(BENCH_REDIS_URL=REDIS_URL)
@@ -154,7 +156,7 @@ def measure_stack(stack: str, n: int, concurrency: int = 2) -> dict:
         run_py(["-m", "django", "migrate", "--noinput", "-v", "0"], env)
         result = measure("dcr", n, env, "bench.dcr_app", concurrency=concurrency)
     else:
-        env = claw_env("claw_bench_throughput")
+        env = {**claw_env("claw_bench_throughput"), **claw}
         result = measure(
             "claw", n, env, "claw", extra=CLAW_WORKER, concurrency=concurrency
         )
@@ -205,6 +207,19 @@ def best_concurrency_rows(s: str, n: int, concurrencies=CONCURRENCIES) -> list:
     )
 
 
+def late_started_rows(s: str, n: int, results: dict) -> list:
+    """CLAW again with STARTED written late (CLAW_STARTED_AFTER_SECONDS, opt-in):
+    what the setting buys, measured beside the default in the same run."""
+    r = measure_stack("claw", n, CLAW_STARTED_AFTER_SECONDS="0.5")
+    rows = rate_rows(s, "(c) CLAW, STARTED late (0.5 s, opt-in)", r)[:1]
+    bare, dcr, claw = (results[k]["rate"] for k in ("bare", "dcr", "claw"))
+    rows[0]["note"] += (
+        f"; {r['rate'] / claw:.2f}x the default, {r['rate'] / bare:.2f}x bare, "
+        f"{r['rate'] / dcr:.2f}x django-celery-results"
+    )
+    return rows
+
+
 def run(quick: bool = False) -> list[dict]:
     n = QUICK if quick else FULL
     s = "1 tiny tasks"
@@ -213,6 +228,8 @@ def run(quick: bool = False) -> list[dict]:
     for stack, label in STACKS:
         rows += rate_rows(s, label, results[stack])
     rows += ratio_rows(s, "", results["claw"], results["bare"], results["dcr"])
+    if not quick:
+        rows += late_started_rows(s, n, results)
     if quick:  # a smoke run: two settings show the search works
         return rows + best_concurrency_rows(s, QUICK, CONCURRENCIES[:2])
     return rows + best_concurrency_rows(s, SEARCH_N)

@@ -293,12 +293,11 @@ def insert_records(records: list[TaskRecord], kind: str, data: list[dict]) -> No
     """INSERT new records and their first events (data[i] is records[i]'s), in the
     caller's transaction; sets pk on each record written.
 
-    On PostgreSQL one statement writes them all (_insert_many_text: each column
-    one array parameter, or one value when every record shares it), so the
+    On PostgreSQL one statement writes them all (_insert_many_text), so the
     statement's text stays short whatever the number of records, and a record
     whose (owner, idempotency key) is taken already is skipped (ON CONFLICT DO
-    NOTHING) and keeps pk None, for the caller to look the existing one up. Elsewhere each record is insert_record
-    in a savepoint, skipped the same way.
+    NOTHING) and keeps pk None, for the caller to look the existing one up.
+    Elsewhere each record is insert_record in a savepoint, skipped the same way.
     """
     if not records:
         return
@@ -310,19 +309,21 @@ def insert_records(records: list[TaskRecord], kind: str, data: list[dict]) -> No
             except IntegrityError:
                 record.pk = None
         return
-    fields = _record_fields()
     now = timezone.now()
-    columns = [_column(f, records, now) for f in fields]
-    shared = tuple(_same(values) and f.name != "celery_id"
-                   for f, values in zip(fields, columns, strict=True))  # fmt: skip
+    columns = [_column(f, records, now) for f in _record_fields()]
+    shared = tuple(once for once, _ in columns)
+    data = [json.dumps(d) for d in data]
+    data_shared = _same(data)
     params = [
-        *(values[0] for values, once in zip(columns, shared, strict=True) if once),
-        *(values for values, once in zip(columns, shared, strict=True) if not once),
-        [r.celery_id for r in records],
-        [json.dumps(d) for d in data],
+        *(value for once, value in columns if once),
+        *(values for once, values in columns if not once),
+        *([] if data_shared else [[r.celery_id for r in records], data]),
+        kind,
+        timezone.now(),
+        *([data[0]] if data_shared else []),
     ]
     with connection.cursor() as cursor:
-        cursor.execute(_insert_many_text(shared), [*params, kind, timezone.now()])
+        cursor.execute(_insert_many_text(shared, data_shared), params)
         written = {row[1]: row for row in cursor.fetchall()}
     for record in records:
         found = written.get(record.celery_id)
@@ -334,20 +335,34 @@ def insert_records(records: list[TaskRecord], kind: str, data: list[dict]) -> No
         _announce(record.celery_id, (found[0], *found[2:]))
 
 
-def _column(field, records: list[TaskRecord], now) -> list:
-    """One column's values as psycopg adapts them for the arrays of
-    insert_records: what get_db_prep_save(pre_save()) would give, computed once
-    per column rather than once per value (that took a third of a bulk
-    submission's CPU)."""
+def _column(field, records: list[TaskRecord], now) -> tuple[bool, Any]:
+    """One column of insert_records: (True, the value) when every record has the
+    same one, else (False, the values); as psycopg adapts them, i.e. what
+    get_db_prep_save(pre_save()) would give, computed once per column rather
+    than once per value (that took a third of a bulk submission's CPU).
+    celery_id always varies: its array gives the rows."""
     if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
         for record in records:
             setattr(record, field.attname, now)
-        return [now] * len(records)
+        return True, now
     values = [getattr(record, field.attname) for record in records]
     if isinstance(field, JSONField):
-        encoder = field.encoder
-        return [None if v is None else json.dumps(v, cls=encoder) for v in values]
-    return values
+        if _all_empty(values):  # no kwargs, no options...: one dump, not 10,000
+            first = values[0]
+            return True, None if first is None else json.dumps(first)
+        # compared as JSON text: 1 == True and 1 == 1.0 in Python, not in JSON
+        values = [None if v is None else json.dumps(v, cls=field.encoder)
+                  for v in values]  # fmt: skip
+    once = field.name != "celery_id" and _same(values)
+    return once, values[0] if once else values
+
+
+def _all_empty(values: list) -> bool:
+    """Every value None, or every one an empty list, or every one an empty dict."""
+    kind = type(values[0])
+    return kind in (type(None), list, dict) and all(
+        type(v) is kind and not v for v in values
+    )
 
 
 def _record_fields() -> list:
@@ -360,13 +375,13 @@ def _same(values: list) -> bool:
 
 
 @functools.cache
-def _insert_many_text(shared: tuple[bool, ...]) -> str:
-    """The records' INSERT feeds the events' INSERT, joined by celery_id to each
-    event's data. A column whose value every record shares (shared[i]: in a bulk
-    submission most are: state, attempts, timestamps, queue...) is one parameter;
-    each other column is one array, the arrays unnested side by side into rows,
-    so the statement's text stays short whatever the number of records and the
-    client adapts a few arrays instead of thirty."""
+def _insert_many_text(shared: tuple[bool, ...], data_shared: bool) -> str:
+    """The records' INSERT feeds the events' INSERT. A column whose value every
+    record shares (shared[i]: in a bulk submission most are: state, attempts,
+    timestamps, queue...) is one parameter; each other column is one array, the
+    arrays unnested side by side into rows, so the client adapts a few arrays
+    instead of thirty. The events' data is one parameter too when every event's
+    is the same (data_shared), or an array joined to the records by celery_id."""
     qn = connection.ops.quote_name
     fields = _record_fields()
     names = [f"c{i}" for i in range(len(fields))]
@@ -377,18 +392,24 @@ def _insert_many_text(shared: tuple[bool, ...]) -> str:
     varying = [(f, name) for f, name, once in zip(fields, names, shared, strict=True)
                if not once]  # fmt: skip
     arrays = ", ".join(f"%s::{f.db_type(connection)}[]" for f, _ in varying)
+    if data_shared:
+        data, event_data, join = "", "%s::jsonb", ""
+    else:
+        data = (
+            " data AS (SELECT * FROM unnest(%s::text[], %s::jsonb[]) AS d"
+            " (celery_id, data)),"
+        )
+        event_data, join = "data.data", " JOIN data ON data.celery_id = added.celery_id"
     return (
         f"WITH added AS (INSERT INTO {qn(TaskRecord._meta.db_table)}"
         f" ({', '.join(qn(f.column) for f in fields)})"
         f" SELECT {', '.join(row)} FROM unnest({arrays})"
         f" AS v ({', '.join(name for _, name in varying)}) ON CONFLICT DO NOTHING"
         " RETURNING id, attempts, celery_id, worker, owner_id, root_id, parent_id),"
-        " data AS (SELECT * FROM unnest(%s::text[], %s::jsonb[]) AS d (celery_id,"
-        f" data)), event AS (INSERT INTO {qn(TaskEvent._meta.db_table)} (record_id,"
+        f"{data} event AS (INSERT INTO {qn(TaskEvent._meta.db_table)} (record_id,"
         " kind, at, attempt, celery_id, worker, data) SELECT added.id, %s, %s,"
-        " added.attempts, added.celery_id, added.worker, data.data FROM added"
-        " JOIN data ON data.celery_id = added.celery_id)"
-        " SELECT id, celery_id, owner_id, root_id, parent_id FROM added"
+        f" added.attempts, added.celery_id, added.worker, {event_data} FROM added"
+        f"{join}) SELECT id, celery_id, owner_id, root_id, parent_id FROM added"
     )
 
 

@@ -369,6 +369,20 @@ def test_bulk_rows_are_the_rows_submit_writes_one_by_one(user):
         if a.eta
     ]
     assert len(eta_gaps) == 2 and max(eta_gaps) < 30
+    # equal in Python, not in JSON: each keeps its own
+    mixed = services.submit_many(
+        [services.Submission("tests.add", args=a, kwargs=k, queue=q)
+         for a, k, q in (([1], {"x": 1.0}, "default"), ([True], {"x": 1}, PARKED))]
+    )  # fmt: skip
+    stored = TaskRecord.objects.filter(pk__in=[r.pk for r in mixed]).order_by("pk")
+    assert [(r.args, r.kwargs, r.queue) for r in stored] == [
+        ([1], {"x": 1.0}, "default"),
+        ([True], {"x": 1}, PARKED),
+    ]
+    assert [type(r.args[0]) for r in stored] == [int, bool]
+    assert [type(r.kwargs["x"]) for r in stored] == [float, int]
+    events = TaskEvent.objects.filter(record__in=mixed, kind="queued")
+    assert sorted(e.data["queue"] for e in events) == sorted(["default", PARKED])
     # all shared but celery_id: a batch of identical items is one array
     same = services.submit_many(adds(3))
     assert len({r.celery_id for r in same}) == 3

@@ -44,6 +44,19 @@ def _poll(done_count, n: int, started: float) -> tuple[float, int]:
     return time.monotonic() - started, done
 
 
+def submit_claw(n: int) -> None:
+    """n services.submit() of tasks_app.ping in transactions of BATCH (in a
+    process with CLAW's settings, after django.setup())."""
+    from django.db import transaction
+
+    from tasks_app import services
+
+    for start in range(0, n, BATCH):
+        with transaction.atomic():
+            for _ in range(min(BATCH, n - start)):
+                services.submit("tasks_app.ping")
+
+
 def child(mode: str, n: int) -> dict:
     """Runs in a subprocess with the stack's own settings; returns the timings."""
     cpu = time.process_time()
@@ -78,19 +91,13 @@ def child(mode: str, n: int) -> dict:
         import django
 
         django.setup()
-        from django.db import transaction
-
-        from tasks_app import services
         from tasks_app.models import TaskRecord
 
         # Only this run's records: bench_monitoring runs several on one database.
         before = TaskRecord.objects.order_by("-id").values_list("id", flat=True)
         before = before.first() or 0
         started = time.monotonic()
-        for start in range(0, n, BATCH):
-            with transaction.atomic():
-                for _ in range(min(BATCH, n - start)):
-                    services.submit("tasks_app.ping")
+        submit_claw(n)
         submit = time.monotonic() - started
         done_q = TaskRecord.objects.filter(
             id__gt=before, state=TaskRecord.State.SUCCESS
@@ -228,10 +235,9 @@ def run(quick: bool = False) -> list[dict]:
     for stack, label in STACKS:
         rows += rate_rows(s, label, results[stack])
     rows += ratio_rows(s, "", results["claw"], results["bare"], results["dcr"])
-    if not quick:
-        rows += late_started_rows(s, n, results)
     if quick:  # a smoke run: two settings show the search works
         return rows + best_concurrency_rows(s, QUICK, CONCURRENCIES[:2])
+    rows += late_started_rows(s, n, results)
     return rows + best_concurrency_rows(s, SEARCH_N)
 
 

@@ -2,8 +2,8 @@
 
     python -m bench.drain [--n 4000] [--c 2] [--pool prefork|threads] [NAME=VALUE ...]
 
-Submits n tasks_app.ping with no worker running (services.submit in transactions
-of 500, as scenario 1 does), then starts the scenario's worker (its queues, -c c)
+Submits n tasks_app.ping with no worker running (bench_throughput.submit_claw, as
+scenario 1 does), then starts the scenario's worker (its queues, -c c)
 with NAME=VALUE added to its environment, and times from the moment it is ready
 until every record is SUCCESS. Scenario 1 runs the submitter and the worker at
 once on the same two cores; this separates the worker's own rate (bench/NOTES.md,
@@ -16,20 +16,15 @@ import argparse
 import sys
 import time
 
-from bench.bench_throughput import BATCH, CLAW_WORKER, claw_env
+from bench.bench_throughput import CLAW_WORKER, claw_env
 from bench.common import Worker, flush_redis, psql, run_py
 
 DB = "claw_bench_drain"
 SUBMIT = """
 import sys, django
 django.setup()
-from django.db import transaction
-from tasks_app import services
-n, batch = int(sys.argv[1]), int(sys.argv[2])
-for start in range(0, n, batch):
-    with transaction.atomic():
-        for _ in range(min(batch, n - start)):
-            services.submit("tasks_app.ping")
+from bench.bench_throughput import submit_claw
+submit_claw(int(sys.argv[1]))
 """
 
 
@@ -37,7 +32,7 @@ def drain(n: int, concurrency: int, pool: str, extra: dict[str, str]) -> dict:
     flush_redis()
     env = claw_env(DB)
     env.update(extra)
-    run_py(["-c", SUBMIT, str(n), str(BATCH)], env, timeout=600)
+    run_py(["-c", SUBMIT, str(n)], env, timeout=600)
     done_sql = "SELECT count(*) FROM tasks_app_taskrecord WHERE state = 'SUCCESS'"
     options = (*CLAW_WORKER, "--pool", pool)
     with Worker("claw", env, "drain", concurrency=concurrency, extra=options) as w:

@@ -20,8 +20,7 @@ With --py-spy DIR, every pool child is sampled with `py-spy record` (collapsed
 stacks, DIR/child-<pid>.txt) and the submitter too (DIR/submit.txt); the top
 functions by own and total time are printed; PY_SPY_IDLE=1 samples waiting
 threads too (py-spy --idle), to see where a process waits rather than works.
-Not a scenario of bench.run (its
-name does not start with bench_).
+Not a scenario of bench.run (its name does not start with bench_).
 """
 
 from __future__ import annotations
@@ -55,17 +54,13 @@ TICK = os.sysconf("SC_CLK_TCK")
 SUBMIT = """
 import json, os, sys, time, django
 django.setup()
-from django.db import transaction
 from bench import counting
-from tasks_app import services
+from bench.bench_throughput import submit_claw
 from tasks_app.models import TaskRecord
-n, batch = int(sys.argv[1]), 500
+n = int(sys.argv[1])
 counting.install()
 cpu0, t0 = time.process_time(), time.monotonic()
-for start in range(0, n, batch):
-    with transaction.atomic():
-        for _ in range(min(batch, n - start)):
-            services.submit("tasks_app.ping")
+submit_claw(n)
 submit_cpu, submit_wall = time.process_time() - cpu0, time.monotonic() - t0
 counting.dump("submit")
 counting.COUNTS.clear()

@@ -72,11 +72,14 @@ class _Recording:
 
 
 class Shapes:
-    """Publishes messages through one producer, each shape's first by send_task."""
+    """Publishes messages through one producer: each shape's first by send_task,
+    the others built from it when replayable(), else every one by send_task."""
 
     def __init__(self, producer):
         self.producer = producer
+        self.replay = replayable()
         self.first: dict[tuple, tuple[str, Any, dict]] = {}
+        self.declared: set[str] = set()
         amqp = app.amqp
         self.repr_sizes = (amqp.argsrepr_maxsize, amqp.kwargsrepr_maxsize)
         self.repr_levels = app.conf.task_repr_maxlevels
@@ -84,22 +87,32 @@ class Shapes:
     def send(self, name: str, message: dict, **options) -> None:
         """Publish one message: message is send_task's keyword arguments (args,
         kwargs, task_id, queue, priority, eta, headers, compression)."""
+        queue = message["queue"]
         shape = (
             name,
-            message["queue"],
+            queue,
             message["priority"],
             message["compression"],
             message["eta"] is None,
         )
         recorded = self.first.get(shape)
-        if recorded is None:
-            recording = _Recording(self.producer)
-            app.send_task(name, **message, producer=recording, **options)
-            if recording.published is not None:
-                body, kwargs = recording.published
-                self.first[shape] = (message["task_id"], body, kwargs)
+        if recorded is not None:
+            self._replay(name, message, *recorded)
             return
-        self._replay(name, message, *recorded)
+        recording = _Recording(self.producer)
+        app.send_task(
+            name,
+            **message,
+            # the first message to a queue declares it; kombu would check its
+            # cache of declared queues again for every other one
+            declare=None if queue not in self.declared else [],
+            producer=recording,
+            **options,
+        )
+        self.declared.add(queue)
+        if self.replay and recording.published is not None:
+            body, kwargs = recording.published
+            self.first[shape] = (message["task_id"], body, kwargs)
 
     def _replay(self, name: str, message: dict, first_id: str, body, kwargs) -> None:
         task_id = message["task_id"]

@@ -497,30 +497,16 @@ def publish_many(sends: list[tuple[TaskRecord, tuple[list, dict] | None]]) -> bo
     """
     messages = [(r.name, _message(r, p)) for r, p in sends]
     messages = [(name, m) for name, m in messages if m is not None]
-    options = {"retry": True, "retry_policy": PUBLISH_RETRY_POLICY}
     try:
         with (
             app.producer_or_acquire() as producer,
             producer.batch(max_size=PUBLISH_BATCH),
         ):
-            if publishing.replayable():
-                shapes = publishing.Shapes(producer)
-                for name, message in messages:
-                    shapes.send(name, message, **options)
-            else:
-                declared = set()
-                for name, message in messages:
-                    # the first message to a queue declares it; kombu would check
-                    # its cache of declared queues again for every other one
-                    queue = message["queue"]
-                    app.send_task(
-                        name,
-                        **message,
-                        declare=None if queue not in declared else [],
-                        producer=producer,
-                        **options,
-                    )
-                    declared.add(queue)
+            shapes = publishing.Shapes(producer)
+            for name, message in messages:
+                shapes.send(
+                    name, message, retry=True, retry_policy=PUBLISH_RETRY_POLICY
+                )
     except Exception as exc:
         logger.warning(
             "Could not publish %d task records (first %s): %r",

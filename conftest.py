@@ -90,6 +90,20 @@ def artifacts_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """pytest-django's, then no result rows left by an earlier run. --reuse-db
+    (pyproject) keeps the test database between runs, and the session worker's
+    warm shutdown may store its last tasks' results after the last test's
+    flush: the next run's first, non-transactional tests would count them (seen
+    in a second local `make test`: 15 results where a test made 1)."""
+    from django_celery_results.models import ChordCounter, GroupResult, TaskResult
+
+    with django_db_blocker.unblock():
+        for model in (TaskResult, GroupResult, ChordCounter):
+            model.objects.all().delete()
+
+
+@pytest.fixture(scope="session")
 def redis_broker():
     """The tests' Redis database, emptied once per session."""
     from django.conf import settings

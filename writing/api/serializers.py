@@ -169,6 +169,9 @@ class OutlineRequestSerializer(serializers.Serializer):
         documents.queryset = Document.objects.filter(knowledge_base__owner=request.user)
 
     def validate_context_files(self, files: dict[str, str]) -> dict[str, str]:
+        # The names become document titles: NUL dropped, as TextField drops it
+        # from the texts (PostgreSQL cannot store it).
+        files = {name.replace("\x00", ""): text for name, text in files.items()}
         if len(files) > CONTEXT_FILES_MAX:
             raise serializers.ValidationError(f"At most {CONTEXT_FILES_MAX} files.")
         size = sum(len(text.encode()) for text in files.values())

@@ -88,6 +88,19 @@ def test_bad_context_files_are_a_400_naming_the_field(alice):
     assert not WritingJob.objects.exists()
 
 
+def test_a_nul_in_a_context_file_name_is_dropped_not_a_500(alice):
+    files = {"a\x00i.md": "# 人工智能\n\n人工智能让机器模拟人类智能。"}
+    response = client_for(alice).post(
+        OLD_PATH,
+        {"job_id": "nul", "task_prompt": PROMPT, "context_files": files},
+        format="json",
+    )
+
+    assert response.status_code == 202, response.json()
+    stored = services.Document.objects.filter(knowledge_base__owner=alice)
+    assert [d.title for d in stored] == ["人工智能"]  # its heading
+
+
 def test_with_nothing_to_draw_on_the_extractive_provider_says_what_to_add(
     alice, settings
 ):

@@ -18,7 +18,9 @@ import pytest
 
 from bench.common import ROOT
 
-pytestmark = [pytest.mark.reliability]
+# pytest-timeout's 300 s default (pyproject) would cut the settle below short:
+# the run's own bound is the subprocess timeout, 660 s.
+pytestmark = [pytest.mark.reliability, pytest.mark.timeout(720)]
 
 
 def test_a_minute_of_load_with_three_faults_loses_and_doubles_nothing(tmp_path):

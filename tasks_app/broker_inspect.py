@@ -117,6 +117,11 @@ def keep_copy_on_ack(message) -> None:
     def ack_keeping_copy(multiple=False):
         put_back = _unacked_copy(message)
         ack(multiple=multiple)
+        # tasks_app.broker_transport sends acks later: this one must reach Redis
+        # before the copy is put back, or it would delete the copy after all
+        send_acks = getattr(getattr(message.channel, "qos", None), "send_acks", None)
+        if send_acks is not None:
+            send_acks()
         put_back()
 
     message.ack = ack_keeping_copy

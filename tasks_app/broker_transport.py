@@ -1,24 +1,32 @@
-"""kombu's Redis transport with acknowledgements sent in batches (kombu 5.7.0).
+"""kombu's Redis transport, with one round trip per message (kombu 5.7.0).
 
 kombu's Redis QoS keeps every delivered message in an "unacked" hash (and its
 index, a sorted set) until the message is acknowledged, so that a worker killed
 outright loses nothing: the unacked sweep puts old entries back in their queues.
-It writes the entry on delivery and removes it on the ack, each in its own
-MULTI/EXEC round trip, made synchronously by the worker's main process. With
-tiny tasks that process is the serial part of a worker (bench/NOTES.md,
-issue 21): a quarter of its time went to waiting for the ack's round trip.
+Stock kombu makes three round trips per message, each waited for by the worker's
+main process, which with tiny tasks is the serial part of a worker (bench/NOTES.md,
+issue 21): BRPOP; a MULTI/EXEC writing the unacked entry; a MULTI/EXEC removing it
+on the ack. And a worker killed between the first two, or while a popped message
+waits unread in its socket (kombu holds a reply back while the prefetch window is
+full), loses the message: it is in neither its queue nor the hash.
 
-Here an ack made on the event loop's thread is sent later, in the same round trip
-as the next delivery's unacked entry, or at the start of the loop's next turn if
-no delivery comes first, and always before the channel closes. Nothing is lost
-by the delay: the message's task has finished (acks_late) and its final state is
-committed before the ack is made, so an ack that a kill -9 prevents from reaching
-Redis only leaves the entry for the sweep, which redelivers the message after the
-visibility timeout, and the ledger refuses a redelivery of a finished attempt.
-Acks made on another thread (the threads pool calls back from its own threads)
-or on a connection without an event loop are sent at once, as kombu does.
+Here:
+- Channel fetches with a Lua script (FETCH) that pops the message BRPOP would
+  return and writes its unacked entry, so a message is always in one of the two
+  places. Only when every queue is empty does it wait with kombu's BRPOP (whose
+  delivery QoS.append writes as kombu does).
+- An ack made on the event loop's thread is sent later: with FETCH's next call,
+  with the next delivery's unacked write, or by the loop's timer after ACK_DELAY,
+  and always before the channel closes. Nothing is lost by the delay: the task has
+  finished (acks_late) and its final state is committed before the ack is made,
+  so an ack that a kill -9 keeps from Redis only leaves the entry for the sweep,
+  which redelivers the message after the visibility timeout, and the ledger
+  refuses a redelivery of a finished attempt. Acks made on another thread (the
+  threads pool calls back from its own) or on a connection without an event loop
+  are sent at once, as kombu does.
 
-Selected by CELERY_BROKER_TRANSPORT (claw.settings) for redis:// broker URLs.
+Selected by CELERY_BROKER_TRANSPORT (claw.settings) for redis:// broker URLs; with
+a global_keyprefix it fetches with BRPOP, as kombu does.
 """
 
 from __future__ import annotations

@@ -167,8 +167,27 @@ class Channel(kombu_redis.Channel):
     # what the command in flight on the BRPOP connection is: FETCH or BRPOP
     _claw_fetching = False
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # consumers that never ack (celery inspect's replies): nothing may be
+        # stored for them in the unacked hash, so their channel fetches with BRPOP
+        self._claw_no_ack: set[str] = set()
+
+    def basic_consume(self, queue, *args, **kwargs):
+        no_ack = kwargs["no_ack"] if "no_ack" in kwargs else args[0]
+        tag = kwargs["consumer_tag"] if "consumer_tag" in kwargs else args[2]
+        if no_ack:
+            self._claw_no_ack.add(tag)
+        return super().basic_consume(queue, *args, **kwargs)
+
+    def _basic_cancel(self, consumer_tag):
+        self._claw_no_ack.discard(consumer_tag)
+        return super()._basic_cancel(consumer_tag)
+
     def _brpop_start(self, timeout=None):
-        self._claw_fetching = not (self._claw_blocking or self.global_keyprefix)
+        self._claw_fetching = not (
+            self._claw_blocking or self.global_keyprefix or self._claw_no_ack
+        )
         if not self._claw_fetching:
             return super()._brpop_start(timeout)
         queues = self._queue_cycle.consume(len(self.active_queues))

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 from django.conf import settings
-from kombu import Connection
+from kombu import Connection, Consumer
 from kombu.asynchronous import Hub
 
 from tasks_app import broker_transport
@@ -211,3 +211,22 @@ def test_a_payload_fetch_cannot_read_is_stored_by_kombus_append(queue):
     assert message.payload == {"n": 1}
     entry = json.loads(client.hget(queue.channel.unacked_key, message.delivery_tag))
     assert entry[1:] == [None, queue.queue.name]
+
+
+def test_a_consumer_that_never_acks_leaves_nothing_in_the_unacked_hash(queue):
+    # celery inspect / ping read their replies with no_ack: an entry stored for
+    # them would be put back in the reply queue by the sweep, hours later
+    channel = queue.channel
+    queue.put({"n": 1})
+    got = []
+    consumer = Consumer(
+        channel,
+        [queue.queue],
+        no_ack=True,
+        callbacks=[lambda body, m: got.append(body)],
+    )
+    with consumer:
+        queue.channel.connection.client.drain_events(timeout=5)
+    assert got and got[0] == {"n": 1}
+    entries = [json.loads(e) for e in redis_client().hvals(channel.unacked_key)]
+    assert not [e for e in entries if e[2] == queue.queue.name]

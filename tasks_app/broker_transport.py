@@ -40,6 +40,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
+from redis.exceptions import ResponseError
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +167,8 @@ class Channel(kombu_redis.Channel):
     _claw_blocking = False
     # what the command in flight on the BRPOP connection is: FETCH or BRPOP
     _claw_fetching = False
+    # False once the server refused the script
+    _claw_scripts = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -185,7 +188,7 @@ class Channel(kombu_redis.Channel):
         return super()._basic_cancel(consumer_tag)
 
     def _brpop_start(self, timeout=None):
-        self._claw_fetching = not (
+        self._claw_fetching = self._claw_scripts and not (
             self._claw_blocking or self.global_keyprefix or self._claw_no_ack
         )
         if not self._claw_fetching:
@@ -231,6 +234,12 @@ class Channel(kombu_redis.Channel):
         except self.connection_errors:
             connection.disconnect()  # the next turn reconnects, as kombu does
             raise
+        except ResponseError as exc:
+            # a server that refuses scripts (EVAL disabled or renamed): BRPOP
+            # from now on rather than a consumer that fails on every fetch
+            logger.error("Redis refused FETCH (%s); fetching with BRPOP", exc)
+            self._claw_scripts = False
+            raise Empty() from exc
         if not reply:
             self._claw_blocking = True
             raise Empty()

@@ -230,3 +230,17 @@ def test_a_consumer_that_never_acks_leaves_nothing_in_the_unacked_hash(queue):
     assert got and got[0] == {"n": 1}
     entries = [json.loads(e) for e in redis_client().hvals(channel.unacked_key)]
     assert not [e for e in entries if e[2] == queue.queue.name]
+
+
+def test_a_server_that_refuses_the_script_is_read_with_brpop(queue, monkeypatch):
+    channel = queue.consumer.channel
+    monkeypatch.setattr(broker_transport, "FETCH", "return redis.call('NOSUCH')")
+    queue.put({"n": 1})
+
+    # the refused script is logged, and the same get goes on with BRPOP (and
+    # kombu's own unacked write)
+    message = queue.get(timeout=5)
+
+    assert not channel._claw_scripts
+    assert message.payload == {"n": 1}
+    assert unacked(queue, message)

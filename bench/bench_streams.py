@@ -248,7 +248,7 @@ def run(quick: bool = False) -> list[dict]:
     model, model_url = stack.fake_model(delay=DELAY, pieces=PIECES, stamp=True)
     with model:
         # one user asks every question: no per-user cap on replies in flight
-        env = stack.stack_env(DB, model_url, AI_MAX_REPLIES_IN_FLIGHT="0")
+        env = stack.stack_env(DB, model_url)
         parts = stack.prepare(env, clients * 2)
         conversations = parts["conversations"]
         token = parts["token"]

@@ -118,6 +118,9 @@ def stack_env(db: str, model_url: str, **extra: str) -> dict:
         LLM_BASE_URL=model_url,
         LLM_MODEL="bench-model",
         AI_RATE_LIMIT="1000000/60",
+        # no per-user cap on replies in flight (issue 20): the API and replies
+        # scenarios send one user's replies by the hundred, and got 429s
+        AI_MAX_REPLIES_IN_FLIGHT="0",
         # Per second, not per minute: DRF's throttle keeps one timestamp per
         # request of its window in the cache and copies the list on every
         # request, so a raised per-minute rate would make each request slower

@@ -465,8 +465,9 @@ BROKER_DIR = VAR_DIR / "broker"
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
 IS_FILESYSTEM_BROKER = CELERY_BROKER_URL.startswith("filesystem")
 IS_REDIS_BROKER = CELERY_BROKER_URL.startswith(("redis", "rediss"))
-# kombu's Redis transport with acks sent in batches (tasks_app.broker_transport),
-# for redis:// only: an explicit transport would drop kombu's own defaults for
+# kombu's Redis transport with one round trip per message: pop and unacked write in
+# one script, acks sent with the next fetch (tasks_app.broker_transport). For
+# redis:// only: an explicit transport would drop kombu's own defaults for
 # rediss:// and the redis+socket:// form would ignore it.
 if CELERY_BROKER_URL.startswith("redis://"):
     CELERY_BROKER_TRANSPORT = env_str(

@@ -42,6 +42,8 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 from redis.exceptions import ResponseError
 
+from tasks_app import kombu_fixes
+
 logger = logging.getLogger(__name__)
 
 # How long an ack may wait for a delivery to travel with. A busy worker fetches
@@ -89,8 +91,8 @@ class QoS(kombu_redis.QoS):
         self.prewritten = False
 
     def ack(self, delivery_tag):
-        transport = self.channel.connection
-        loop = getattr(transport, "claw_loop", None)
+        transport = self.channel.connection  # always this module's Transport
+        loop = transport.claw_loop
         if loop is None or threading.get_ident() != transport.claw_loop_thread:
             return super().ack(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)  # the prefetch window moves on now
@@ -125,9 +127,8 @@ class QoS(kombu_redis.QoS):
         # A closing channel sends its acks first, or its messages would come back
         # only to be refused by the ledger.
         if self._unsent_acks:
-            if getattr(self.channel.connection, "client", 1) is None:
-                # the connection is gone (tasks_app.kombu_fixes): the sweep
-                # redelivers these after the visibility timeout
+            if kombu_fixes.connection_collected(self):
+                # the sweep redelivers these after the visibility timeout
                 logger.warning(
                     "Broker connection already closed: %d acknowledgement(s) not "
                     "sent; their messages come back after the visibility timeout "

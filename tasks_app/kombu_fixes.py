@@ -23,6 +23,12 @@ import logging
 logger = logging.getLogger(__name__)
 
 
+def connection_collected(qos) -> bool:
+    """Whether Celery has collected the connection of qos's channel (its
+    transport's client is None): nothing can be sent through it any more."""
+    return getattr(qos.channel.connection, "client", 1) is None
+
+
 def install() -> None:
     try:
         from kombu.transport import redis as kombu_redis
@@ -34,7 +40,7 @@ def install() -> None:
     original = qos.restore_unacked
 
     def restore_unacked(self, client=None):
-        if client is None and getattr(self.channel.connection, "client", 1) is None:
+        if client is None and connection_collected(self):
             logger.warning(
                 "Broker connection already closed: %d unacknowledged message(s) "
                 "stay in Redis' unacked hash; the unacked sweep restores them "

@@ -14,6 +14,7 @@ import logging
 import re
 import sys
 import uuid
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -277,9 +278,67 @@ def submit(
             return TaskRecord.objects.get(owner=owner, idempotency_key=idempotency_key)
     else:
         ledger_writes.insert_record(record, Kind.QUEUED, event)
-    payload = item.payload
-    transaction.on_commit(lambda: publish(record, payload=payload))
+    transaction.on_commit(_PublishOnCommit(record, item.payload))
     return record
+
+
+class _PublishOnCommit:
+    """submit()'s on-commit callback: the submits of one transaction go to the
+    broker together, in one publish_many round at the first one's turn, instead
+    of one broker round trip each (a request that submits one job is one
+    publish, as before).
+
+    Which later submits may go with it: those whose callbacks Django will still
+    run. Django drops the callbacks of a rolled-back savepoint from its list,
+    and the list holds the only reference to each, so a dropped one is gone from
+    the weak registry below by the time the first callback runs. Only callbacks
+    registered after this one are taken: in a real commit the earlier ones have
+    run already, and in a test whose transaction never commits they never will.
+    A callback whose record went out with an earlier batch does nothing.
+    """
+
+    __slots__ = ("record", "payload", "sent", "__weakref__")
+
+    def __init__(self, record: TaskRecord, payload: tuple[list, dict]):
+        self.record, self.payload, self.sent = record, payload, False
+        pending = _pending_publishes()
+        n = len(pending)
+        if n >= 1024 and not n & (n - 1):
+            # Callbacks of rolled-back transactions, at doubling lengths: a
+            # connection that never commits a submit keeps a bounded list.
+            pending[:] = [ref for ref in pending if ref() is not None]
+        pending.append(weakref.ref(self))
+
+    def __call__(self) -> None:
+        if self.sent:
+            return
+        pending = _pending_publishes()
+        later = [ref() for ref in pending[_index(pending, self) + 1 :]]
+        batch = [self, *(c for c in later if c is not None and not c.sent)]
+        pending.clear()
+        for callback in batch:
+            callback.sent = True
+        if len(batch) == 1:
+            publish(self.record, payload=self.payload)
+        else:
+            publish_many([(c.record, c.payload) for c in batch])
+
+
+def _pending_publishes() -> list[weakref.ref]:
+    """The registry of _PublishOnCommit callbacks of this thread's connection."""
+    connection = transaction.get_connection()
+    try:
+        return connection.claw_pending_publishes
+    except AttributeError:
+        connection.claw_pending_publishes = []
+        return connection.claw_pending_publishes
+
+
+def _index(pending: list[weakref.ref], callback: _PublishOnCommit) -> int:
+    for i, ref in enumerate(pending):
+        if ref() is callback:
+            return i
+    return len(pending)  # registry cleared since: nothing after it is known
 
 
 def submit_many(items: Iterable[Submission]) -> list[TaskRecord]:

@@ -98,6 +98,71 @@ def test_a_rolled_back_submit_leaves_no_record_and_publishes_nothing(
     assert not TaskEvent.objects.exists()
 
 
+@pytest.fixture
+def publishes():
+    """publish and publish_many as submit's callbacks call them (still sending)."""
+    with (
+        mock.patch.object(services, "publish", wraps=services.publish) as one,
+        mock.patch.object(
+            services, "publish_many", wraps=services.publish_many
+        ) as many,
+    ):
+        yield one, many
+
+
+def test_the_submits_of_one_transaction_go_out_together_at_the_first_ones_turn(
+    send_task, publishes, django_capture_on_commit_callbacks
+):
+    one, many = publishes
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        records = [services.submit("tests.add", args=[i, 1]) for i in range(4)]
+
+    # each submit still has its own callback (Django drops it with a savepoint)
+    assert sum(isinstance(c, services._PublishOnCommit) for c in callbacks) == 4
+    assert not one.called
+    many.assert_called_once()
+    assert [r.pk for r, _ in many.call_args.args[0]] == [r.pk for r in records]
+    assert send_task.call_count == 4  # each message sent once
+    assert [c.kwargs["task_id"] for c in send_task.call_args_list] == [
+        r.celery_id for r in records
+    ]
+
+
+def test_a_submit_of_a_rolled_back_savepoint_does_not_go_out_with_the_others(
+    send_task, publishes, django_capture_on_commit_callbacks
+):
+    class Rollback(Exception):
+        pass
+
+    one, many = publishes
+    with django_capture_on_commit_callbacks(execute=True):
+        kept = services.submit("tests.add", args=[1, 1])
+        with pytest.raises(Rollback), transaction.atomic():
+            dropped = services.submit("tests.add", args=[2, 2])
+            raise Rollback
+        last = services.submit("tests.add", args=[3, 3])
+
+    assert [r.pk for r, _ in many.call_args.args[0]] == [kept.pk, last.pk]
+    sent = [c.kwargs["task_id"] for c in send_task.call_args_list]
+    assert sent == [kept.celery_id, last.celery_id]
+    assert dropped.celery_id not in sent
+    assert not TaskRecord.objects.filter(pk=dropped.pk).exists()
+
+
+def test_only_submits_whose_callbacks_run_are_published(
+    send_task, publishes, django_capture_on_commit_callbacks
+):
+    """A submit whose transaction has not committed (here: the test's own, which
+    never does) is not sent along with a later one that is."""
+    earlier = services.submit("tests.add", args=[1, 1])
+    with django_capture_on_commit_callbacks(execute=True):
+        later = services.submit("tests.add", args=[2, 2])
+
+    sent = [c.kwargs["task_id"] for c in send_task.call_args_list]
+    assert sent == [later.celery_id]
+    assert earlier.celery_id not in sent
+
+
 def test_the_same_idempotency_key_returns_the_same_record_and_publishes_once(
     send_task, django_capture_on_commit_callbacks, user
 ):

@@ -413,3 +413,28 @@ def test_send_task_builds_one_message_per_shape_unless_sent_events_are_on(
         app.conf.task_send_sent_event = before
     assert send_task.call_count == send_task_calls
     assert {r.celery_id for r in records} <= queued(PARKED)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_single_submits_of_one_commit_all_reach_redis_but_a_rolled_back_ones(
+    redis_broker,
+):
+    """submit() in a real transaction: its messages go out together after the
+    commit (services._PublishOnCommit); one from a rolled-back savepoint never."""
+
+    class Rollback(Exception):
+        pass
+
+    with transaction.atomic():
+        kept = [
+            services.submit("tests.add", args=[i, 1], queue=PARKED) for i in range(5)
+        ]
+        with pytest.raises(Rollback), transaction.atomic():
+            dropped = services.submit("tests.add", args=[9, 9], queue=PARKED)
+            raise Rollback
+        kept.append(services.submit("tests.add", args=[5, 1], queue=PARKED))
+        assert not {r.celery_id for r in kept} & queued(PARKED)
+
+    assert {r.celery_id for r in kept} <= queued(PARKED)
+    assert dropped.celery_id not in queued(PARKED)
+    assert TaskRecord.objects.count() == 6

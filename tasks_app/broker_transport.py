@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import contextmanager
 from queue import Empty
 from time import monotonic
 
@@ -170,12 +171,27 @@ class Channel(kombu_redis.Channel):
     _claw_fetching = False
     # False once the server refused the script
     _claw_scripts = True
+    # conn_or_acquire's client
+    _claw_client = None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # consumers that never ack (celery inspect's replies): nothing may be
         # stored for them in the unacked hash, so their channel fetches with BRPOP
         self._claw_no_ack: set[str] = set()
+
+    @contextmanager
+    def conn_or_acquire(self, client=None):
+        # kombu builds a new redis.Redis (and its table of response callbacks)
+        # for every call without a client: each ack, delivery write and publish.
+        # It holds no connection of its own, so one per pool does the same.
+        if client:
+            yield client
+            return
+        cached = self._claw_client
+        if cached is None or cached.connection_pool is not self.pool:
+            cached = self._claw_client = self._create_client()
+        yield cached
 
     def basic_consume(self, queue, *args, **kwargs):
         no_ack = kwargs["no_ack"] if "no_ack" in kwargs else args[0]

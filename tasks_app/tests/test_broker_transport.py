@@ -244,3 +244,22 @@ def test_a_server_that_refuses_the_script_is_read_with_brpop(queue, monkeypatch)
     assert not channel._claw_scripts
     assert message.payload == {"n": 1}
     assert unacked(queue, message)
+
+
+def test_calls_without_a_client_share_one_per_pool(queue):
+    """kombu's calls without a client (acks, unacked writes, publishes) get the
+    channel's one client, not a new redis.Redis each; a new pool (after a fork
+    or a reconnect) gets a new one."""
+    channel = queue.channel
+    with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+        assert first is second
+        assert first.connection_pool is channel.pool
+    given = redis_client()
+    with channel.conn_or_acquire(given) as client:
+        assert client is given
+
+    channel._disconnect_pools()  # what kombu does after a fork
+    with channel.conn_or_acquire() as third:
+        assert third is not first
+        assert third.connection_pool is channel.pool
+    delivered(queue).ack()  # the channel still works on its new pool

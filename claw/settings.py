@@ -177,6 +177,13 @@ else:
     # A restarted PostgreSQL leaves dead persistent connections; check before reuse.
     _db["CONN_HEALTH_CHECKS"] = True
     _db.setdefault("OPTIONS", {})["connect_timeout"] = env_int("DB_CONNECT_TIMEOUT", 5)
+    # The ledger's per-task statements bind their parameters on the server
+    # (tasks_app.ledger_writes._cursor), so psycopg prepares each once per
+    # connection after this many runs instead of PostgreSQL parsing and planning
+    # it for every task. Django's own queries bind on the client and are never
+    # prepared. 0: never, for a pooler in transaction mode that cannot keep
+    # prepared statements (PgBouncer before 1.21).
+    _db["OPTIONS"]["prepare_threshold"] = env_int("DB_PREPARE_THRESHOLD", 5) or None
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -34,6 +34,30 @@ RECONNECT_DELAYS = (0.05, 0.2, 0.5, 1, 2, 4, 8)
 Statement = tuple[str, list]
 
 
+def _cursor():
+    """connection.cursor(), binding parameters on the server on PostgreSQL.
+
+    Django's psycopg cursors merge the parameters into the text (client-side
+    binding), so every call is a new query to parse, analyse and plan: measured
+    under a busy worker, that was about 40 % of PostgreSQL's CPU for a tiny
+    task's ledger writes, more than running them (bench/NOTES.md, issue 21).
+    With the parameters sent apart, psycopg prepares each of the few texts
+    built here once per connection, after prepare_threshold runs of it (5; the
+    database option prepare_threshold, None for a pooler that cannot keep
+    prepared statements). Still Django's cursor wrapper: its error translation
+    (ledger writes reconnect on its OperationalError), wrappers and query log.
+    """
+    if connection.vendor != "postgresql":
+        return connection.cursor()
+    from django.db.backends.postgresql.base import ServerBindingCursor
+
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        # what connection.cursor() does, with the other psycopg cursor class
+        return connection._prepare_cursor(ServerBindingCursor(connection.connection))
+
+
 def _event_insert(source: str, events: int = 1) -> str:
     """INSERT of events (kind, at, data) per row of source (id, attempts,
     celery_id, worker), in their order."""
@@ -116,7 +140,7 @@ def start_check(celery_id: str) -> tuple | None:
     is celery_id, or None: the one read before a run (services.may_start_later),
     without building a query (see _update)."""
     qn = connection.ops.quote_name
-    with connection.cursor() as cursor:
+    with _cursor() as cursor:
         cursor.execute(
             f"SELECT state, cancel_requested, deliveries FROM"
             f" {qn(TaskRecord._meta.db_table)} WHERE celery_id = %s",
@@ -226,7 +250,7 @@ def transition(
     update, params = _update(celery_id, from_states, conditions, updates)
     events = [*before, (kind, data, at)]
     event_params = [p for k, d, a in events for p in _event_params(k, d, a)]
-    with connection.cursor() as cursor:
+    with _cursor() as cursor:
         if connection.vendor == "postgresql":
             sql = (
                 f"WITH moved AS ({update} RETURNING id, attempts, celery_id, worker,"
@@ -278,7 +302,7 @@ def insert_record(record: TaskRecord, kind: str, data: dict | None) -> None:
         + _event_insert("added")
         + " RETURNING record_id"
     )
-    with connection.cursor() as cursor:
+    with _cursor() as cursor:
         cursor.execute(sql, values + _event_params(kind, data))
         record.pk = cursor.fetchone()[0]
     _announce(

@@ -647,13 +647,13 @@ CLAW_MAX_REDELIVERIES = env_int("CLAW_MAX_REDELIVERIES", 3)
 CLAW_LEASE_SECONDS = env_float("CLAW_LEASE_SECONDS", 60)
 # Seconds a task runs before its STARTED (with the lease) is written; a shorter
 # run's STARTED is written by its final SUCCESS statement (tasks_app.starts), so
-# a tiny task costs its worker one commit. 0 (the default) writes STARTED before
-# every run: on a quiet 2-core machine with a local PostgreSQL late starts did not
-# measurably raise throughput (bench/NOTES.md), and they open a 0.5 s window in
-# which a cancel cannot terminate the run. Opt in where the database is far away.
+# a tiny task costs its worker one commit (about 15 % of scenario 1, bench/NOTES.md).
+# The cost: task_started reaches live clients up to this late, and a cancel in
+# this window finds the record PENDING and cannot terminate the run. 0 writes
+# STARTED before every run.
 # Keep it far below the lease and the visibility timeout (system check W003): a
 # run starts late only if its delivery plus this is within half the timeout.
-CLAW_STARTED_AFTER_SECONDS = env_float("CLAW_STARTED_AFTER_SECONDS", 0.0)
+CLAW_STARTED_AFTER_SECONDS = env_float("CLAW_STARTED_AFTER_SECONDS", 0.1)
 # Seconds a running task waits for a lost database (a restart, an outage) before
 # its database error fails it: it backs off, reconnects and runs again
 # (tasks_app.retries.ride_out_database_outage; a streaming reply keeps its text).

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture(autouse=True)
 def late_starts(settings):
-    settings.CLAW_STARTED_AFTER_SECONDS = 0.5  # opt-in; the default 0 is off
+    settings.CLAW_STARTED_AFTER_SECONDS = 0.5  # the default is 0.1
 
 
 def begin(record: TaskRecord, ago: float = 0.2) -> starts.Start:

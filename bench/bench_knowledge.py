@@ -27,7 +27,7 @@ django.setup()
 import numpy as np
 from django.contrib.auth import get_user_model
 from django.db import connection
-from knowledge import embeddings, search, services, vectorizing
+from knowledge import common, embeddings, search, services, vectorizing
 from knowledge.models import Chunk, Document
 
 quick = sys.argv[1] == "quick"
@@ -84,7 +84,7 @@ def fill(kb, total, per_doc=100):
                                     f"{have + p:064d}", vectors[p].tobytes(),
                                     "hashing:v1", 384))
             have += per_doc
-    services._bump_version(kb.pk)
+    common.bump_version(kb.pk)
 
 kb = services.create_knowledge_base(user, name="search")
 queries = [f"question {i} about " + text(i, 120) for i in range(300)]

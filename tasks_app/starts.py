@@ -119,12 +119,23 @@ def flush(celery_id: str) -> None:
             raise
 
 
+# Seconds without a start to write before the thread closes its connection.
+# Closing after every write made a threads-pool worker of long tasks (AI
+# replies, each older than the threshold) open a PostgreSQL connection for
+# almost every run: 45 against 52 replies/s (bench/NOTES.md, issue 21).
+IDLE_CLOSE = 10.0
+
+
 def _write_forever() -> None:
     stop = threading.Event()  # never set: the thread lives as long as its process
+    last_write = None  # time.monotonic() of the last write, while connected
     while not stop.wait(max(0.02, threshold() / 5)):
         if _unwritten and write_due():
+            last_write = time.monotonic()
+        elif last_write is not None and time.monotonic() - last_write > IDLE_CLOSE:
             # This thread's own connection, idle until the next long run.
             connections.close_all()
+            last_write = None
 
 
 def write_due(now: float | None = None) -> int:

@@ -128,14 +128,23 @@ IDLE_CLOSE = 10.0
 
 def _write_forever() -> None:
     stop = threading.Event()  # never set: the thread lives as long as its process
-    last_write = None  # time.monotonic() of the last write, while connected
+    last_write = None
     while not stop.wait(max(0.02, threshold() / 5)):
-        if _unwritten and write_due():
-            last_write = time.monotonic()
-        elif last_write is not None and time.monotonic() - last_write > IDLE_CLOSE:
-            # This thread's own connection, idle until the next long run.
-            connections.close_all()
-            last_write = None
+        last_write = tick(last_write)
+
+
+def tick(last_write: float | None, now: float | None = None) -> float | None:
+    """One turn of the thread: write the due starts, and close the thread's own
+    connection once it has had nothing to write for IDLE_CLOSE seconds.
+    last_write: time.monotonic() of the last write while connected; returns it
+    as it is after this turn."""
+    now = time.monotonic() if now is None else now
+    if _unwritten and write_due(now):
+        return now
+    if last_write is not None and now - last_write > IDLE_CLOSE:
+        connections.close_all()  # idle until the next long run
+        return None
+    return last_write
 
 
 def write_due(now: float | None = None) -> int:

@@ -7,6 +7,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from tasks_app import leases, services, signals, starts
@@ -120,3 +121,22 @@ def test_a_run_killed_before_its_start_was_written_counts_a_delivery():
 
     record.refresh_from_db()
     assert (record.state, record.deliveries) == (State.PENDING, 1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_writer_keeps_its_connection_until_it_has_been_idle_a_while():
+    """Closing it after every write cost a threads-pool worker of long tasks a
+    new PostgreSQL connection for almost every run (issue 21)."""
+    record = services.submit("tests.add", args=[1, 2])
+    now = time.monotonic()
+    with starts._lock:  # the process's own writer thread must not write it first
+        begin(record, ago=starts.threshold() + 0.1)
+        assert starts.tick(None, now) == now  # wrote the due start
+    record.refresh_from_db()
+    assert record.state == State.STARTED
+    assert connection.connection is not None
+    assert starts.tick(now, now + starts.IDLE_CLOSE / 2) == now
+    assert connection.connection is not None  # kept between writes
+    assert starts.tick(now, now + starts.IDLE_CLOSE + 1) is None
+    assert connection.connection is None  # closed once idle
+    leases.drop(record.celery_id)

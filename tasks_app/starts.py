@@ -105,9 +105,15 @@ def pending(celery_id: str) -> Start | None:
 
 
 def flush(celery_id: str) -> None:
-    """Write celery_id's start now if it is still unwritten here."""
-    if celery_id not in _unwritten:  # the common case, without the lock
-        return
+    """Write celery_id's start now if it is still unwritten here.
+
+    Always under the lock, even when the start is not in _unwritten: this
+    module's thread takes a due start out before it writes it, and the caller's
+    transition (services._transition) must come after that write. Without the
+    lock a RETRY at the moment the thread was writing ran first, found the
+    record still PENDING and was refused; the start then landed with a lease,
+    and the retried message was refused as a duplicate, for good.
+    """
     with _lock:
         start = _unwritten.pop(celery_id, None)
         if start is None:

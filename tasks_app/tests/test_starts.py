@@ -8,7 +8,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from django.db import connection, connections
+from django.db import connection
 from django.utils import timezone
 
 from tasks_app import leases, services, signals, starts
@@ -156,20 +156,19 @@ def test_a_transition_waits_for_the_writer_thread_writing_its_start(monkeypatch)
         time.sleep(0.5)  # the transition below is called meanwhile
         signals.write_late_start(celery_id, start)
 
-    def writer():
-        try:
-            starts.write_due()
-        finally:
-            connections.close_all()  # this thread's own connection
-
-    begin(record, ago=starts.threshold() + 0.1)
-    monkeypatch.setattr(starts, "_write", slow_write)
-    thread = threading.Thread(target=writer)
-    thread.start()
+    monkeypatch.setattr(starts, "_write", starts._write)  # restored afterwards
+    ago = starts.threshold() + 0.1
+    start = starts.Start(
+        record.name,
+        "w1@host",
+        "w1@host:1:abc",
+        timezone.now() - timedelta(seconds=ago),
+        time.monotonic() - ago,
+    )
+    starts.begin(record.celery_id, start, slow_write)  # due: the thread writes it
     assert writing.wait(5)
 
     assert services.mark_retry(record.celery_id, error="later")
-    thread.join(10)
 
     record.refresh_from_db()
     assert record.state == State.RETRY

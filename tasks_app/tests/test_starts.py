@@ -3,7 +3,6 @@ worker paths are in tests/lifecycle/test_started_late.py."""
 
 from __future__ import annotations
 
-import threading
 import time
 from datetime import timedelta
 
@@ -140,37 +139,4 @@ def test_the_writer_keeps_its_connection_until_it_has_been_idle_a_while():
     assert connection.connection is not None  # kept between writes
     assert starts.tick(now, now + starts.IDLE_CLOSE + 1) is None
     assert connection.connection is None  # closed once idle
-    leases.drop(record.celery_id)
-
-
-@pytest.mark.django_db(transaction=True)
-def test_a_transition_waits_for_the_writer_thread_writing_its_start(monkeypatch):
-    """The writer thread takes a due start out, then writes it: a transition of
-    that attempt in between (a retry) must wait for the write, not run first
-    against a PENDING record and be refused."""
-    record = services.submit("tests.add", args=[1, 2])
-    writing = threading.Event()
-
-    def slow_write(celery_id, start):
-        writing.set()
-        time.sleep(0.5)  # the transition below is called meanwhile
-        signals.write_late_start(celery_id, start)
-
-    monkeypatch.setattr(starts, "_write", starts._write)  # restored afterwards
-    ago = starts.threshold() + 0.1
-    start = starts.Start(
-        record.name,
-        "w1@host",
-        "w1@host:1:abc",
-        timezone.now() - timedelta(seconds=ago),
-        time.monotonic() - ago,
-    )
-    starts.begin(record.celery_id, start, slow_write)  # due: the thread writes it
-    assert writing.wait(5)
-
-    assert services.mark_retry(record.celery_id, error="later")
-
-    record.refresh_from_db()
-    assert record.state == State.RETRY
-    assert kinds(record) == ["queued", "started", "retry"]
     leases.drop(record.celery_id)
